@@ -1,0 +1,332 @@
+"""The four clustering objectives as pure, jit-able functions of arrays.
+
+Every function here:
+
+* computes in float32 (or float64 when given float64 with x64 enabled) and
+  returns a scalar or array of that dtype, whatever the input dtype
+  (bfloat16 inputs are upcast first);
+* works for any batch size and number of clusters (no fixed-size masks);
+* stays finite, in value and gradient, for degenerate inputs: a zero
+  embedding row, an empty cluster (a column of zeros), a collapsed assignment;
+* accepts ``axis_name``: when given, the function is being called per device
+  inside ``jax.shard_map`` (or ``jax.pmap``) over that mesh axis, each device
+  holding an equal slice of the batch, and it returns the loss of the *whole
+  global batch*, identical on every device. Contrastive negatives are gathered
+  from all devices; marginals and means are summed across them. Under plain
+  ``jax.jit`` on sharded global arrays no ``axis_name`` is needed: the arrays
+  already are the global batch.
+
+Formulas follow Contrastive Clustering (Li et al., AAAI 2021; its code where
+the paper and code differ) and DEC/IDEC (Xie et al. 2016; Guo et al. 2017).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+AxisName = Hashable | None
+
+# Floors that keep norms, logs and divisions finite on degenerate inputs. They
+# are far below any value a real (non-degenerate) input produces.
+_NORM_EPS = 1e-8
+_PROB_EPS = 1e-12
+
+
+def _compute_dtype(*xs: Array) -> jnp.dtype:
+  """float32, or float64 when an input already is float64."""
+  dtype = jnp.result_type(*xs)
+  return jnp.promote_types(dtype, jnp.float32)
+
+
+def _replicate_if_explicit(x: Array) -> Array:
+  """Replicates an array sharded over mesh axes of type ``Explicit``.
+
+  With explicit sharding, contractions over the batch need their output
+  sharding spelled out. Loss inputs are small (B×d, B×K), so gathering them once
+  is cheap and lets one formula serve every sharding mode. Arrays on ``Auto``
+  meshes, inside ``shard_map`` and unsharded arrays pass through unchanged.
+  """
+  sharding = jax.typeof(x).sharding
+  spec = getattr(sharding, 'spec', None)
+  if spec is None or all(axis is None for axis in spec):
+    return x
+  return jax.sharding.reshard(
+      x, jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec()))
+
+
+def _upcast(*xs: Array) -> tuple[Array, ...]:
+  """Upcasts to the compute dtype (see :func:`_compute_dtype`)."""
+  dtype = _compute_dtype(*xs)
+  return tuple(
+      _replicate_if_explicit(jnp.asarray(x).astype(dtype)) for x in xs)
+
+
+def _l2_normalize(x: Array, axis: int = -1) -> Array:
+  """x / max(‖x‖, eps): a zero vector stays zero with a finite gradient."""
+  sq = jnp.sum(x * x, axis=axis, keepdims=True)
+  return x * jax.lax.rsqrt(jnp.maximum(sq, _NORM_EPS**2))
+
+
+def _psum(x: Array, axis_name: AxisName) -> Array:
+  return x if axis_name is None else jax.lax.psum(x, axis_name)
+
+
+def _pmean(x: Array, axis_name: AxisName) -> Array:
+  return x if axis_name is None else jax.lax.pmean(x, axis_name)
+
+
+def _xlogx(p: Array) -> Array:
+  """p·log p, 0 at p = 0, with a finite (large negative) gradient there."""
+  return p * jnp.log(jnp.maximum(p, _PROB_EPS))
+
+
+@jax.custom_jvp
+def _gram(x: Array) -> Array:
+  """x xᵀ, differentiated with one matmul instead of two.
+
+  The tangent of x xᵀ is S + Sᵀ with S = ẋ xᵀ. Stating it so lets reverse mode
+  transpose it into a single product (G + Gᵀ) x, where plain autodiff of the
+  matmul would form G x and Gᵀ x separately.
+  """
+  return jnp.matmul(x, x.T, precision=jax.lax.Precision.HIGHEST)
+
+
+@_gram.defjvp
+def _gram_jvp(primals, tangents):
+  (x,), (x_dot,) = primals, tangents
+  s = jnp.matmul(x_dot, x.T, precision=jax.lax.Precision.HIGHEST)
+  return _gram(x), s + s.T
+
+
+def _paired_cross_entropy(logits: Array, row_ids: Array, n: int) -> Array:
+  """Sum over rows of the paired-view cross-entropy.
+
+  ``logits`` is (R, 2n): R rows against all 2n candidates (n of view a, then n
+  of view b). ``row_ids`` gives each row's own index in [0, 2n). A row's
+  positive is its counterpart in the other view (index ± n); its own column is
+  excluded; every other column is a negative.
+  """
+  cols = jnp.arange(2 * n)
+  logits = jnp.where(cols[None, :] == row_ids[:, None], -jnp.inf, logits)
+  positive_ids = (row_ids + n) % (2 * n)
+  positive = jnp.take_along_axis(logits, positive_ids[:, None], axis=1)[:, 0]
+  return jnp.sum(jax.nn.logsumexp(logits, axis=1) - positive)
+
+
+def instance_contrastive_loss(
+    z_a: Array,
+    z_b: Array,
+    temperature: float = 0.5,
+    axis_name: AxisName = None,
+) -> Array:
+  r"""NT-Xent between two views of a batch (SimCLR; CC's instance loss).
+
+  Rows are L2-normalised, the views stacked into 2B rows z, and
+  s_ij = z_i·z_j / τ. With pos(i) the other view of the same image,
+
+    L = 1/(2B) Σ_i [ −s_{i,pos(i)} + log Σ_{j≠i} exp(s_ij) ],
+
+  i.e. the positive against the 2B−2 other rows as negatives.
+
+  Args:
+    z_a: (B, d) projections of view a. Any float dtype.
+    z_b: (B, d) projections of view b, row i the same image as in ``z_a``.
+    temperature: τ (CC uses 0.5).
+    axis_name: mesh axis when called per device (see the module docstring);
+      each device's rows are contrasted against all devices' rows.
+
+  Returns:
+    A float32 scalar: the mean over all 2B (global) rows.
+  """
+  z_a, z_b = _upcast(z_a, z_b)
+  if z_a.shape != z_b.shape or z_a.ndim != 2:
+    raise ValueError(
+        f'z_a and z_b must both be (B, d); got {z_a.shape} and {z_b.shape}.')
+  z_a, z_b = _l2_normalize(z_a), _l2_normalize(z_b)
+  local_n = z_a.shape[0]
+  if axis_name is None:
+    all_a, all_b, offset = z_a, z_b, 0
+  else:
+    all_a = jax.lax.all_gather(z_a, axis_name, tiled=True)
+    all_b = jax.lax.all_gather(z_b, axis_name, tiled=True)
+    offset = jax.lax.axis_index(axis_name) * local_n
+  n = all_a.shape[0]
+  rows = jnp.concatenate([z_a, z_b], axis=0)
+  if axis_name is None:
+    logits = _gram(rows) / temperature
+  else:
+    cols = jnp.concatenate([all_a, all_b], axis=0)
+    logits = jnp.matmul(
+        rows, cols.T, precision=jax.lax.Precision.HIGHEST) / temperature
+  local_ids = jnp.arange(local_n) + offset
+  row_ids = jnp.concatenate([local_ids, local_ids + n])
+  total = _psum(_paired_cross_entropy(logits, row_ids, n), axis_name)
+  return total / (2 * n)
+
+
+def cluster_contrastive_loss(
+    c_a: Array,
+    c_b: Array,
+    temperature: float = 1.0,
+    axis_name: AxisName = None,
+) -> Array:
+  r"""Contrast of the cluster columns of two views (CC's cluster loss).
+
+  Each of the K columns of the (B, K) soft assignments is a cluster's
+  representation. Stack the columns of both views into 2K vectors y,
+  s_kl = cos(y_k, y_l) / τ, and with pos(k) the same cluster in the other view,
+
+    L = 1/(2K) Σ_k [ −s_{k,pos(k)} + log Σ_{l≠k} exp(s_kl) ].
+
+  The entropy regulariser is separate: see :func:`cluster_entropy`.
+
+  Args:
+    c_a: (B, K) soft assignments of view a (rows are distributions).
+    c_b: (B, K) soft assignments of view b.
+    temperature: τ (CC uses 1.0).
+    axis_name: mesh axis when called per device; the columns then span all
+      devices' rows (their dot products are summed across devices).
+
+  Returns:
+    A float32 scalar: the mean over the 2K rows.
+  """
+  c_a, c_b = _upcast(c_a, c_b)
+  if c_a.shape != c_b.shape or c_a.ndim != 2:
+    raise ValueError(
+        f'c_a and c_b must both be (B, K); got {c_a.shape} and {c_b.shape}.')
+  k = c_a.shape[1]
+  y = jnp.concatenate([c_a, c_b], axis=1)  # (B, 2K): column = cluster
+  gram = _psum(_gram(y.T), axis_name)
+  inv_norm = jax.lax.rsqrt(jnp.maximum(jnp.diagonal(gram), _NORM_EPS**2))
+  logits = gram * inv_norm[:, None] * inv_norm[None, :] / temperature
+  return _paired_cross_entropy(logits, jnp.arange(2 * k), k) / (2 * k)
+
+
+def cluster_entropy(c: Array, axis_name: AxisName = None) -> Array:
+  r"""Negative entropy of the batch's cluster marginal, shifted to be ≥ 0.
+
+  With p = Σ_i c_i / Σ_ik c_ik (the marginal over the batch),
+
+    L = log K + Σ_k p_k log p_k = log K − H(p),
+
+  which is 0 for a balanced marginal and log K for a collapsed one. CC adds it
+  for each view, so no cluster empties.
+
+  Args:
+    c: (B, K) soft assignments.
+    axis_name: mesh axis when called per device; the marginal is summed over
+      all devices' rows.
+
+  Returns:
+    A float32 scalar in [0, log K].
+  """
+  (c,) = _upcast(c)
+  if c.ndim != 2:
+    raise ValueError(f'c must be (B, K); got shape {c.shape}.')
+  mass = _psum(jnp.sum(c, axis=0), axis_name)
+  p = mass / jnp.maximum(jnp.sum(mass), _PROB_EPS)
+  return jnp.log(jnp.asarray(c.shape[1], p.dtype)) + jnp.sum(_xlogx(p))
+
+
+def reconstruction_loss(
+    x: Array, x_hat: Array, axis_name: AxisName = None) -> Array:
+  r"""Mean squared error over all elements (IDEC's reconstruction term).
+
+    L = 1/N Σ_n (x_n − x̂_n)²
+
+  Args:
+    x: the input, any shape.
+    x_hat: the reconstruction, same shape.
+    axis_name: mesh axis when called per device (equal slices); the mean is
+      then taken over the global batch.
+
+  Returns:
+    A float32 scalar.
+  """
+  x, x_hat = _upcast(x, x_hat)
+  if x.shape != x_hat.shape:
+    raise ValueError(
+        f'x and x_hat must have the same shape; got {x.shape} and '
+        f'{x_hat.shape}.')
+  return _pmean(jnp.mean(jnp.square(x - x_hat)), axis_name)
+
+
+def student_t_assignment(
+    e: Array, centroids: Array, alpha: float = 1.0) -> Array:
+  r"""DEC's soft assignment of embeddings to centroids (Student's t kernel).
+
+    q_ij = (1 + ‖e_i − μ_j‖²/α)^(−(α+1)/2) / Σ_j' (1 + ‖e_i − μ_j'‖²/α)^(−(α+1)/2)
+
+  Computed in log space, so rows sum to 1 even for far-away embeddings.
+
+  Args:
+    e: (B, d) embeddings.
+    centroids: (K, d) cluster centres μ.
+    alpha: degrees of freedom α of the Student's t kernel (DEC uses 1).
+
+  Returns:
+    (B, K) float32 soft assignments; each row sums to 1.
+  """
+  e, centroids = _upcast(e, centroids)
+  if e.ndim != 2 or centroids.ndim != 2 or e.shape[1] != centroids.shape[1]:
+    raise ValueError(
+        f'e must be (B, d) and centroids (K, d); got {e.shape} and '
+        f'{centroids.shape}.')
+  sq_dist = jnp.sum(jnp.square(e[:, None, :] - centroids[None, :, :]), axis=-1)
+  log_kernel = -(alpha + 1.0) / 2.0 * jnp.log1p(sq_dist / alpha)
+  return jax.nn.softmax(log_kernel, axis=1)
+
+
+def target_distribution(q: Array, axis_name: AxisName = None) -> Array:
+  r"""DEC's sharpened target distribution P from soft assignments Q.
+
+    p_ij = (q_ij² / f_j) / Σ_j' (q_ij'² / f_j'),   f_j = Σ_i q_ij
+
+  It is a target: no gradient flows through it.
+
+  Args:
+    q: (N, K) soft assignments, usually of the whole dataset.
+    axis_name: mesh axis when called per device; the cluster frequencies f
+      are then summed over all devices' rows.
+
+  Returns:
+    (N, K) float32; each row sums to 1.
+  """
+  (q,) = _upcast(jax.lax.stop_gradient(q))
+  if q.ndim != 2:
+    raise ValueError(f'q must be (N, K); got shape {q.shape}.')
+  frequency = _psum(jnp.sum(q, axis=0), axis_name)
+  weight = jnp.square(q) / jnp.maximum(frequency, _PROB_EPS)
+  return weight / jnp.maximum(
+      jnp.sum(weight, axis=1, keepdims=True), _PROB_EPS)
+
+
+def kl_clustering_loss(p: Array, q: Array, axis_name: AxisName = None) -> Array:
+  r"""KL(P ‖ Q) per sample, averaged over samples (DEC's clustering loss).
+
+    L = 1/N Σ_i Σ_j p_ij log(p_ij / q_ij)
+
+  Terms with p_ij = 0 contribute 0; q is floored at a tiny value so an
+  assignment of exactly 0 stays finite.
+
+  Args:
+    p: (N, K) target distribution. Gradients flow to both arguments; pass
+      :func:`target_distribution`'s output, which is already a constant.
+    q: (N, K) soft assignments.
+    axis_name: mesh axis when called per device (equal slices); the mean is
+      then over the global batch.
+
+  Returns:
+    A float32 scalar ≥ 0.
+  """
+  p, q = _upcast(p, q)
+  if p.shape != q.shape or p.ndim != 2:
+    raise ValueError(
+        f'p and q must both be (N, K); got {p.shape} and {q.shape}.')
+  per_sample = jnp.sum(
+      _xlogx(p) - p * jnp.log(jnp.maximum(q, _PROB_EPS)), axis=1)
+  return _pmean(jnp.mean(per_sample), axis_name)

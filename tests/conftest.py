@@ -1,0 +1,26 @@
+"""Test setup: 8 fake CPU devices (set before jax is imported) and shared data."""
+
+import os
+import pathlib
+
+# Must happen before the first `import jax` anywhere in the test session.
+_flags = os.environ.get('XLA_FLAGS', '')
+if '--xla_force_host_platform_device_count' not in _flags:
+  os.environ['XLA_FLAGS'] = (
+      _flags + ' --xla_force_host_platform_device_count=8').strip()
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+import pytest  # pylint: disable=g-import-not-at-top
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / 'shared' / 'data'
+
+
+@pytest.fixture
+def shared_data() -> pathlib.Path:
+  """../shared/data, or a skip when this clone has no shared folder beside it."""
+  if not SHARED_DATA.is_dir():
+    pytest.skip(f'real-image data not found at {SHARED_DATA} (present in CI; '
+                'see ../shared/data/README.md)')
+  return SHARED_DATA
