@@ -1,0 +1,91 @@
+"""Default configuration; every dataset config starts from it and overrides.
+
+Fields and their meaning are documented inline. Override any of them on the
+command line: ``--config.train.num_epochs=50``.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  # Root of all randomness: init, data order (a function of seed and epoch),
+  # augmentation keys (fold_in(seed, step)) and k-means.
+  config.seed = 0
+
+  config.dataset = dataset = ml_collections.ConfigDict()
+  # Registry name (jcc.data.DATASETS): 'digits' (scikit-learn's bundled 8×8
+  # digits, no download) or 'npz' (a file with uint8 `images` and optional
+  # `labels`).
+  dataset.name = 'digits'
+  # File or folder for sources that read one ('npz'); '' for the others.
+  dataset.path = ''
+  # Images are resized to image_size × image_size before training.
+  dataset.image_size = 8
+  # K: the number of clusters (cluster-head outputs and DEC centroids).
+  dataset.num_clusters = 10
+
+  config.model = model = ml_collections.ConfigDict()
+  # 'convnet' (small images), 'resnet18_cifar' / 'resnet34_cifar' (3×3 stem,
+  # no max-pool: 32×32 inputs), 'resnet18' / 'resnet34' (ImageNet stem).
+  model.backbone = 'convnet'
+  # Channel widths of the ConvNet's stages (each stage after the first halves
+  # the resolution). Ignored by the ResNets.
+  model.convnet_widths = (32, 64, 128)
+  # Hidden width of both heads (CC: 512) and the instance projection's size.
+  model.head_hidden = 512
+  model.projection_dim = 128
+  # Base width of the decoder's transposed convolutions.
+  model.decoder_width = 64
+
+  config.augment = augment = ml_collections.ConfigDict()
+  # Random resized crop: range of area fraction and of aspect ratio w/h.
+  augment.crop_scale = (0.08, 1.0)
+  augment.crop_ratio = (3 / 4, 4 / 3)
+  # Probability of a horizontal flip (0 for digits and text).
+  augment.flip_prob = 0.5
+  # Brightness and contrast factors drawn from U[1−x, 1+x]; 0 turns it off.
+  augment.brightness = 0.4
+  augment.contrast = 0.4
+  # Standard deviation of added Gaussian pixel noise; 0 turns it off.
+  augment.noise_stddev = 0.0
+
+  config.loss = loss = ml_collections.ConfigDict()
+  # Weights of the objectives; 0 removes a term from the computation, so
+  # CC-only (reconstruction=kl=0) or IDEC-like (instance=cluster=entropy=0)
+  # runs are just configs.
+  loss.instance = 1.0  # NT-Xent between the two views' projections.
+  loss.cluster = 1.0  # contrast of the cluster columns of the two views.
+  loss.entropy = 1.0  # log K − H(cluster marginal), per view.
+  loss.reconstruction = 1.0  # MSE of the decoder's reconstruction.
+  loss.kl = 0.1  # DEC's KL(P‖Q); only after the warm-up (γ = 0.1 in IDEC).
+  # Temperatures of the instance and the cluster contrast (CC: 0.5 and 1.0).
+  loss.instance_temperature = 0.5
+  loss.cluster_temperature = 1.0
+  # Degrees of freedom of DEC's Student-t kernel.
+  loss.alpha = 1.0
+
+  config.train = train = ml_collections.ConfigDict()
+  # Global batch (split over all devices; must divide evenly).
+  train.batch_size = 256
+  train.num_epochs = 100
+  # Adam, constant learning rate, no weight decay (CC's recipe).
+  train.learning_rate = 3e-4
+  # Epochs trained without the KL term before the centroids are initialised
+  # by k-means on the embeddings of the whole training set.
+  train.warmup_epochs = 20
+  # k-means restarts for the centroid initialisation (DEC: 20).
+  train.kmeans_n_init = 20
+  # Steps between recomputations of the target distribution P over the whole
+  # training set, during joint training.
+  train.target_update_interval = 100
+  # Seconds between progress lines (the only host sync in the loop).
+  train.log_every_seconds = 10.0
+  # Steps between checkpoints (one is always written at the end); how many
+  # to keep.
+  train.checkpoint_every_steps = 500
+  train.max_checkpoints = 3
+  # Batch size of the forward passes over the whole dataset (evaluation,
+  # centroid initialisation, target refresh).
+  train.eval_batch_size = 1024
+  return config

@@ -1,0 +1,115 @@
+"""Predictions over a dataset, clustering metrics and result reports."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+
+import jax
+import numpy as np
+from scipy import optimize
+from sklearn import cluster as sk_cluster
+from sklearn import metrics as sk_metrics
+
+ASSIGNMENTS = ('cluster_head', 'dec', 'kmeans')
+
+
+def cluster_accuracy(labels: np.ndarray, predictions: np.ndarray) -> float:
+  """Accuracy after the best one-to-one map of clusters to labels (Hungarian)."""
+  labels = np.asarray(labels, np.int64)
+  predictions = np.asarray(predictions, np.int64)
+  size = max(labels.max(), predictions.max()) + 1
+  counts = np.zeros((size, size), np.int64)
+  np.add.at(counts, (predictions, labels), 1)
+  rows, cols = optimize.linear_sum_assignment(counts, maximize=True)
+  return float(counts[rows, cols].sum() / labels.size)
+
+
+def clustering_metrics(
+    labels: np.ndarray, predictions: np.ndarray) -> dict[str, float]:
+  """ACC (Hungarian), NMI (arithmetic mean) and ARI of a clustering."""
+  return {
+      'acc': cluster_accuracy(labels, predictions),
+      'nmi': float(sk_metrics.normalized_mutual_info_score(labels, predictions)),
+      'ari': float(sk_metrics.adjusted_rand_score(labels, predictions)),
+  }
+
+
+def kmeans(
+    embeddings: np.ndarray, num_clusters: int, seed: int, n_init: int = 10
+) -> tuple[np.ndarray, np.ndarray]:
+  """k-means (scikit-learn) on the rows: (centroids (K, D), labels (N,))."""
+  km = sk_cluster.KMeans(num_clusters, n_init=n_init, random_state=seed)
+  labels = km.fit_predict(np.asarray(embeddings, np.float64))
+  return km.cluster_centers_.astype(np.float32), labels
+
+
+def predict_batches(
+    forward: Callable[[jax.Array], dict[str, jax.Array]],
+    images: np.ndarray,
+    batch_size: int,
+    to_device: Callable[[np.ndarray], jax.Array] = jax.device_put,
+) -> dict[str, np.ndarray]:
+  """Runs ``forward`` over every image once; concatenated numpy outputs.
+
+  The last batch is padded to ``batch_size`` (one compiled shape) and the
+  padding rows are dropped from the outputs.
+  """
+  num = images.shape[0]
+  outputs: dict[str, list[np.ndarray]] = {}
+  for start in range(0, num, batch_size):
+    batch = images[start:start + batch_size]
+    valid = batch.shape[0]
+    if valid < batch_size:
+      pad = np.zeros((batch_size - valid,) + batch.shape[1:], batch.dtype)
+      batch = np.concatenate([batch, pad])
+    result = jax.device_get(forward(to_device(batch)))
+    for key, value in result.items():
+      outputs.setdefault(key, []).append(np.asarray(value)[:valid])
+  return {key: np.concatenate(value) for key, value in outputs.items()}
+
+
+def evaluate_assignments(
+    labels: np.ndarray | None,
+    cluster_probs: np.ndarray,
+    student_t: np.ndarray,
+    embeddings: np.ndarray,
+    num_clusters: int,
+    seed: int,
+) -> dict[str, dict[str, float] | None]:
+  """Metrics of the three assignments; None entries when there are no labels."""
+  predictions = {
+      'cluster_head': cluster_probs.argmax(1),
+      'dec': student_t.argmax(1),
+      'kmeans': kmeans(embeddings, num_clusters, seed)[1],
+  }
+  if labels is None:
+    return {name: None for name in predictions}
+  return {name: clustering_metrics(labels, pred)
+          for name, pred in predictions.items()}
+
+
+def format_results_table(results: dict) -> str:
+  """The results as a small fixed-width table."""
+  lines = [
+      f"{results['dataset']}: {results['num_examples']} images, "
+      f"K={results['num_clusters']}, {results['seconds']:.0f} s",
+      f'{"assignment":14s} {"ACC":>6s} {"NMI":>6s} {"ARI":>6s}',
+  ]
+  for name in ASSIGNMENTS:
+    metrics = results.get(name)
+    if metrics is None:
+      lines.append(f'{name:14s} {"(no labels)":>20s}')
+    else:
+      lines.append(f'{name:14s} {metrics["acc"]:6.3f} {metrics["nmi"]:6.3f} '
+                   f'{metrics["ari"]:6.3f}')
+  return '\n'.join(lines)
+
+
+def write_results(workdir: str, results: dict) -> str:
+  """Writes WORKDIR/results.json; returns its path."""
+  path = os.path.join(workdir, 'results.json')
+  with open(path, 'w') as f:
+    json.dump(results, f, indent=2)
+  return path

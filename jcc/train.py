@@ -1,0 +1,413 @@
+"""Training: state, the jitted train step, the phases, checkpoints, progress.
+
+``train_and_evaluate(config, workdir)`` runs the whole method:
+
+1. warm-up (``config.train.warmup_epochs``): every weighted term but the KL;
+2. at the end of the warm-up, the DEC centroids are initialised by k-means on
+   the embeddings of the whole training set, and P is computed from them;
+3. joint training of all terms, with P recomputed over the whole training set
+   every ``config.train.target_update_interval`` steps.
+
+Then it evaluates three assignments (cluster head, DEC, k-means on the
+embeddings), writes ``WORKDIR/results.json`` and prints a table. Checkpoints
+(orbax) go to ``WORKDIR/checkpoints``; a restart with the same workdir resumes
+from the latest one, and the batches and augmentation keys of a step depend
+only on (seed, step).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from absl import logging
+import flax
+import jax
+import jax.numpy as jnp
+from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+
+from jcc import augment
+from jcc import data
+from jcc import evaluate
+from jcc import losses
+from jcc import models
+
+# Loss terms, in the order they are reported.
+TERMS = ('instance', 'cluster', 'entropy', 'reconstruction', 'kl')
+
+
+class ConfigError(ValueError):
+  """A config value that cannot work; the message names it and the fix."""
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+
+
+def make_mesh() -> jax.sharding.Mesh:
+  """A 1-D mesh over all devices; the batch is split on its axis 'data'."""
+  return jax.make_mesh(
+      (jax.device_count(),), ('data',), axis_types=(AxisType.Auto,))
+
+
+def check_config(config: ml_collections.ConfigDict, num_examples: int,
+                 num_devices: int) -> None:
+  """Raises ConfigError for settings that cannot train."""
+  k = config.dataset.num_clusters
+  batch = config.train.batch_size
+  if k < 2:
+    raise ConfigError(f'config.dataset.num_clusters={k}: need at least 2.')
+  if k > num_examples:
+    raise ConfigError(
+        f'config.dataset.num_clusters={k} exceeds the {num_examples} examples.')
+  if batch > num_examples:
+    raise ConfigError(
+        f'config.train.batch_size={batch} exceeds the {num_examples} examples;'
+        ' lower it.')
+  if batch % num_devices:
+    raise ConfigError(
+        f'config.train.batch_size={batch} does not divide over the '
+        f'{num_devices} devices; use a multiple of {num_devices}.')
+  negative = [t for t in TERMS if config.loss[t] < 0]
+  if negative:
+    raise ConfigError(
+        f'config.loss.{negative[0]}={config.loss[negative[0]]}: loss weights '
+        'must be >= 0 (0 removes the term).')
+
+
+def create_train_state(
+    model: models.ClusteringModel,
+    tx: optax.GradientTransformation,
+    key: jax.Array,
+    image_shape: tuple[int, int, int],
+) -> TrainState:
+  variables = model.init(key, jnp.zeros((2,) + image_shape), train=False)
+  return TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=variables['params'],
+      batch_stats=variables.get('batch_stats', {}),
+      opt_state=tx.init(variables['params']))
+
+
+def compute_loss_terms(
+    outputs: models.ModelOutputs,
+    views: jax.Array,
+    target: jax.Array,
+    loss_config: ml_collections.ConfigDict,
+) -> dict[str, jax.Array]:
+  """The active (non-zero weight) terms, unweighted, for a 2B batch of views.
+
+  Rows [0, B) of ``outputs`` are view a, rows [B, 2B) view b of the same
+  images; ``target`` is DEC's P for the B images.
+  """
+  half = views.shape[0] // 2
+  a = jax.tree.map(lambda x: x[:half], outputs)
+  b = jax.tree.map(lambda x: x[half:], outputs)
+  terms = {}
+  if loss_config.instance:
+    terms['instance'] = losses.instance_contrastive_loss(
+        a.projection, b.projection, loss_config.instance_temperature)
+  if loss_config.cluster:
+    terms['cluster'] = losses.cluster_contrastive_loss(
+        a.cluster_probs, b.cluster_probs, loss_config.cluster_temperature)
+  if loss_config.entropy:
+    terms['entropy'] = (losses.cluster_entropy(a.cluster_probs) +
+                        losses.cluster_entropy(b.cluster_probs))
+  if loss_config.reconstruction:
+    terms['reconstruction'] = losses.reconstruction_loss(
+        views, outputs.reconstruction)
+  if loss_config.kl:
+    terms['kl'] = 0.5 * (losses.kl_clustering_loss(target, a.student_t) +
+                         losses.kl_clustering_loss(target, b.student_t))
+  return terms
+
+
+def make_train_step(model, tx, config, mesh):
+  """The jitted step: (state, target, images, indices, kl_scale) → (state, metrics).
+
+  ``images`` (uint8) and ``indices`` (their rows in the dataset, to look up
+  P in ``target``) are the global batch, sharded over 'data'; the state and
+  ``target`` are replicated. ``kl_scale`` is 0 in the warm-up, 1 after.
+  """
+  loss_config = config.loss
+  aug_config = config.augment
+  aug_key = jax.random.fold_in(jax.random.key(config.seed), 1)
+  decode = bool(loss_config.reconstruction)
+
+  def step_fn(state, target, images, indices, kl_scale):
+    key = jax.random.fold_in(aug_key, state.step)
+    x = images.astype(jnp.float32) / 255.0
+    views = jnp.concatenate(augment.two_views(key, x, aug_config))
+    p = target[indices]
+
+    def loss_fn(params):
+      outputs, updates = model.apply(
+          {'params': params, 'batch_stats': state.batch_stats}, views,
+          train=True, decode=decode, mutable=['batch_stats'])
+      terms = compute_loss_terms(outputs, views, p, loss_config)
+      total = sum(loss_config[name] * value * (kl_scale if name == 'kl' else 1)
+                  for name, value in terms.items())
+      return total, (terms, updates['batch_stats'])
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    (total, (terms, batch_stats)), grads = grad_fn(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    new_state = TrainState(
+        step=state.step + 1,
+        params=optax.apply_updates(state.params, updates),
+        batch_stats=batch_stats,
+        opt_state=opt_state)
+    return new_state, dict(terms, total=total)
+
+  replicated = NamedSharding(mesh, P())
+  batch = NamedSharding(mesh, P('data'))
+  return jax.jit(
+      step_fn,
+      in_shardings=(replicated, replicated, batch, batch, replicated),
+      out_shardings=(replicated, replicated),
+      donate_argnums=0)
+
+
+def make_forward(model, mesh):
+  """Jitted evaluation forward: variables, uint8 images → dict of outputs."""
+
+  def forward(variables, images):
+    out = model.apply(variables, images.astype(jnp.float32) / 255.0,
+                      train=False, decode=False)
+    return {'embedding': out.embedding, 'cluster_probs': out.cluster_probs,
+            'student_t': out.student_t}
+
+  return jax.jit(
+      forward,
+      in_shardings=(NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))),
+      out_shardings=NamedSharding(mesh, P()))
+
+
+class Trainer:
+  """Holds what a run needs; its methods are the phases of the method."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+    self.start_time = time.time()
+    self.config = config
+    self.workdir = workdir
+    self.dataset = data.load_dataset(config.dataset)
+    self.mesh = make_mesh()
+    num_devices = self.mesh.size
+    check_config(config, len(self.dataset), num_devices)
+    self.model = models.build_model(config, self.dataset.channels)
+    self.tx = optax.adam(config.train.learning_rate)
+    self.replicated = NamedSharding(self.mesh, P())
+    self.batch_sharding = NamedSharding(self.mesh, P('data'))
+
+    n, bs = len(self.dataset), config.train.batch_size
+    self.steps_per_epoch = n // bs
+    self.total_steps = config.train.num_epochs * self.steps_per_epoch
+    self.warmup_steps = min(
+        config.train.warmup_epochs * self.steps_per_epoch, self.total_steps)
+    eval_bs = max(config.train.eval_batch_size, num_devices)
+    self.eval_batch_size = -(-eval_bs // num_devices) * num_devices
+
+    image_shape = self.dataset.images.shape[1:]
+    init_key = jax.random.fold_in(jax.random.key(config.seed), 0)
+    init = jax.jit(
+        lambda key: create_train_state(self.model, self.tx, key, image_shape),
+        out_shardings=self.replicated)
+    self.state = init(init_key)
+    self.target = jax.device_put(
+        jnp.full((n, config.dataset.num_clusters),
+                 1.0 / config.dataset.num_clusters, jnp.float32),
+        self.replicated)
+    self.train_step = make_train_step(self.model, self.tx, config, self.mesh)
+    self.forward = make_forward(self.model, self.mesh)
+
+    os.makedirs(workdir, exist_ok=True)
+    self.checkpoints = ocp.CheckpointManager(
+        os.path.abspath(os.path.join(workdir, 'checkpoints')),
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=config.train.max_checkpoints, create=True))
+
+  # -- checkpoints ---------------------------------------------------------
+
+  def _checkpoint_tree(self):
+    return {'state': self.state, 'target': self.target}
+
+  def restore_latest(self) -> bool:
+    """Restores the latest checkpoint of the workdir; False if there is none."""
+    step = self.checkpoints.latest_step()
+    if step is None:
+      return False
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+        self._checkpoint_tree())
+    restored = self.checkpoints.restore(
+        step, args=ocp.args.StandardRestore(abstract))
+    self.state, self.target = restored['state'], restored['target']
+    logging.info('Resumed from the checkpoint of step %d in %s.', step,
+                 self.workdir)
+    return True
+
+  def save(self, force: bool = False) -> None:
+    self.checkpoints.save(
+        int(self.state.step), args=ocp.args.StandardSave(
+            self._checkpoint_tree()), force=force)
+
+  # -- passes over the whole dataset --------------------------------------
+
+  def predict(self) -> dict[str, np.ndarray]:
+    """Embeddings, cluster-head probabilities and q for every training image."""
+    variables = {'params': self.state.params,
+                 'batch_stats': self.state.batch_stats}
+    return evaluate.predict_batches(
+        lambda images: self.forward(variables, images), self.dataset.images,
+        self.eval_batch_size,
+        lambda batch: jax.device_put(batch, self.batch_sharding))
+
+  def init_centroids(self) -> None:
+    """Phase 2: centroids ← k-means on the embeddings of the whole dataset."""
+    start = time.time()
+    embeddings = self.predict()['embedding']
+    centroids, _ = evaluate.kmeans(
+        embeddings, self.config.dataset.num_clusters, self.config.seed,
+        self.config.train.kmeans_n_init)
+    params = flax.core.unfreeze(self.state.params)
+    params['clustering']['centroids'] = jax.device_put(
+        centroids, self.replicated)
+    self.state = self.state.replace(params=params)
+    logging.info('Centroids initialised by k-means (n_init=%d) on %d '
+                 'embeddings in %.1f s.', self.config.train.kmeans_n_init,
+                 len(embeddings), time.time() - start)
+
+  def refresh_target(self) -> None:
+    """Recomputes DEC's target distribution P over the whole dataset."""
+    q = self.predict()['student_t']
+    self.target = jax.device_put(
+        losses.target_distribution(jnp.asarray(q)), self.replicated)
+
+  # -- the loop ------------------------------------------------------------
+
+  def train(self) -> None:
+    config, n = self.config, len(self.dataset)
+    bs = config.train.batch_size
+    kl_on = bool(config.loss.kl)
+    start_step = int(self.state.step)
+    if start_step >= self.total_steps:
+      logging.info('Training already finished (step %d); evaluating.',
+                   start_step)
+      return
+    logging.info(
+        'Training %s: %d images, K=%d, %s, %d devices, %d steps (%d epochs of '
+        '%d), warm-up %d steps.', self.dataset.name, n,
+        config.dataset.num_clusters, config.model.backbone, self.mesh.size,
+        self.total_steps, config.train.num_epochs, self.steps_per_epoch,
+        self.warmup_steps)
+    interval = config.train.target_update_interval
+    last_log_time, last_log_step = time.time(), start_step
+    metrics = None
+    for step in range(start_step, self.total_steps):
+      if step == self.warmup_steps and kl_on:
+        self.init_centroids()
+      if kl_on and step >= self.warmup_steps and (
+          (step - self.warmup_steps) % interval == 0):
+        self.refresh_target()
+      indices = data.train_batch_indices(n, bs, config.seed, step)
+      images = jax.device_put(self.dataset.images[indices],
+                              self.batch_sharding)
+      indices = jax.device_put(indices.astype(np.int32), self.batch_sharding)
+      kl_scale = np.float32(step >= self.warmup_steps)
+      self.state, metrics = self.train_step(
+          self.state, self.target, images, indices, kl_scale)
+      done = step + 1
+      if (time.time() - last_log_time >= config.train.log_every_seconds or
+          done == self.total_steps):
+        metrics = jax.device_get(metrics)  # waits for the step to finish
+        now = time.time()
+        _check_finite(metrics, done)
+        rate = (done - last_log_step) * bs / (now - last_log_time)
+        eta = (self.total_steps - done) * bs / rate
+        terms = ' '.join(f'{k}={float(metrics[k]):.4f}'
+                         for k in TERMS + ('total',) if k in metrics)
+        logging.info('epoch %d step %d/%d | %s | %.0f img/s | ETA %s',
+                     done // self.steps_per_epoch, done, self.total_steps,
+                     terms, rate, _format_seconds(eta))
+        last_log_time, last_log_step = now, done
+      if done % config.train.checkpoint_every_steps == 0:
+        self.save()
+    self.save(force=True)
+    self.checkpoints.wait_until_finished()
+
+  def evaluate(self) -> dict:
+    """Metrics of the three assignments, written to WORKDIR/results.json."""
+    if self.total_steps <= self.warmup_steps or not self.config.loss.kl:
+      # No joint phase ran: DEC's assignment is nearest-centroid of k-means
+      # on the final embeddings.
+      self.init_centroids()
+    outputs = self.predict()
+    k = self.config.dataset.num_clusters
+    metrics = evaluate.evaluate_assignments(
+        self.dataset.labels, outputs['cluster_probs'], outputs['student_t'],
+        outputs['embedding'], k, self.config.seed)
+    results = {
+        'dataset': self.config.dataset.name,
+        'num_examples': len(self.dataset),
+        'num_clusters': k,
+        'seconds': time.time() - self.start_time,
+        **metrics,
+    }
+    evaluate.write_results(self.workdir, results)
+    print(evaluate.format_results_table(results), flush=True)
+    return results
+
+  def close(self):
+    self.checkpoints.close()
+
+
+def _check_finite(metrics: dict, step: int) -> None:
+  bad = [k for k, v in metrics.items() if not np.isfinite(v)]
+  if bad:
+    raise FloatingPointError(
+        f'Non-finite loss at step {step}: {", ".join(bad)}. The last '
+        'checkpoint is kept; lower the learning rate or check the data.')
+
+
+def _format_seconds(seconds: float) -> str:
+  seconds = int(round(seconds))
+  hours, rest = divmod(seconds, 3600)
+  return f'{hours}:{rest // 60:02d}:{rest % 60:02d}' if hours else (
+      f'{rest // 60}:{rest % 60:02d}')
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains (resuming from WORKDIR's latest checkpoint), then evaluates.
+
+  Returns:
+    The results dict also written to WORKDIR/results.json.
+  """
+  trainer = Trainer(config, workdir)
+  try:
+    trainer.restore_latest()
+    trainer.train()
+    return trainer.evaluate()
+  finally:
+    trainer.close()
+
+
+def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Evaluates the latest checkpoint of WORKDIR without training."""
+  trainer = Trainer(config, workdir)
+  try:
+    if not trainer.restore_latest():
+      raise FileNotFoundError(
+          f'No checkpoint in {workdir}/checkpoints: train first '
+          '(--mode=train).')
+    return trainer.evaluate()
+  finally:
+    trainer.close()
