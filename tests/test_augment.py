@@ -1,0 +1,80 @@
+"""jcc.augment: the random views keep images valid and are reproducible."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from jcc import augment
+
+
+def _images(n=4, size=12, channels=3, seed=0):
+  return jnp.asarray(np.random.default_rng(seed).uniform(
+      size=(n, size, size, channels)), jnp.float32)
+
+
+def _config(**overrides):
+  cfg = ml_collections.ConfigDict(dict(
+      crop_scale=(0.3, 1.0), crop_ratio=(3 / 4, 4 / 3), flip_prob=0.5,
+      brightness=0.4, contrast=0.4, noise_stddev=0.05))
+  cfg.update(overrides)
+  return cfg
+
+
+def test_full_crop_reproduces_the_image():
+  image = _images(1)[0]
+  out = augment.crop_and_resize(image, 0.0, 0.0, 12.0, 12.0)
+  np.testing.assert_allclose(out, image, atol=1e-6)
+  out = augment.random_resized_crop(
+      jax.random.key(0), image, scale=(1.0, 1.0), ratio=(1.0, 1.0))
+  np.testing.assert_allclose(out, image, atol=1e-6)
+
+
+def test_crop_of_a_corner_magnifies_it():
+  image = jnp.zeros((8, 8, 1)).at[:4, :4].set(1.0)  # bright top-left quarter
+  out = augment.crop_and_resize(image, 0.0, 0.0, 4.0, 4.0)
+  assert out.shape == image.shape
+  # Bilinear sampling blends the box's last row/column with its neighbours.
+  np.testing.assert_allclose(out[:7, :7], 1.0, atol=1e-6)
+  assert float(out.min()) >= 0.5
+
+
+def test_flip_twice_is_the_identity():
+  image = _images(1)[0]
+  key = jax.random.key(3)
+  once = augment.horizontal_flip(key, image, prob=1.0)
+  np.testing.assert_array_equal(once, image[:, ::-1])
+  np.testing.assert_array_equal(
+      augment.horizontal_flip(key, once, prob=1.0), image)
+  np.testing.assert_array_equal(
+      augment.horizontal_flip(key, image, prob=0.0), image)
+
+
+def test_jitter_and_noise_stay_in_unit_range():
+  images = _images(16)
+  keys = jax.random.split(jax.random.key(1), 16)
+  jittered = jax.vmap(augment.brightness_contrast, (0, 0, None, None))(
+      keys, images, 0.9, 0.9)
+  noisy = jax.vmap(augment.gaussian_noise, (0, 0, None))(keys, images, 0.5)
+  for out in (jittered, noisy):
+    assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+  assert not np.allclose(jittered, images)
+
+
+def test_views_are_reproducible_per_key_and_differ_across_keys():
+  images = _images(8)
+  cfg = _config()
+  two_views = jax.jit(lambda key, x: augment.two_views(key, x, cfg))
+  a1, b1 = two_views(jax.random.key(0), images)
+  a2, b2 = two_views(jax.random.key(0), images)
+  a3, _ = two_views(jax.random.key(1), images)
+  np.testing.assert_array_equal(a1, a2)
+  np.testing.assert_array_equal(b1, b2)
+  assert a1.shape == images.shape and a1.dtype == jnp.float32
+  assert not np.allclose(a1, a3)
+  assert not np.allclose(a1, b1)
+  # Each image gets its own key: identical images give different views.
+  same = jnp.broadcast_to(images[:1], images.shape)
+  views, _ = two_views(jax.random.key(0), same)
+  assert not np.allclose(views[0], views[1])
+  assert float(views.min()) >= 0.0 and float(views.max()) <= 1.0

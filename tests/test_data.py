@@ -1,0 +1,73 @@
+"""jcc.data: sources, resizing and the (seed, epoch) training order."""
+
+import ml_collections
+import numpy as np
+import pytest
+
+from jcc import data
+
+
+def _config(**kw):
+  return ml_collections.ConfigDict(
+      dict(dict(name='digits', path='', image_size=8, num_clusters=10), **kw))
+
+
+def test_digits_is_the_real_bundled_set():
+  ds = data.load_dataset(_config())
+  assert ds.images.shape == (1797, 8, 8, 1) and ds.images.dtype == np.uint8
+  assert ds.images.max() == 255 and ds.images.min() == 0
+  assert sorted(np.unique(ds.labels)) == list(range(10))
+
+
+def test_resize_changes_size_only():
+  ds = data.load_dataset(_config(image_size=16))
+  assert ds.images.shape == (1797, 16, 16, 1) and ds.images.dtype == np.uint8
+  small = data.load_dataset(_config())
+  # Mean brightness is kept by bilinear resizing (up to rounding).
+  assert abs(ds.images.mean() - small.images.mean()) < 2.0
+
+
+@pytest.mark.parametrize('shape', [(6, 5, 5), (6, 5, 5, 1), (6, 5, 5, 3)])
+def test_npz_reads_nhw_and_nhwc(tmp_path, shape):
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, shape, dtype=np.uint8)
+  path = tmp_path / 'x.npz'
+  np.savez(path, images=images, labels=np.arange(6))
+  ds = data.load_dataset(_config(name='npz', path=str(path), image_size=5))
+  assert ds.images.shape == (6, 5, 5, shape[3] if len(shape) == 4 else 1)
+  np.testing.assert_array_equal(ds.images.reshape(shape), images)
+  np.testing.assert_array_equal(ds.labels, np.arange(6))
+
+
+def test_npz_without_labels(tmp_path):
+  path = tmp_path / 'x.npz'
+  np.savez(path, images=np.zeros((3, 4, 4), np.uint8))
+  assert data.load_dataset(
+      _config(name='npz', path=str(path), image_size=4)).labels is None
+
+
+def test_clear_errors_for_missing_or_bad_data(tmp_path):
+  with pytest.raises(data.DataError, match='Unknown dataset'):
+    data.load_dataset(_config(name='cifar11'))
+  with pytest.raises(data.DataError, match='dataset.path'):
+    data.load_dataset(_config(name='npz', path=str(tmp_path / 'none.npz')))
+  with pytest.raises(data.DataError, match='needs a file'):
+    data.load_dataset(_config(name='npz'))
+  path = tmp_path / 'f.npz'
+  np.savez(path, images=np.zeros((3, 4, 4), np.float32))
+  with pytest.raises(data.DataError, match='uint8'):
+    data.load_dataset(_config(name='npz', path=str(path)))
+
+
+def test_training_order_is_a_function_of_seed_and_epoch():
+  a = data.epoch_order(100, seed=0, epoch=3)
+  np.testing.assert_array_equal(a, data.epoch_order(100, seed=0, epoch=3))
+  assert not np.array_equal(a, data.epoch_order(100, seed=0, epoch=4))
+  assert not np.array_equal(a, data.epoch_order(100, seed=1, epoch=3))
+  # Steps of one epoch cover distinct examples; the partial batch is dropped.
+  steps = [data.train_batch_indices(100, 30, seed=0, step=s) for s in range(3)]
+  flat = np.concatenate(steps)
+  assert len(np.unique(flat)) == 90
+  np.testing.assert_array_equal(
+      data.train_batch_indices(100, 30, seed=0, step=3),
+      data.epoch_order(100, 0, 1)[:30])

@@ -1,0 +1,66 @@
+"""jcc.models: shapes and invariants of every backbone and head."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jcc import models
+
+
+@pytest.mark.parametrize('size,start,ups', [
+    (8, 4, 1), (16, 4, 2), (28, 7, 2), (32, 4, 3), (96, 6, 4), (224, 7, 5)])
+def test_decoder_starts_small_and_ends_at_the_image_size(size, start, ups):
+  assert models.decoder_start_size(size) == (start, ups)
+
+
+@pytest.mark.parametrize('backbone,size,channels,feature_dim', [
+    ('convnet', 8, 1, 32),
+    ('convnet', 28, 1, 32),
+    pytest.param('resnet18_cifar', 32, 3, 512, marks=pytest.mark.slow),
+    pytest.param('resnet34', 64, 3, 512, marks=pytest.mark.slow),
+])
+def test_outputs_have_the_documented_shapes(backbone, size, channels,
+                                            feature_dim):
+  model = models.ClusteringModel(
+      backbone=backbone, num_clusters=5, image_size=size, channels=channels,
+      projection_dim=16, head_hidden=32, convnet_widths=(8, 16, 32),
+      decoder_width=8)
+  x = jnp.asarray(np.random.default_rng(0).uniform(
+      size=(3, size, size, channels)), jnp.float32)
+  variables = model.init(jax.random.key(0), x)
+  out, _ = model.apply(variables, x, train=True, mutable=['batch_stats'])
+  assert out.embedding.shape == (3, feature_dim)
+  assert out.projection.shape == (3, 16)
+  np.testing.assert_allclose(jnp.linalg.norm(out.projection, axis=1), 1.0,
+                             rtol=1e-5)
+  assert out.cluster_probs.shape == (3, 5)
+  np.testing.assert_allclose(out.cluster_probs.sum(1), 1.0, rtol=1e-5)
+  assert out.student_t.shape == (3, 5)
+  np.testing.assert_allclose(out.student_t.sum(1), 1.0, rtol=1e-5)
+  assert out.reconstruction.shape == x.shape
+  assert float(out.reconstruction.min()) >= 0 and float(
+      out.reconstruction.max()) <= 1
+  assert variables['params']['clustering']['centroids'].shape == (
+      5, feature_dim)
+  no_decoder = model.apply(variables, x, decode=False)
+  assert no_decoder.reconstruction is None
+
+
+def test_eval_mode_is_deterministic_and_per_example():
+  model = models.ClusteringModel(
+      backbone='convnet', num_clusters=3, image_size=8, channels=1,
+      convnet_widths=(4, 8), head_hidden=8, projection_dim=4, decoder_width=4)
+  x = jnp.asarray(np.random.default_rng(1).uniform(size=(4, 8, 8, 1)))
+  variables = model.init(jax.random.key(0), x)
+  full = model.apply(variables, x)
+  first = model.apply(variables, x[:1])  # running statistics, not the batch's
+  np.testing.assert_allclose(first.cluster_probs, full.cluster_probs[:1],
+                             rtol=1e-5, atol=1e-6)
+
+
+def test_unknown_backbone_is_a_clear_error():
+  model = models.ClusteringModel(
+      backbone='vgg', num_clusters=3, image_size=8, channels=1)
+  with pytest.raises(ValueError, match='Unknown backbone'):
+    model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))

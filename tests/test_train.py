@@ -1,0 +1,134 @@
+"""jcc.train end to end on the embedded digits, plus the step's pieces."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import digits
+from jcc import models
+from jcc import train
+from tests.conftest import REPO_ROOT
+
+
+def tiny_config(**train_overrides):
+  """Digits at 8×8 with a tiny ConvNet: seconds per epoch on a CPU."""
+  config = digits.get_config()
+  config.dataset.image_size = 8
+  config.model.convnet_widths = (8, 16)
+  config.model.head_hidden = 32
+  config.model.projection_dim = 16
+  config.model.decoder_width = 8
+  config.train.batch_size = 256
+  config.train.num_epochs = 2
+  config.train.warmup_epochs = 1
+  config.train.target_update_interval = 3
+  config.train.kmeans_n_init = 2
+  config.train.eval_batch_size = 512
+  config.train.log_every_seconds = 0.0
+  config.train.update(train_overrides)
+  return config
+
+
+def test_zero_weight_removes_the_term():
+  config = tiny_config()
+  config.loss.kl = 0.0
+  config.loss.reconstruction = 0.0
+  model = models.build_model(config, channels=1)
+  x = jnp.asarray(np.random.default_rng(0).uniform(size=(8, 8, 8, 1)))
+  variables = model.init(jax.random.key(0), x)
+  outputs = model.apply(variables, x, decode=False)
+  terms = train.compute_loss_terms(
+      outputs, x, jnp.full((4, 10), 0.1), config.loss)
+  assert set(terms) == {'instance', 'cluster', 'entropy'}
+  assert all(np.isfinite(v) for v in terms.values())
+
+
+def test_config_errors_name_the_field():
+  config = tiny_config()
+  config.dataset.num_clusters = 1
+  with pytest.raises(train.ConfigError, match='num_clusters=1'):
+    train.check_config(config, 100, 1)
+  config.dataset.num_clusters = 10
+  with pytest.raises(train.ConfigError, match='divide over the 8 devices'):
+    train.check_config(tiny_config(batch_size=100), 1000, 8)
+  with pytest.raises(train.ConfigError, match='exceeds the 50 examples'):
+    train.check_config(config, 50, 1)
+
+
+def test_train_evaluate_and_resume(tmp_path):
+  workdir = str(tmp_path / 'run')
+  # 2 epochs of 7 steps: warm-up (7), centroid init at step 7, joint (7).
+  results = train.train_and_evaluate(tiny_config(), workdir)
+  with open(os.path.join(workdir, 'results.json')) as f:
+    on_disk = json.load(f)
+  assert on_disk == results
+  assert on_disk['dataset'] == 'digits'
+  assert on_disk['num_examples'] == 1797 and on_disk['num_clusters'] == 10
+  assert on_disk['seconds'] > 0
+  for name in ('cluster_head', 'dec', 'kmeans'):
+    assert set(on_disk[name]) == {'acc', 'nmi', 'ari'}
+    assert 0.1 <= on_disk[name]['acc'] <= 1.0
+
+  # Resuming with more epochs continues at the saved step.
+  trainer = train.Trainer(tiny_config(num_epochs=3), workdir)
+  try:
+    assert trainer.restore_latest()
+    assert int(trainer.state.step) == 14
+    saved_centroids = np.asarray(
+        trainer.state.params['clustering']['centroids'])
+    trainer.train()
+    assert int(trainer.state.step) == 21
+    assert trainer.checkpoints.latest_step() == 21
+    # No second centroid initialisation: the joint phase just went on.
+    assert not np.allclose(
+        trainer.state.params['clustering']['centroids'], saved_centroids,
+        atol=0)
+  finally:
+    trainer.close()
+
+
+def test_resumed_run_matches_an_uninterrupted_one(tmp_path):
+  straight = train.Trainer(tiny_config(), str(tmp_path / 'a'))
+  straight.train()
+  first = train.Trainer(tiny_config(num_epochs=1), str(tmp_path / 'b'))
+  first.train()
+  first.close()
+  resumed = train.Trainer(tiny_config(), str(tmp_path / 'b'))
+  assert resumed.restore_latest()
+  resumed.train()
+  leaves = zip(jax.tree.leaves(straight.state.params),
+               jax.tree.leaves(resumed.state.params))
+  for a, b in leaves:
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(straight.target, resumed.target, atol=1e-6)
+  straight.close()
+  resumed.close()
+
+
+@pytest.mark.slow
+def test_command_line_trains_and_evaluates(tmp_path):
+  workdir = tmp_path / 'cli'
+  overrides = ['--config.dataset.image_size=8', '--config.train.num_epochs=1',
+               '--config.train.warmup_epochs=0', '--config.train.kmeans_n_init=2',
+               '--config.model.convnet_widths=(8,16)']
+  cmd = [sys.executable, '-m', 'jcc.main', '--config=configs/digits.py',
+         f'--workdir={workdir}'] + overrides
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  env.pop('XLA_FLAGS', None)  # one CPU device, as a user's laptop has
+  proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True,
+                        text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert 'cluster_head' in proc.stdout and 'kmeans' in proc.stdout
+  assert 'img/s' in proc.stderr and 'ETA' in proc.stderr
+  assert (workdir / 'results.json').is_file()
+  evaluated = subprocess.run(
+      cmd + ['--mode=evaluate'], cwd=REPO_ROOT, env=env, capture_output=True,
+      text=True, timeout=600)
+  assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+  assert 'Training' not in evaluated.stderr
