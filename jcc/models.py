@@ -32,6 +32,12 @@ RESNETS = {
 BACKBONES = ('convnet',) + tuple(RESNETS)
 
 
+def batch_norm(train: bool, dtype: Any) -> functools.partial:
+  """BatchNorm with the settings every backbone here uses."""
+  return functools.partial(
+      nn.BatchNorm, use_running_average=not train, momentum=0.9, dtype=dtype)
+
+
 class ConvNet(nn.Module):
   """A small ConvNet for MNIST-sized images: conv stages, then global pooling."""
   widths: Sequence[int] = (32, 64, 128)
@@ -39,9 +45,7 @@ class ConvNet(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, train: bool) -> Array:
-    norm = functools.partial(
-        nn.BatchNorm, use_running_average=not train, momentum=0.9,
-        dtype=self.dtype)
+    norm = batch_norm(train, self.dtype)
     for i, width in enumerate(self.widths):
       strides = (1, 1) if i == 0 else (2, 2)
       x = nn.Conv(width, (3, 3), strides, use_bias=False, dtype=self.dtype)(x)
@@ -59,9 +63,7 @@ class BasicBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, train: bool) -> Array:
-    norm = functools.partial(
-        nn.BatchNorm, use_running_average=not train, momentum=0.9,
-        dtype=self.dtype)
+    norm = batch_norm(train, self.dtype)
     conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
     y = conv(self.width, (3, 3), (self.strides,) * 2)(x)
     y = nn.relu(norm()(y))
@@ -86,9 +88,7 @@ class ResNet(nn.Module):
     else:
       x = nn.Conv(64, (7, 7), (2, 2), padding=[(3, 3), (3, 3)],
                   use_bias=False, dtype=self.dtype)(x)
-    x = nn.BatchNorm(use_running_average=not train, momentum=0.9,
-                     dtype=self.dtype)(x)
-    x = nn.relu(x)
+    x = nn.relu(batch_norm(train, self.dtype)()(x))
     if self.stem != 'cifar':
       x = nn.max_pool(x, (3, 3), (2, 2), padding='SAME')
     for stage, blocks in enumerate(self.stage_sizes):
