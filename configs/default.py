@@ -15,11 +15,14 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.dataset = dataset = ml_collections.ConfigDict()
   # Registry name (jcc.data.DATASETS): 'digits' (scikit-learn's bundled 8×8
-  # digits, no download) or 'npz' (a file with uint8 `images` and optional
-  # `labels`).
+  # digits, no download), 'npz' (a file with uint8 `images` and optional
+  # `labels`) or 'folder' (DIR/<class>/*.jpg gives labels; a flat DIR none).
   dataset.name = 'digits'
-  # File or folder for sources that read one ('npz'); '' for the others.
+  # File or folder for sources that read one ('npz', 'folder'); '' otherwise.
   dataset.path = ''
+  # 'folder': skip unreadable or truncated image files with a warning that
+  # lists them (True), or stop with an error that lists them (False).
+  dataset.skip_bad_images = True
   # Images are resized to image_size × image_size before training.
   dataset.image_size = 8
   # K: the number of clusters (cluster-head outputs and DEC centroids).

@@ -13,9 +13,9 @@ from collections.abc import Callable
 
 import numpy as np
 
+from absl import logging
 
-class DataError(ValueError):
-  """A dataset is missing, unreadable or inconsistent with the config."""
+from jcc.errors import DataError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,28 +51,38 @@ def _as_nhwc_uint8(images: np.ndarray, where: str) -> np.ndarray:
   return images
 
 
-def load_digits(path: str = '') -> ImageDataset:
+def load_digits(dataset_config) -> ImageDataset:
   """scikit-learn's bundled 8×8 digits (1,797 images), scaled to uint8."""
-  del path
+  del dataset_config
   from sklearn import datasets  # pylint: disable=g-import-not-at-top
   digits = datasets.load_digits()
   images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
   return ImageDataset('digits', images[..., None], digits.target.astype(np.int64))
 
 
-def load_npz(path: str) -> ImageDataset:
-  """An .npz with uint8 `images` (NHW or NHWC) and optional int `labels`."""
+def load_npz(dataset_config) -> ImageDataset:
+  """An .npz with uint8 `images` (NHW or NHWC) and optional int `labels`.
+
+  Read without pickle: object arrays are refused.
+  """
+  path = dataset_config.path
   if not path:
     raise DataError(
         "dataset 'npz' needs a file: set --config.dataset.path=FILE.npz")
   if not os.path.isfile(path):
     raise DataError(
         f"dataset 'npz': no file at {path!r} (config.dataset.path).")
-  with np.load(path, allow_pickle=False) as data:
-    if 'images' not in data:
-      raise DataError(f'{path}: has no `images` array (found {data.files}).')
-    images = _as_nhwc_uint8(data['images'], path)
-    labels = data['labels'].astype(np.int64) if 'labels' in data else None
+  try:
+    with np.load(path, allow_pickle=False) as data:
+      if 'images' not in data:
+        raise DataError(
+            f'{path}: has no `images` array (found {data.files}).')
+      images = _as_nhwc_uint8(data['images'], path)
+      labels = data['labels'].astype(np.int64) if 'labels' in data else None
+  except (ValueError, OSError) as e:
+    if isinstance(e, DataError):
+      raise
+    raise DataError(f'{path}: not a readable .npz of arrays ({e}).') from e
   if labels is not None and labels.shape != (images.shape[0],):
     raise DataError(
         f'{path}: `labels` has shape {labels.shape}, expected '
@@ -80,9 +90,95 @@ def load_npz(path: str) -> ImageDataset:
   return ImageDataset('npz', images, labels)
 
 
-DATASETS: dict[str, Callable[[str], ImageDataset]] = {
+IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.webp', '.tif',
+                    '.tiff')
+
+
+def _list_images(root: str) -> tuple[list[str], list[int] | None, list[str]]:
+  """(files, labels or None, class names): class subfolders, else flat."""
+  def images_in(folder):
+    return sorted(os.path.join(folder, f) for f in os.listdir(folder)
+                  if f.lower().endswith(IMAGE_EXTENSIONS) and
+                  os.path.isfile(os.path.join(folder, f)))
+
+  classes = sorted(d for d in os.listdir(root)
+                   if os.path.isdir(os.path.join(root, d)) and
+                   images_in(os.path.join(root, d)))
+  if not classes:
+    return images_in(root), None, []
+  files, labels = [], []
+  for label, name in enumerate(classes):
+    found = images_in(os.path.join(root, name))
+    files += found
+    labels += [label] * len(found)
+  return files, labels, classes
+
+
+def _read_image(path: str, size: int):
+  """(H, W, C) uint8 at size × size, and whether it is grayscale; or None."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  try:
+    with Image.open(path) as image:
+      image.load()
+      gray = image.mode in ('1', 'L', 'I', 'I;16', 'F')
+      image = image.convert('L' if gray else 'RGB')
+      image = image.resize((size, size), Image.Resampling.BILINEAR)
+      return np.asarray(image, np.uint8), gray
+  except (OSError, ValueError, Image.DecompressionBombError):
+    return None
+
+
+def load_folder(dataset_config) -> ImageDataset:
+  """Images under config.dataset.path, resized to image_size.
+
+  ``PATH/<class>/*.png|jpg|…`` gives labels (class folders in sorted order);
+  a flat folder gives none. Grayscale, RGB and RGBA files may be mixed: if any
+  is colour, all become RGB. Unreadable or truncated files are skipped with a
+  warning that lists them when ``config.dataset.skip_bad_images`` is True
+  (else they are an error); a folder with no readable image is an error.
+  """
+  root = dataset_config.path
+  if not root:
+    raise DataError(
+        "dataset 'folder' needs a directory: set "
+        '--config.dataset.path=DIR (DIR/<class>/*.jpg, or a flat DIR).')
+  if not os.path.isdir(root):
+    raise DataError(
+        f"dataset 'folder': no directory at {root!r} (config.dataset.path).")
+  files, labels, _ = _list_images(root)
+  if not files:
+    raise DataError(
+        f'{root}: no images found (looked for {", ".join(IMAGE_EXTENSIONS)} '
+        'directly inside it and in its class subfolders).')
+  decoded = [_read_image(f, dataset_config.image_size) for f in files]
+  bad = [f for f, d in zip(files, decoded) if d is None]
+  if len(bad) == len(files):
+    raise DataError(f'{root}: none of the {len(files)} image files could be '
+                    f'read (first: {bad[0]}).')
+  if bad and not dataset_config.skip_bad_images:
+    raise DataError(
+        f'{root}: {len(bad)} unreadable image file(s): {", ".join(bad)}. '
+        'Remove them, or set --config.dataset.skip_bad_images=True.')
+  if bad:
+    logging.warning('Skipped %d unreadable image file(s) in %s: %s', len(bad),
+                    root, ', '.join(bad))
+  good = [i for i, d in enumerate(decoded) if d is not None]
+  any_colour = any(not decoded[i][1] for i in good)
+  images = []
+  for i in good:
+    image, gray = decoded[i]
+    if any_colour and gray:
+      image = np.repeat(image[..., None], 3, axis=-1)
+    images.append(image if image.ndim == 3 else image[..., None])
+  label_array = None if labels is None else np.asarray(
+      [labels[i] for i in good], np.int64)
+  return ImageDataset('folder', np.stack(images), label_array)
+
+
+DATASETS: dict[str, Callable[..., ImageDataset]] = {
     'digits': load_digits,
     'npz': load_npz,
+    'folder': load_folder,
 }
 
 
@@ -108,7 +204,7 @@ def load_dataset(dataset_config) -> ImageDataset:
     raise DataError(
         f'Unknown dataset {name!r} (config.dataset.name); choose one of '
         f'{sorted(DATASETS)}.')
-  dataset = DATASETS[name](dataset_config.path)
+  dataset = DATASETS[name](dataset_config)
   images = resize_images(dataset.images, dataset_config.image_size)
   return dataclasses.replace(dataset, images=images)
 

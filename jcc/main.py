@@ -7,9 +7,14 @@ Flags:
     the latest checkpoint found there.
   --mode: train (train, resuming if possible, then evaluate) or evaluate
     (evaluate the latest checkpoint).
+
+A mistake in the config, the data or the workdir ends the program with one
+line on stderr and exit status 2; a SIGTERM during training writes a
+checkpoint and exits 0.
 """
 
 import logging as pylogging
+import sys
 
 from absl import app
 from absl import flags
@@ -17,6 +22,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from jcc import train
+from jcc.errors import UserError
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Training configuration file.', lock_config=True)
@@ -24,6 +30,8 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for this run.')
 _MODE = flags.DEFINE_enum('mode', 'train', ['train', 'evaluate'],
                           'train (and evaluate), or evaluate only.')
 flags.mark_flags_as_required(['config', 'workdir'])
+
+_NOISY = ('/orbax/', '/etils/', '/tensorstore/', '/jax/_src/xla_bridge.py')
 
 
 class _QuietLibraries(pylogging.Filter):
@@ -34,7 +42,23 @@ class _QuietLibraries(pylogging.Filter):
     return record.levelno >= pylogging.WARNING or not noisy
 
 
-_NOISY = ('/orbax/', '/etils/', '/tensorstore/')
+def _fail(message: str) -> None:
+  print(f'jcc: error: {message}', file=sys.stderr)
+  sys.exit(2)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's parsing, with config mistakes reported in one line."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    _fail(f'{e}\nSee --helpfull, and configs/default.py for config fields.')
+  except (AttributeError, KeyError) as e:
+    # ml_collections raises these for an override of a field that does not
+    # exist (the config is locked).
+    bad = [a.split('=')[0] for a in argv[1:] if a.startswith('--config.')]
+    _fail(f'unknown config field among {", ".join(bad)} ({e}). '
+          'configs/default.py lists every field.')
 
 
 def main(argv):
@@ -42,11 +66,17 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logging.set_verbosity(logging.INFO)
   logging.get_absl_handler().addFilter(_QuietLibraries())
-  if _MODE.value == 'train':
-    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  else:
-    train.evaluate_workdir(_CONFIG.value, _WORKDIR.value)
+  try:
+    if _MODE.value == 'train':
+      train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    else:
+      train.evaluate_workdir(_CONFIG.value, _WORKDIR.value)
+  except UserError as e:
+    _fail(str(e))
+  except FloatingPointError as e:
+    print(f'jcc: {e}', file=sys.stderr)
+    sys.exit(1)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

@@ -17,7 +17,10 @@ only on (seed, step).
 
 from __future__ import annotations
 
+import json
 import os
+import signal
+import threading
 import time
 from typing import Any
 
@@ -36,13 +39,10 @@ from jcc import data
 from jcc import evaluate
 from jcc import losses
 from jcc import models
+from jcc.errors import CheckpointError, ConfigError
 
 # Loss terms, in the order they are reported.
 TERMS = ('instance', 'cluster', 'entropy', 'reconstruction', 'kl')
-
-
-class ConfigError(ValueError):
-  """A config value that cannot work; the message names it and the fix."""
 
 
 @flax.struct.dataclass
@@ -51,6 +51,12 @@ class TrainState:
   params: Any
   batch_stats: Any
   opt_state: Any
+  # First step whose loss or gradient was not finite (-1: none yet), and a
+  # bit per TERMS entry (bit len(TERMS): the total or the gradient) saying
+  # which. From that step on the update is skipped, so the state stays the
+  # last good one.
+  nonfinite_step: jax.Array
+  nonfinite_terms: jax.Array
 
 
 def make_mesh() -> jax.sharding.Mesh:
@@ -73,6 +79,11 @@ def check_config(config: ml_collections.ConfigDict, num_examples: int,
     raise ConfigError(
         f'config.train.batch_size={batch} exceeds the {num_examples} examples;'
         ' lower it.')
+  if batch < k:
+    raise ConfigError(
+        f'config.train.batch_size={batch} is smaller than '
+        f'config.dataset.num_clusters={k}: a batch must be able to hold '
+        'every cluster. Raise the batch size.')
   if batch % num_devices:
     raise ConfigError(
         f'config.train.batch_size={batch} does not divide over the '
@@ -82,6 +93,59 @@ def check_config(config: ml_collections.ConfigDict, num_examples: int,
     raise ConfigError(
         f'config.loss.{negative[0]}={config.loss[negative[0]]}: loss weights '
         'must be >= 0 (0 removes the term).')
+
+
+SIGNATURE_FILE = 'model.json'
+
+
+def model_signature(config: ml_collections.ConfigDict, channels: int) -> dict:
+  """What a checkpoint's shapes depend on; must match to restore it."""
+  return {
+      'backbone': config.model.backbone,
+      'num_clusters': config.dataset.num_clusters,
+      'image_size': config.dataset.image_size,
+      'channels': channels,
+      'convnet_widths': list(config.model.convnet_widths),
+      'head_hidden': config.model.head_hidden,
+      'projection_dim': config.model.projection_dim,
+      'decoder_width': config.model.decoder_width,
+  }
+
+
+def write_model_signature(workdir: str, signature: dict) -> None:
+  path = os.path.join(workdir, SIGNATURE_FILE)
+  if not os.path.exists(path):
+    with open(path, 'w') as f:
+      json.dump(signature, f, indent=2)
+
+
+def check_model_signature(workdir: str, signature: dict) -> None:
+  """Raises if WORKDIR holds checkpoints of a differently shaped model."""
+  path = os.path.join(workdir, SIGNATURE_FILE)
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    saved = json.load(f)
+  differ = [f'{key}: {saved.get(key)!r} there, {value!r} now'
+            for key, value in signature.items() if saved.get(key) != value]
+  if differ:
+    raise CheckpointError(
+        f'{workdir} holds a model of another shape ({"; ".join(differ)}). '
+        'Use the config it was trained with, or another --workdir.')
+
+
+def check_workdir(workdir: str) -> None:
+  """Creates WORKDIR if needed; raises if it cannot be written."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, f'.write_test_{os.getpid()}')
+    with open(probe, 'w') as f:
+      f.write('ok')
+    os.remove(probe)
+  except OSError as e:
+    raise ConfigError(
+        f'--workdir={workdir} cannot be written ({e.strerror or e}). Choose a '
+        'writable directory.') from e
 
 
 def create_train_state(
@@ -95,7 +159,9 @@ def create_train_state(
       step=jnp.zeros((), jnp.int32),
       params=variables['params'],
       batch_stats=variables.get('batch_stats', {}),
-      opt_state=tx.init(variables['params']))
+      opt_state=tx.init(variables['params']),
+      nonfinite_step=jnp.full((), -1, jnp.int32),
+      nonfinite_terms=jnp.zeros((), jnp.int32))
 
 
 def compute_loss_terms(
@@ -161,11 +227,27 @@ def make_train_step(model, tx, config, mesh):
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     (total, (terms, batch_stats)), grads = grad_fn(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    new_state = TrainState(
-        step=state.step + 1,
+    updated = state.replace(
         params=optax.apply_updates(state.params, updates),
         batch_stats=batch_stats,
         opt_state=opt_state)
+    # A non-finite loss or gradient freezes the state at the last good one
+    # and records where and which; the host stops at its next check.
+    bits = [jnp.logical_not(jnp.isfinite(terms[name])) if name in terms
+            else jnp.bool_(False) for name in TERMS]
+    grads_finite = jnp.all(jnp.stack(
+        [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+    bits.append(jnp.logical_not(jnp.isfinite(total) & grads_finite))
+    mask = sum(b.astype(jnp.int32) << i for i, b in enumerate(bits))
+    healthy = (mask == 0) & (state.nonfinite_step < 0)
+    new_state = jax.tree.map(
+        lambda new, old: jnp.where(healthy, new, old), updated, state)
+    first_bad = (state.nonfinite_step < 0) & (mask != 0)
+    new_state = new_state.replace(
+        step=state.step + 1,
+        nonfinite_step=jnp.where(first_bad, state.step + 1,
+                                 state.nonfinite_step),
+        nonfinite_terms=jnp.where(first_bad, mask, state.nonfinite_terms))
     return new_state, dict(terms, total=total)
 
   replicated = NamedSharding(mesh, P())
@@ -199,10 +281,15 @@ class Trainer:
     self.start_time = time.time()
     self.config = config
     self.workdir = workdir
+    # Everything that can be the user's mistake is checked before anything is
+    # compiled or written.
     self.dataset = data.load_dataset(config.dataset)
     self.mesh = make_mesh()
     num_devices = self.mesh.size
     check_config(config, len(self.dataset), num_devices)
+    check_workdir(workdir)
+    self.model_signature = model_signature(config, self.dataset.channels)
+    check_model_signature(workdir, self.model_signature)
     self.model = models.build_model(config, self.dataset.channels)
     self.tx = optax.adam(config.train.learning_rate)
     self.replicated = NamedSharding(self.mesh, P())
@@ -229,11 +316,14 @@ class Trainer:
     self.train_step = make_train_step(self.model, self.tx, config, self.mesh)
     self.forward = make_forward(self.model, self.mesh)
 
-    os.makedirs(workdir, exist_ok=True)
-    self.checkpoints = ocp.CheckpointManager(
-        os.path.abspath(os.path.join(workdir, 'checkpoints')),
+    self.checkpoints = self._open_checkpoints()
+    self.stop_requested = False
+
+  def _open_checkpoints(self) -> ocp.CheckpointManager:
+    return ocp.CheckpointManager(
+        os.path.abspath(os.path.join(self.workdir, 'checkpoints')),
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=config.train.max_checkpoints, create=True))
+            max_to_keep=self.config.train.max_checkpoints, create=True))
 
   # -- checkpoints ---------------------------------------------------------
 
@@ -241,24 +331,77 @@ class Trainer:
     return {'state': self.state, 'target': self.target}
 
   def restore_latest(self) -> bool:
-    """Restores the latest checkpoint of the workdir; False if there is none."""
-    step = self.checkpoints.latest_step()
-    if step is None:
+    """Restores the newest readable checkpoint; False if there is none.
+
+    A checkpoint that cannot be read (truncated, files missing) is moved to
+    WORKDIR/damaged_checkpoints with a warning, and the one before it is
+    tried. If checkpoints exist but none can be read, that is an error: the
+    run never starts silently from scratch.
+    """
+    steps = sorted(self.checkpoints.all_steps(), reverse=True)
+    if not steps:
       return False
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
         self._checkpoint_tree())
-    restored = self.checkpoints.restore(
-        step, args=ocp.args.StandardRestore(abstract))
-    self.state, self.target = restored['state'], restored['target']
-    logging.info('Resumed from the checkpoint of step %d in %s.', step,
-                 self.workdir)
-    return True
+    damaged = []
+    for step in steps:
+      try:
+        restored = self.checkpoints.restore(
+            step, args=ocp.args.StandardRestore(abstract))
+      except Exception as e:  # pylint: disable=broad-except
+        logging.warning('Checkpoint of step %d in %s cannot be read (%s: %s); '
+                        'trying the previous one.', step, self.workdir,
+                        type(e).__name__, str(e).splitlines()[0][:200])
+        damaged.append(step)
+        continue
+      self.state, self.target = restored['state'], restored['target']
+      if damaged:
+        self._set_aside(damaged)
+      logging.info('Resumed from the checkpoint of step %d in %s.', step,
+                   self.workdir)
+      return True
+    raise CheckpointError(
+        f'None of the checkpoints in {self.workdir}/checkpoints (steps '
+        f'{sorted(steps)}) can be read. Move them away to start afresh, or '
+        'use another --workdir.')
+
+  def _set_aside(self, steps: list[int]) -> None:
+    """Moves damaged checkpoints out of the manager's way, keeping them."""
+    self.checkpoints.close()
+    aside = os.path.join(self.workdir, 'damaged_checkpoints')
+    os.makedirs(aside, exist_ok=True)
+    for step in steps:
+      source = os.path.join(self.workdir, 'checkpoints', str(step))
+      target = os.path.join(aside, f'{step}-{int(time.time())}')
+      os.replace(source, target)
+      logging.warning('Moved the damaged checkpoint of step %d to %s.', step,
+                      target)
+    self.checkpoints = self._open_checkpoints()
 
   def save(self, force: bool = False) -> None:
+    """Checkpoints the state, unless it went non-finite (then it raises)."""
+    self.check_finite()
+    step = int(self.state.step)
+    if step == self.checkpoints.latest_step():
+      return  # already saved (a periodic save at the last or a stop step)
+    write_model_signature(self.workdir, self.model_signature)
     self.checkpoints.save(
-        int(self.state.step), args=ocp.args.StandardSave(
-            self._checkpoint_tree()), force=force)
+        step, args=ocp.args.StandardSave(self._checkpoint_tree()),
+        force=force)
+
+  def check_finite(self) -> None:
+    """Raises if a step met a non-finite loss (the state is the last good)."""
+    bad_step = int(self.state.nonfinite_step)
+    if bad_step < 0:
+      return
+    mask = int(self.state.nonfinite_terms)
+    names = [name for i, name in enumerate(TERMS + ('total or gradient',))
+             if mask >> i & 1]
+    raise FloatingPointError(
+        f'Non-finite loss at step {bad_step}: {", ".join(names)}. Training '
+        'stopped; the checkpoints in the workdir are from before it. Lower '
+        'config.train.learning_rate or check the data.')
 
   # -- passes over the whole dataset --------------------------------------
 
@@ -294,7 +437,24 @@ class Trainer:
 
   # -- the loop ------------------------------------------------------------
 
-  def train(self) -> None:
+  def request_stop(self, signum=None, frame=None) -> None:
+    """Asks the loop to checkpoint and return after the current step."""
+    del frame
+    logging.warning('Received signal %s: saving a checkpoint and stopping.',
+                    signum)
+    self.stop_requested = True
+
+  def train(self) -> bool:
+    """Trains to the last step; False if stopped early by SIGTERM."""
+    if threading.current_thread() is not threading.main_thread():
+      return self._train()
+    previous = signal.signal(signal.SIGTERM, self.request_stop)
+    try:
+      return self._train()
+    finally:
+      signal.signal(signal.SIGTERM, previous)
+
+  def _train(self) -> bool:
     config, n = self.config, len(self.dataset)
     bs = config.train.batch_size
     kl_on = bool(config.loss.kl)
@@ -302,7 +462,7 @@ class Trainer:
     if start_step >= self.total_steps:
       logging.info('Training already finished (step %d); evaluating.',
                    start_step)
-      return
+      return True
     logging.info(
         'Training %s: %d images, K=%d, %s, %d devices, %d steps (%d epochs of '
         '%d), warm-up %d steps.', self.dataset.name, n,
@@ -334,7 +494,7 @@ class Trainer:
           done == self.total_steps):
         metrics = jax.device_get(metrics)  # waits for the step to finish
         now = time.time()
-        _check_finite(metrics, done)
+        self.check_finite()
         rate = (done - last_log_step) * bs / (now - last_log_time)
         eta = (self.total_steps - done) * bs / rate
         terms = ' '.join(f'{k}={float(metrics[k]):.4f}'
@@ -345,8 +505,14 @@ class Trainer:
         last_log_time, last_log_step = now, done
       if done % config.train.checkpoint_every_steps == 0:
         self.save()
+      if self.stop_requested:
+        self.save(force=True)
+        self.checkpoints.wait_until_finished()
+        logging.warning('Stopped at step %d; the same command resumes.', done)
+        return False
     self.save(force=True)
     self.checkpoints.wait_until_finished()
+    return True
 
   def evaluate(self) -> dict:
     """Metrics of the three assignments, written to WORKDIR/results.json."""
@@ -374,14 +540,6 @@ class Trainer:
     self.checkpoints.close()
 
 
-def _check_finite(metrics: dict, step: int) -> None:
-  bad = [k for k, v in metrics.items() if not np.isfinite(v)]
-  if bad:
-    raise FloatingPointError(
-        f'Non-finite loss at step {step}: {", ".join(bad)}. The last '
-        'checkpoint is kept; lower the learning rate or check the data.')
-
-
 def _format_seconds(seconds: float) -> str:
   seconds = int(round(seconds))
   hours, rest = divmod(seconds, 3600)
@@ -389,16 +547,19 @@ def _format_seconds(seconds: float) -> str:
       f'{rest // 60}:{rest % 60:02d}')
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str) -> dict | None:
   """Trains (resuming from WORKDIR's latest checkpoint), then evaluates.
 
   Returns:
-    The results dict also written to WORKDIR/results.json.
+    The results dict also written to WORKDIR/results.json, or None when a
+    SIGTERM stopped training early (after writing a checkpoint).
   """
   trainer = Trainer(config, workdir)
   try:
     trainer.restore_latest()
-    trainer.train()
+    if not trainer.train():
+      return None
     return trainer.evaluate()
   finally:
     trainer.close()
@@ -406,12 +567,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Evaluates the latest checkpoint of WORKDIR without training."""
+  if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
+    raise CheckpointError(
+        f'No checkpoint in {workdir}/checkpoints: train first '
+        '(--mode=train) with this --workdir.')
   trainer = Trainer(config, workdir)
   try:
     if not trainer.restore_latest():
-      raise FileNotFoundError(
+      raise CheckpointError(
           f'No checkpoint in {workdir}/checkpoints: train first '
-          '(--mode=train).')
+          '(--mode=train) with this --workdir.')
     return trainer.evaluate()
   finally:
     trainer.close()

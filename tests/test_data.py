@@ -9,7 +9,8 @@ from jcc import data
 
 def _config(**kw):
   return ml_collections.ConfigDict(
-      dict(dict(name='digits', path='', image_size=8, num_clusters=10), **kw))
+      dict(dict(name='digits', path='', image_size=8, num_clusters=10,
+                skip_bad_images=True), **kw))
 
 
 def test_digits_is_the_real_bundled_set():

@@ -1,0 +1,333 @@
+"""Resume exactly, survive faults, refuse bad input clearly."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from PIL import Image
+
+from jcc import data
+from jcc import train
+from jcc.errors import CheckpointError, ConfigError, DataError
+from tests.conftest import REPO_ROOT
+from tests.test_train import tiny_config
+
+# The command line with tiny_config()'s settings.
+TINY_FLAGS = [
+    '--config.dataset.image_size=8', '--config.model.convnet_widths=(8,16)',
+    '--config.model.head_hidden=32', '--config.model.projection_dim=16',
+    '--config.model.decoder_width=8', '--config.train.kmeans_n_init=2',
+    '--config.train.target_update_interval=3',
+    '--config.train.log_every_seconds=0.5',
+]
+
+
+def _cli(workdir, *flags_, wait=True):
+  cmd = [sys.executable, '-m', 'jcc.main', '--config=configs/digits.py',
+         f'--workdir={workdir}', *TINY_FLAGS, *flags_]
+  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONUNBUFFERED='1')
+  env.pop('XLA_FLAGS', None)
+  if not wait:
+    return subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  return subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True,
+                        text=True, timeout=600)
+
+
+def _steps(workdir):
+  folder = pathlib.Path(workdir) / 'checkpoints'
+  if not folder.is_dir():
+    return []
+  return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit())
+
+
+def _wait_for_checkpoint(workdir, at_least, proc, timeout=300):
+  start = time.time()
+  while time.time() - start < timeout:
+    if any(s >= at_least for s in _steps(workdir)):
+      return
+    assert proc.poll() is None, proc.communicate()[1][-3000:]
+    time.sleep(0.05)
+  raise TimeoutError(f'no checkpoint >= {at_least} in {workdir}')
+
+
+def _params(workdir, step):
+  path = pathlib.Path(workdir) / 'checkpoints' / str(step) / 'default'
+  return ocp.StandardCheckpointer().restore(path.absolute())
+
+
+# ---------------------------------------------------------------------------
+# Exact resume and preemption, through the real command line.
+
+
+@pytest.mark.slow
+def test_sigkill_then_restart_ends_bitwise_like_an_uninterrupted_run(
+    tmp_path):
+  run = ['--config.train.num_epochs=12', '--config.train.warmup_epochs=4',
+         '--config.train.checkpoint_every_steps=10']
+  straight = _cli(tmp_path / 'straight', *run)
+  assert straight.returncode == 0, straight.stderr[-3000:]
+
+  killed_dir = tmp_path / 'killed'
+  proc = _cli(killed_dir, *run, wait=False)
+  _wait_for_checkpoint(killed_dir, 40, proc)  # in the joint phase (>= 28)
+  proc.send_signal(signal.SIGKILL)
+  proc.communicate()
+  assert proc.returncode == -signal.SIGKILL
+  assert not (killed_dir / 'results.json').exists()
+  resumed = _cli(killed_dir, *run)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert 'Resumed from the checkpoint of step' in resumed.stderr
+
+  last = 12 * 7
+  want, got = _params(tmp_path / 'straight', last), _params(killed_dir, last)
+  for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
+    np.testing.assert_array_equal(a, b)
+  results = [json.loads((d / 'results.json').read_text())
+             for d in (tmp_path / 'straight', killed_dir)]
+  for r in results:
+    r.pop('seconds')
+  assert results[0] == results[1]
+
+  # A finished run is evaluated again, not retrained.
+  again = _cli(killed_dir, *run)
+  assert again.returncode == 0
+  assert 'Training already finished' in again.stderr
+  assert 'img/s' not in again.stderr
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_and_exits_zero(tmp_path):
+  workdir = tmp_path / 'run'
+  proc = _cli(workdir, '--config.train.num_epochs=1000',
+              '--config.train.checkpoint_every_steps=20', wait=False)
+  _wait_for_checkpoint(workdir, 20, proc)
+  sent = time.time()
+  proc.send_signal(signal.SIGTERM)
+  _, stderr = proc.communicate(timeout=60)
+  assert proc.returncode == 0, stderr[-3000:]
+  assert time.time() - sent < 20
+  assert 'the same command resumes' in stderr
+  assert max(_steps(workdir)) >= 20
+  assert not (workdir / 'results.json').exists()
+
+
+# ---------------------------------------------------------------------------
+# Damaged checkpoints.
+
+
+def _train_tiny(workdir, **overrides):
+  trainer = train.Trainer(tiny_config(**overrides), str(workdir))
+  trainer.train()
+  trainer.close()
+
+
+def _truncate_data_files(checkpoint):
+  for path in checkpoint.rglob('*'):
+    if path.is_file() and path.parent.name == 'd':
+      path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _remove_metadata(checkpoint):
+  (checkpoint / 'default' / '_METADATA').unlink()
+  for path in (checkpoint / 'default').rglob('manifest.ocdbt'):
+    path.unlink()
+
+
+@pytest.mark.parametrize('damage', [_truncate_data_files, _remove_metadata])
+def test_damaged_latest_checkpoint_falls_back_to_the_previous(
+    tmp_path, damage, caplog):
+  workdir = tmp_path / 'run'
+  _train_tiny(workdir, checkpoint_every_steps=7)  # checkpoints 7 and 14
+  assert _steps(workdir) == [7, 14]
+  damage(workdir / 'checkpoints' / '14')
+  trainer = train.Trainer(tiny_config(), str(workdir))
+  try:
+    with caplog.at_level('WARNING'):
+      assert trainer.restore_latest()
+    assert int(trainer.state.step) == 7
+    assert 'cannot be read' in caplog.text
+    assert (workdir / 'damaged_checkpoints').is_dir()
+    assert _steps(workdir) == [7]
+    assert trainer.train()  # trains 7 → 14 again and saves it
+    assert _steps(workdir) == [7, 14]
+  finally:
+    trainer.close()
+
+
+def test_no_readable_checkpoint_is_an_error_not_a_fresh_start(tmp_path):
+  workdir = tmp_path / 'run'
+  _train_tiny(workdir, num_epochs=1)
+  _truncate_data_files(workdir / 'checkpoints' / '7')
+  trainer = train.Trainer(tiny_config(), str(workdir))
+  try:
+    with pytest.raises(CheckpointError, match='can be read'):
+      trainer.restore_latest()
+  finally:
+    trainer.close()
+
+
+# ---------------------------------------------------------------------------
+# Non-finite losses.
+
+
+def test_non_finite_loss_stops_and_writes_no_bad_state(tmp_path):
+  workdir = tmp_path / 'run'
+  trainer = train.Trainer(
+      tiny_config(learning_rate=1e30, checkpoint_every_steps=1), str(workdir))
+  try:
+    with pytest.raises(FloatingPointError,
+                       match=r'at step 2: .*instance'):
+      trainer.train()
+  finally:
+    trainer.close()
+  assert _steps(workdir) == [1]
+  saved = _params(workdir, 1)
+  for leaf in jax.tree.leaves(saved):
+    assert np.all(np.isfinite(leaf))
+
+
+# ---------------------------------------------------------------------------
+# Bad input: one clear line, before anything is compiled or written.
+
+
+def _assert_clean_error(proc, *fragments):
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  assert 'Traceback' not in proc.stderr
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith('jcc: error:'), proc.stderr[-2000:]
+  for fragment in fragments:
+    assert fragment in last
+
+
+@pytest.mark.slow
+def test_command_line_reports_user_mistakes_in_one_line(tmp_path):
+  workdir = tmp_path / 'w'
+  _assert_clean_error(_cli(workdir, '--config.train.nonsense=1'),
+                      'unknown config field', 'train.nonsense')
+  _assert_clean_error(_cli(workdir, '--config.dataset.name=cifar11'),
+                      "'cifar11'")
+  _assert_clean_error(_cli(workdir, '--config.dataset.num_clusters=5000'),
+                      'num_clusters=5000')
+  _assert_clean_error(_cli(workdir, '--config.dataset.name=npz',
+                           '--config.dataset.path=/nonexistent.npz'),
+                      '/nonexistent.npz')
+  _assert_clean_error(_cli(workdir, '--mode=evaluate'), 'No checkpoint')
+  assert not workdir.exists()  # no partial output
+  blocked = tmp_path / 'file'
+  blocked.write_text('a file where the workdir should go')
+  _assert_clean_error(_cli(blocked / 'sub'), 'cannot be written')
+
+
+def test_evaluate_with_another_architecture_or_k_is_refused(tmp_path):
+  workdir = tmp_path / 'run'
+  _train_tiny(workdir, num_epochs=1)
+  other_k = tiny_config()
+  other_k.dataset.num_clusters = 12
+  with pytest.raises(CheckpointError, match='num_clusters: 10 there, 12 now'):
+    train.evaluate_workdir(other_k, str(workdir))
+  other_net = tiny_config()
+  other_net.model.convnet_widths = (8, 16, 32)
+  with pytest.raises(CheckpointError, match='convnet_widths'):
+    train.Trainer(other_net, str(workdir))
+
+
+@pytest.mark.parametrize('change,match', [
+    (dict(num_clusters=1), 'num_clusters=1: need at least 2'),
+    (dict(num_clusters=2000), 'exceeds the 1797 examples'),
+    (dict(batch_size=8), 'smaller than config.dataset.num_clusters=10'),
+    (dict(batch_size=100), 'does not divide over the 8 devices'),
+])
+def test_config_mistakes_are_caught_before_anything_is_written(
+    tmp_path, change, match):
+  config = tiny_config()
+  if 'num_clusters' in change:
+    config.dataset.num_clusters = change['num_clusters']
+  else:
+    config.train.batch_size = change['batch_size']
+  if jax.device_count() != 8 and 'devices' in match:
+    pytest.skip('needs the 8 fake devices of tests/conftest.py')
+  with pytest.raises(ConfigError, match=match):
+    train.Trainer(config, str(tmp_path / 'w'))
+  assert not (tmp_path / 'w').exists()
+
+
+# ---------------------------------------------------------------------------
+# Image folders: bad files, mixed modes, labels.
+
+
+def _folder_config(path, **kw):
+  config = tiny_config()
+  config.dataset.name = 'folder'
+  config.dataset.path = str(path)
+  config.dataset.update(kw)
+  return config.dataset
+
+
+def _write(path, mode, size=(10, 12)):
+  rng = np.random.default_rng(abs(hash(str(path))) % 2**32)
+  channels = {'L': 1, 'RGB': 3, 'RGBA': 4}[mode]
+  pixels = rng.integers(0, 256, size[::-1] + (channels,), dtype=np.uint8)
+  Image.fromarray(pixels.squeeze(-1) if channels == 1 else pixels,
+                  mode).save(path)
+
+
+def test_folder_with_class_subfolders_and_mixed_modes(tmp_path):
+  for cls, modes in (('cat', ('L', 'RGB')), ('dog', ('RGBA', 'L'))):
+    (tmp_path / cls).mkdir()
+    for i, mode in enumerate(modes):
+      _write(tmp_path / cls / f'{i}.png', mode)
+  ds = data.load_dataset(_folder_config(tmp_path))
+  assert ds.images.shape == (4, 8, 8, 3) and ds.images.dtype == np.uint8
+  np.testing.assert_array_equal(ds.labels, [0, 0, 1, 1])
+  # The grayscale file became RGB with equal channels.
+  gray = ds.images[0]
+  np.testing.assert_array_equal(gray[..., 0], gray[..., 2])
+
+
+def test_flat_grayscale_folder_has_no_labels(tmp_path):
+  for i in range(3):
+    _write(tmp_path / f'{i}.jpg', 'L')
+  ds = data.load_dataset(_folder_config(tmp_path))
+  assert ds.images.shape == (3, 8, 8, 1) and ds.labels is None
+
+
+def test_unreadable_images_are_skipped_with_a_warning_or_refused(
+    tmp_path, caplog):
+  for i in range(3):
+    _write(tmp_path / f'{i}.png', 'RGB')
+  (tmp_path / 'broken.png').write_bytes(b'not an image at all')
+  good = (tmp_path / '0.png').read_bytes()
+  (tmp_path / 'truncated.png').write_bytes(good[: len(good) // 2])
+  with caplog.at_level('WARNING'):
+    ds = data.load_dataset(_folder_config(tmp_path))
+  assert len(ds) == 3
+  assert 'broken.png' in caplog.text and 'truncated.png' in caplog.text
+  with pytest.raises(DataError, match='broken.png.*skip_bad_images'):
+    data.load_dataset(_folder_config(tmp_path, skip_bad_images=False))
+
+
+def test_empty_missing_or_all_bad_folders_are_clear_errors(tmp_path):
+  with pytest.raises(DataError, match='no images found'):
+    data.load_dataset(_folder_config(tmp_path))
+  with pytest.raises(DataError, match='no directory'):
+    data.load_dataset(_folder_config(tmp_path / 'absent'))
+  (tmp_path / 'a.png').write_bytes(b'junk')
+  with pytest.raises(DataError, match='none of the 1 image files'):
+    data.load_dataset(_folder_config(tmp_path))
+
+
+def test_npz_is_read_without_pickle(tmp_path):
+  path = tmp_path / 'objects.npz'
+  np.savez(path, images=np.array([np.zeros((2, 2), np.uint8), None],
+                                 dtype=object))
+  with pytest.raises(DataError, match='not a readable .npz'):
+    data.load_dataset(_folder_config(path, name='npz'))
