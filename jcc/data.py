@@ -183,18 +183,19 @@ DATASETS: dict[str, Callable[..., ImageDataset]] = {
 
 
 def resize_images(images: np.ndarray, size: int) -> np.ndarray:
-  """Resizes uint8 NHWC images to size × size (bilinear, antialiased)."""
+  """Resizes uint8 NHWC images to size × size (PIL bilinear, antialiased).
+
+  Runs on the host with PIL, so loading data compiles nothing.
+  """
   if images.shape[1:3] == (size, size):
     return images
-  import jax  # pylint: disable=g-import-not-at-top
-  out_shape = (images.shape[0], size, size, images.shape[3])
-  chunks = []
-  for start in range(0, images.shape[0], 4096):
-    chunk = images[start:start + 4096].astype(np.float32)
-    resized = jax.image.resize(
-        chunk, (chunk.shape[0],) + out_shape[1:], 'linear', antialias=True)
-    chunks.append(np.clip(np.round(np.asarray(resized)), 0, 255))
-  return np.concatenate(chunks).astype(np.uint8)
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  out = np.empty((images.shape[0], size, size, images.shape[3]), np.uint8)
+  for i, image in enumerate(images):
+    pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+    resized = np.asarray(pil.resize((size, size), Image.Resampling.BILINEAR))
+    out[i] = resized.reshape(size, size, images.shape[3])
+  return out
 
 
 def load_dataset(dataset_config) -> ImageDataset:
