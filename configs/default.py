@@ -68,10 +68,17 @@ def get_config() -> ml_collections.ConfigDict:
   # Degrees of freedom of DEC's Student-t kernel.
   loss.alpha = 1.0
 
+  # Start jax.distributed for a multi-host run (also started when the
+  # environment sets JAX_COORDINATOR_ADDRESS).
+  config.multihost = False
+
   config.train = train = ml_collections.ConfigDict()
   # Global batch (split over all devices; must divide evenly).
   train.batch_size = 256
   train.num_epochs = 100
+  # Dtype of the network's computation: 'float32', or 'bfloat16' on
+  # accelerators. Parameters stay float32; losses and softmax are float32.
+  train.compute_dtype = 'float32'
   # Adam, constant learning rate, no weight decay (CC's recipe).
   train.learning_rate = 3e-4
   # Epochs trained without the KL term before the centroids are initialised

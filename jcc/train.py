@@ -59,10 +59,48 @@ class TrainState:
   nonfinite_terms: jax.Array
 
 
-def make_mesh() -> jax.sharding.Mesh:
-  """A 1-D mesh over all devices; the batch is split on its axis 'data'."""
-  return jax.make_mesh(
-      (jax.device_count(),), ('data',), axis_types=(AxisType.Auto,))
+def make_mesh(devices: list[jax.Device] | None = None) -> jax.sharding.Mesh:
+  """A 1-D mesh over ``devices`` (default: all devices of all hosts).
+
+  The batch is split on its axis 'data'; parameters are replicated. Under
+  ``jax.jit`` this has pmap's semantics on today's API: BatchNorm statistics
+  and the contrastive negatives come from the global batch.
+  """
+  devices = jax.devices() if devices is None else devices
+  return jax.sharding.Mesh(
+      np.asarray(devices), ('data',), axis_types=(AxisType.Auto,))
+
+
+def to_global(array: np.ndarray, sharding: NamedSharding) -> jax.Array:
+  """A global jax.Array from a host array that every process holds whole.
+
+  Each process fills only its addressable shards, so this works on one host
+  and on many (where a plain ``device_put`` would need all devices local).
+  """
+  return jax.make_array_from_callback(
+      array.shape, sharding, lambda index: array[index])
+
+
+def maybe_initialize_distributed(config: ml_collections.ConfigDict) -> None:
+  """Starts jax.distributed for multi-host runs, once, before devices are used.
+
+  Multi-host when ``config.multihost`` is True, or when the environment names
+  a coordinator (JAX_COORDINATOR_ADDRESS; on TPU pods and SLURM JAX finds
+  the rest itself).
+  """
+  wanted = config.get('multihost', False) or os.environ.get(
+      'JAX_COORDINATOR_ADDRESS')
+  if wanted and not jax.distributed.is_initialized():
+    jax.distributed.initialize()
+
+
+def compute_dtype(config: ml_collections.ConfigDict) -> jnp.dtype:
+  """config.train.compute_dtype as a dtype (float32 or bfloat16)."""
+  name = config.train.get('compute_dtype', 'float32')
+  if name not in ('float32', 'bfloat16'):
+    raise ConfigError(
+        f"config.train.compute_dtype={name!r}: use 'float32' or 'bfloat16'.")
+  return jnp.dtype(name)
 
 
 def check_config(config: ml_collections.ConfigDict, num_examples: int,
@@ -70,6 +108,7 @@ def check_config(config: ml_collections.ConfigDict, num_examples: int,
   """Raises ConfigError for settings that cannot train."""
   k = config.dataset.num_clusters
   batch = config.train.batch_size
+  compute_dtype(config)
   if k < 2:
     raise ConfigError(f'config.dataset.num_clusters={k}: need at least 2.')
   if k > num_examples:
@@ -284,13 +323,15 @@ class Trainer:
     # Everything that can be the user's mistake is checked before anything is
     # compiled or written.
     self.dataset = data.load_dataset(config.dataset)
+    maybe_initialize_distributed(config)
     self.mesh = make_mesh()
     num_devices = self.mesh.size
     check_config(config, len(self.dataset), num_devices)
     check_workdir(workdir)
     self.model_signature = model_signature(config, self.dataset.channels)
     check_model_signature(workdir, self.model_signature)
-    self.model = models.build_model(config, self.dataset.channels)
+    self.model = models.build_model(
+        config, self.dataset.channels, compute_dtype(config))
     self.tx = optax.adam(config.train.learning_rate)
     self.replicated = NamedSharding(self.mesh, P())
     self.batch_sharding = NamedSharding(self.mesh, P('data'))
@@ -309,9 +350,9 @@ class Trainer:
         lambda key: create_train_state(self.model, self.tx, key, image_shape),
         out_shardings=self.replicated)
     self.state = init(init_key)
-    self.target = jax.device_put(
-        jnp.full((n, config.dataset.num_clusters),
-                 1.0 / config.dataset.num_clusters, jnp.float32),
+    self.target = to_global(
+        np.full((n, config.dataset.num_clusters),
+                1.0 / config.dataset.num_clusters, np.float32),
         self.replicated)
     self.train_step = make_train_step(self.model, self.tx, config, self.mesh)
     self.forward = make_forward(self.model, self.mesh)
@@ -412,7 +453,7 @@ class Trainer:
     return evaluate.predict_batches(
         lambda images: self.forward(variables, images), self.dataset.images,
         self.eval_batch_size,
-        lambda batch: jax.device_put(batch, self.batch_sharding))
+        lambda batch: to_global(batch, self.batch_sharding))
 
   def init_centroids(self) -> None:
     """Phase 2: centroids ← k-means on the embeddings of the whole dataset."""
@@ -422,8 +463,7 @@ class Trainer:
         embeddings, self.config.dataset.num_clusters, self.config.seed,
         self.config.train.kmeans_n_init)
     params = flax.core.unfreeze(self.state.params)
-    params['clustering']['centroids'] = jax.device_put(
-        centroids, self.replicated)
+    params['clustering']['centroids'] = to_global(centroids, self.replicated)
     self.state = self.state.replace(params=params)
     logging.info('Centroids initialised by k-means (n_init=%d) on %d '
                  'embeddings in %.1f s.', self.config.train.kmeans_n_init,
@@ -432,8 +472,8 @@ class Trainer:
   def refresh_target(self) -> None:
     """Recomputes DEC's target distribution P over the whole dataset."""
     q = self.predict()['student_t']
-    self.target = jax.device_put(
-        losses.target_distribution(jnp.asarray(q)), self.replicated)
+    self.target = to_global(
+        np.asarray(losses.target_distribution(q)), self.replicated)
 
   # -- the loop ------------------------------------------------------------
 
@@ -478,9 +518,8 @@ class Trainer:
           (step - self.warmup_steps) % interval == 0):
         self.refresh_target()
       indices = data.train_batch_indices(n, bs, config.seed, step)
-      images = jax.device_put(self.dataset.images[indices],
-                              self.batch_sharding)
-      indices = jax.device_put(indices.astype(np.int32), self.batch_sharding)
+      images = to_global(self.dataset.images[indices], self.batch_sharding)
+      indices = to_global(indices.astype(np.int32), self.batch_sharding)
       kl_scale = np.float32(step >= self.warmup_steps)
       self.state, metrics = self.train_step(
           self.state, self.target, images, indices, kl_scale)
