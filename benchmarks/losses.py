@@ -2,7 +2,7 @@
 
 Run from the repository root:
 
-  JAX_PLATFORMS=cpu python benchmarks/losses.py
+  JAX_PLATFORMS=cpu python -m benchmarks.losses
 
 Both sides get the same inputs and the same thread count, and are timed
 alternately in one run (median of several rounds, after warm-up). The PyTorch
@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import time
 
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
@@ -25,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from benchmarks import timing
 from jcc import losses
 
 
@@ -67,25 +66,6 @@ def time_jax(fn, a, b):
   return run
 
 
-def measure(runs: dict, rounds: int, min_seconds: float) -> dict:
-  """Median seconds per call of each runner, measured alternately."""
-  for run in runs.values():  # warm-up and compilation
-    run()
-    run()
-  per_call = {name: [] for name in runs}
-  for _ in range(rounds):
-    for name, run in runs.items():
-      n, start = 0, time.perf_counter()
-      while True:
-        run()
-        n += 1
-        elapsed = time.perf_counter() - start
-        if elapsed >= min_seconds:
-          break
-      per_call[name].append(elapsed / n)
-  return {name: statistics.median(t) for name, t in per_call.items()}
-
-
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--rounds', type=int, default=5)
@@ -115,9 +95,9 @@ def main():
     want = float(torch_fn(torch.tensor(a), torch.tensor(b)))
     got = float(jax_fn(a, b))
     assert abs(got - want) <= 1e-4 * max(1.0, abs(want)), (name, got, want)
-    t = measure({'jcc': time_jax(jax_fn, a, b),
-                 'torch': time_torch(torch_fn, a, b)},
-                args.rounds, args.min_seconds)
+    t = timing.measure_alternating(
+        {'jcc': time_jax(jax_fn, a, b), 'torch': time_torch(torch_fn, a, b)},
+        args.rounds, args.min_seconds)
     print(f'{name:24s} {1e3 * t["jcc"]:9.3f} {1e3 * t["torch"]:9.3f} '
           f'{t["torch"] / t["jcc"]:6.2f}x')
 

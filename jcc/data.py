@@ -8,6 +8,7 @@ of (seed, epoch), so a resumed run sees the same batches.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from collections.abc import Callable
 
@@ -210,9 +211,15 @@ def load_dataset(dataset_config) -> ImageDataset:
   return dataclasses.replace(dataset, images=images)
 
 
+@functools.lru_cache(maxsize=2)
 def epoch_order(num_examples: int, seed: int, epoch: int) -> np.ndarray:
-  """The permutation of the examples used in ``epoch``: f(seed, epoch) only."""
-  return np.random.default_rng([seed, epoch]).permutation(num_examples)
+  """The permutation of the examples used in ``epoch``: f(seed, epoch) only.
+
+  Cached (read-only), so the steps of an epoch share one permutation.
+  """
+  order = np.random.default_rng([seed, epoch]).permutation(num_examples)
+  order.setflags(write=False)
+  return order
 
 
 def train_batch_indices(

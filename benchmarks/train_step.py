@@ -1,0 +1,119 @@
+"""Images/s of jcc's train step against a plain PyTorch step of the same model.
+
+Run from the repository root (`pip install -e '.[bench]'` first):
+
+  JAX_PLATFORMS=cpu python -m benchmarks.train_step
+
+Settings: (a) the CIFAR-stem ResNet-18 at 32×32×3, batch 64; (b) the small
+ConvNet at 28×28×1, batch 256. Each step: two views of the batch through the
+network (2B images), the four objectives, backward, Adam. jcc's step also
+makes the two augmented views on the device (crop, flip, jitter, noise); the
+PyTorch step is given ready views, so it does strictly less work. Both sides
+use the same thread count and are timed alternately in one run; one line per
+setting ends in ratio = jcc img/s over PyTorch img/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+
+import jax  # pylint: disable=g-import-not-at-top
+import numpy as np
+import optax
+import torch
+
+from benchmarks import timing
+from benchmarks import torch_reference
+from configs import default
+from jcc import models
+from jcc import train
+
+SETTINGS = {
+    'resnet18_cifar-32x32x3-b64': dict(
+        backbone='resnet18_cifar', image_size=32, channels=3, batch=64),
+    'convnet-28x28x1-b256': dict(
+        backbone='convnet', image_size=28, channels=1, batch=256),
+}
+
+
+def jax_runner(setting: dict, compute_dtype: str):
+  config = default.get_config()
+  config.model.backbone = setting['backbone']
+  config.dataset.image_size = setting['image_size']
+  config.train.batch_size = setting['batch']
+  config.train.compute_dtype = compute_dtype
+  k = config.dataset.num_clusters
+  mesh = train.make_mesh()
+  model = models.build_model(config, setting['channels'],
+                             train.compute_dtype(config))
+  tx = optax.adam(config.train.learning_rate)
+  shape = (setting['image_size'],) * 2 + (setting['channels'],)
+  state = jax.jit(lambda key: train.create_train_state(model, tx, key, shape),
+                  out_shardings=train.NamedSharding(mesh, train.P()))(
+                      jax.random.key(0))
+  step = train.make_train_step(model, tx, config, mesh)
+  rng = np.random.default_rng(0)
+  batch = setting['batch']
+  images = rng.integers(0, 256, (batch,) + shape, dtype=np.uint8)
+  target = rng.dirichlet(np.ones(k), size=batch).astype(np.float32)
+  rep = train.NamedSharding(mesh, train.P())
+  shard = train.NamedSharding(mesh, train.P('data'))
+  args = (train.to_global(target, rep), train.to_global(images, shard),
+          train.to_global(np.arange(batch, dtype=np.int32), shard),
+          np.float32(1.0))
+  holder = {'state': state}
+
+  def run():
+    holder['state'], metrics = step(holder['state'], *args)
+    jax.block_until_ready(metrics)
+  return run
+
+
+def torch_runner(setting: dict):
+  torch.manual_seed(0)
+  model = torch_reference.ClusteringModel(
+      setting['backbone'], 10, setting['image_size'], setting['channels'])
+  model.train()
+  opt = torch.optim.Adam(model.parameters(), lr=3e-4)
+  batch, size, channels = (setting['batch'], setting['image_size'],
+                           setting['channels'])
+  views = torch.rand(2 * batch, channels, size, size)
+  target = torch.distributions.Dirichlet(torch.ones(10)).sample((batch,))
+
+  def run():
+    opt.zero_grad(set_to_none=True)
+    torch_reference.total_loss(model, views, target).backward()
+    opt.step()
+  return run
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--rounds', type=int, default=3)
+  parser.add_argument('--min-seconds', type=float, default=2.0)
+  parser.add_argument('--threads', type=int, default=os.cpu_count())
+  parser.add_argument('--compute-dtype', default='float32')
+  parser.add_argument('--settings', default=','.join(SETTINGS))
+  args = parser.parse_args()
+  torch.set_num_threads(args.threads)
+  print(f'jax {jax.__version__} on {jax.devices()[0].device_kind} '
+        f'({jax.device_count()} device(s)), torch {torch.__version__}, '
+        f'threads={args.threads}, jcc compute dtype {args.compute_dtype}, '
+        f'median of {args.rounds} alternating rounds', flush=True)
+  for name in args.settings.split(','):
+    setting = SETTINGS[name]
+    t = timing.measure_alternating(
+        {'jcc': jax_runner(setting, args.compute_dtype),
+         'torch': torch_runner(setting)},
+        args.rounds, args.min_seconds)
+    ours = setting['batch'] / t['jcc']
+    theirs = setting['batch'] / t['torch']
+    print(f'{name:28s} jcc={ours:8.1f} img/s  torch={theirs:8.1f} img/s  '
+          f'ratio={ours / theirs:.2f}', flush=True)
+
+
+if __name__ == '__main__':
+  main()
