@@ -77,7 +77,7 @@ class ResNet18Cifar(nn.Module):
 
 
 class Decoder(nn.Module):
-  """jcc.models.Decoder: dense to a small map, 2× transposed convs, 3×3 conv."""
+  """jcc.models.Decoder: dense to a small map, 2× sub-pixel convs, 3×3 conv."""
 
   def __init__(self, features: int, image_size: int, channels: int,
                width: int):
@@ -91,7 +91,8 @@ class Decoder(nn.Module):
     layers, cin = [], self.top
     for i in range(ups):
       cout = max(self.top // 2**(i + 1), 16)
-      layers += [nn.ConvTranspose2d(cin, cout, 4, 2, 1), nn.ReLU(inplace=True)]
+      layers += [nn.Conv2d(cin, 4 * cout, 3, 1, 1), nn.PixelShuffle(2),
+                 nn.ReLU(inplace=True)]
       cin = cout
     layers.append(nn.Conv2d(cin, channels, 3, 1, 1))
     self.body = nn.Sequential(*layers)

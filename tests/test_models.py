@@ -64,3 +64,14 @@ def test_unknown_backbone_is_a_clear_error():
       backbone='vgg', num_clusters=3, image_size=8, channels=1)
   with pytest.raises(ValueError, match='Unknown backbone'):
     model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))
+
+
+def test_depth_to_space_places_channel_blocks_as_pixels():
+  x = jnp.arange(2 * 3 * 3 * 8, dtype=jnp.float32).reshape(2, 3, 3, 8)
+  y = models.depth_to_space(x, 2)
+  assert y.shape == (2, 6, 6, 2)
+  # Output pixel (2i+a, 2j+b) holds input pixel (i, j)'s channel block (a, b).
+  for a in range(2):
+    for b in range(2):
+      np.testing.assert_array_equal(
+          y[:, a::2, b::2, :], x[..., (2 * a + b) * 2:(2 * a + b) * 2 + 2])
