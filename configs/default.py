@@ -38,7 +38,7 @@ def get_config() -> ml_collections.ConfigDict:
   # Hidden width of both heads (CC: 512) and the instance projection's size.
   model.head_hidden = 512
   model.projection_dim = 128
-  # Base width of the decoder's transposed convolutions.
+  # Base width of the decoder's sub-pixel upsampling convolutions.
   model.decoder_width = 64
 
   config.augment = augment = ml_collections.ConfigDict()
