@@ -72,3 +72,14 @@ def test_training_order_is_a_function_of_seed_and_epoch():
   np.testing.assert_array_equal(
       data.train_batch_indices(100, 30, seed=0, step=3),
       data.epoch_order(100, 0, 1)[:30])
+
+
+def test_npz_source_keeps_real_pixels_exact(shared_data):
+  import hashlib  # pylint: disable=g-import-not-at-top
+  path = shared_data / 'cifar10_lossless_5k.npz'
+  ds = data.load_dataset(_config(name='npz', path=str(path), image_size=32))
+  assert ds.images.shape == (5000, 32, 32, 3)
+  # The content hash that ../shared/data/README.md gives for this file.
+  digest = hashlib.sha256(ds.images.tobytes()).hexdigest()[:16]
+  assert digest == '492d3adcf78ecda8'
+  assert sorted(np.unique(ds.labels)) == list(range(10))
