@@ -47,9 +47,25 @@ def get_config() -> ml_collections.ConfigDict:
   augment.crop_ratio = (3 / 4, 4 / 3)
   # Probability of a horizontal flip (0 for digits and text).
   augment.flip_prob = 0.5
-  # Brightness and contrast factors drawn from U[1−x, 1+x]; 0 turns it off.
+  # Colour jitter (torchvision ranges): brightness, contrast and saturation
+  # factors from U[1−x, 1+x], hue shift from U[−x, x]; 0 skips an operation.
+  # SimCLR/CC use 0.8·s, 0.8·s, 0.8·s, 0.2·s with strength s = 0.5 for CIFAR
+  # and Tiny-ImageNet, 1.0 for STL-10 and the ImageNet subsets.
   augment.brightness = 0.4
   augment.contrast = 0.4
+  augment.saturation = 0.4
+  augment.hue = 0.1
+  # Probability that a view is jittered at all, and whether the four
+  # operations run in a random order (SimCLR: 0.8, True).
+  augment.jitter_prob = 0.8
+  augment.jitter_random_order = True
+  # Probability of converting a colour view to grayscale (SimCLR: 0.2).
+  augment.grayscale_prob = 0.2
+  # Probability of a Gaussian blur (CC: 0.5 for the ImageNet subsets, else
+  # 0) and the range of its σ in pixels; the kernel is about a tenth of the
+  # image's side (23 at 224).
+  augment.blur_prob = 0.0
+  augment.blur_sigma = (0.1, 2.0)
   # Standard deviation of added Gaussian pixel noise; 0 turns it off.
   augment.noise_stddev = 0.0
 

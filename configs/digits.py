@@ -21,6 +21,9 @@ def get_config():
   config.augment.crop_scale = (0.5, 1.0)
   config.augment.flip_prob = 0.0  # a mirrored digit is another symbol
   config.augment.noise_stddev = 0.05
+  # Grayscale: brightness then contrast on every view, nothing else.
+  config.augment.jitter_prob = 1.0
+  config.augment.jitter_random_order = False
   # Against collapse onto fewer clusters on this small set (reference.md:
   # users raise it against collapse).
   config.loss.entropy = 2.0

@@ -4,13 +4,16 @@ Every function takes float images in [0, 1], NHWC (or HWC for the per-image
 functions), and a PRNG key; each image of a batch gets its own key, so a run is
 reproducible from its seed and the views are independent across images.
 
-The set here is the one a first version needs (crop, flip, brightness and
-contrast jitter, noise); the SimCLR set (colour jitter in random order,
-grayscale, blur) extends it.
+The set follows SimCLR / Contrastive Clustering: random resized crop,
+horizontal flip, colour jitter (brightness, contrast, saturation, hue, in
+random order, applied with a probability), grayscale, Gaussian blur; plus
+Gaussian pixel noise. Saturation, hue and luma come from dm-pix; they are
+skipped for 1-channel images.
 """
 
 from __future__ import annotations
 
+import dm_pix as pix
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -74,15 +77,89 @@ def horizontal_flip(key: Array, image: Array, prob: float = 0.5) -> Array:
   return jnp.where(jax.random.bernoulli(key, prob), image[:, ::-1], image)
 
 
+def color_jitter(
+    key: Array,
+    image: Array,
+    brightness: float,
+    contrast: float,
+    saturation: float = 0.0,
+    hue: float = 0.0,
+    random_order: bool = True,
+) -> Array:
+  """Colour jitter with torchvision's ranges, the operations in random order.
+
+  Brightness, contrast and saturation factors are drawn from
+  U[max(0, 1−x), 1+x] and the hue shift from U[−hue, hue] (a fraction of
+  the colour circle); an operation whose strength is 0 is skipped, and so are
+  saturation and hue for 1-channel images. Contrast scales around the image's
+  mean. With ``random_order`` False the order is brightness, contrast,
+  saturation, hue. The result stays in [0, 1].
+  """
+  k_b, k_c = jax.random.split(key)
+  k_s, k_h, k_order = (jax.random.fold_in(key, i) for i in (2, 3, 4))
+
+  def factor(k, strength):
+    return jax.random.uniform(
+        k, minval=max(0.0, 1.0 - strength), maxval=1.0 + strength)
+
+  ops = []
+  if brightness > 0:
+    f_b = factor(k_b, brightness)
+    ops.append(lambda x: jnp.clip(x * f_b, 0.0, 1.0))
+  if contrast > 0:
+    f_c = factor(k_c, contrast)
+    ops.append(lambda x: jnp.clip((x - jnp.mean(x)) * f_c + jnp.mean(x),
+                                  0.0, 1.0))
+  if image.shape[-1] == 3 and saturation > 0:
+    f_s = factor(k_s, saturation)
+    ops.append(lambda x: jnp.clip(pix.adjust_saturation(x, f_s), 0.0, 1.0))
+  if image.shape[-1] == 3 and hue > 0:
+    delta = jax.random.uniform(k_h, minval=-hue, maxval=hue)
+    ops.append(lambda x: jnp.clip(pix.adjust_hue(x, delta), 0.0, 1.0))
+  if not ops:
+    return image
+  if not random_order or len(ops) == 1:
+    for op in ops:
+      image = op(image)
+    return image
+  order = jax.random.permutation(k_order, len(ops))
+  for position in range(len(ops)):
+    image = jax.lax.switch(order[position], ops, image)
+  return image
+
+
 def brightness_contrast(
     key: Array, image: Array, brightness: float, contrast: float) -> Array:
-  """Scales brightness by U[1−b, 1+b] and contrast by U[1−c, 1+c]; in [0, 1]."""
-  k_b, k_c = jax.random.split(key)
-  b = jax.random.uniform(k_b, minval=1 - brightness, maxval=1 + brightness)
-  c = jax.random.uniform(k_c, minval=1 - contrast, maxval=1 + contrast)
-  image = jnp.clip(image * b, 0.0, 1.0)
-  mean = jnp.mean(image)
-  return jnp.clip((image - mean) * c + mean, 0.0, 1.0)
+  """Scales brightness by U[1−b, 1+b], then contrast by U[1−c, 1+c]; in [0, 1]."""
+  return color_jitter(key, image, brightness, contrast, random_order=False)
+
+
+def to_grayscale(image: Array) -> Array:
+  """Luma (Rec. 601) in every channel; 1-channel images are returned as they are."""
+  if image.shape[-1] != 3:
+    return image
+  return pix.rgb_to_grayscale(image, keep_dims=True)  # keeps the 3 channels
+
+
+def gaussian_blur(key: Array, image: Array,
+                  sigma: tuple[float, float] = (0.1, 2.0)) -> Array:
+  """Blurs with σ ~ U[sigma] and a kernel about a tenth of the image's side.
+
+  Separable: one (H, H) and one (W, W) banded matrix of Gaussian weights,
+  each row renormalised, so borders keep their brightness (224 → 23 taps).
+  """
+  s = jax.random.uniform(key, minval=sigma[0], maxval=sigma[1])
+
+  def weights(n):
+    radius = max(1, round(0.05 * image.shape[0]))
+    offset = jnp.arange(n)[:, None] - jnp.arange(n)[None, :]
+    w = jnp.where(jnp.abs(offset) <= radius,
+                  jnp.exp(-0.5 * (offset / s) ** 2), 0.0)
+    return w / jnp.sum(w, axis=1, keepdims=True)
+
+  out = jnp.einsum('ij,jkc,lk->ilc', weights(image.shape[0]), image,
+                   weights(image.shape[1]))
+  return jnp.clip(out, 0.0, 1.0)
 
 
 def gaussian_noise(key: Array, image: Array, stddev: float) -> Array:
@@ -91,16 +168,37 @@ def gaussian_noise(key: Array, image: Array, stddev: float) -> Array:
   return jnp.clip(image + noise, 0.0, 1.0)
 
 
+def _with_probability(key: Array, prob: float, new: Array, old: Array):
+  if prob >= 1.0:
+    return new
+  return jnp.where(jax.random.bernoulli(key, prob), new, old)
+
+
 def augment_image(
     key: Array, image: Array, cfg: ml_collections.ConfigDict) -> Array:
   """One random view of one (H, W, C) image, as ``cfg`` (config.augment) says."""
   k_crop, k_flip, k_jitter, k_noise = jax.random.split(key, 4)
+  # Keys of the later additions are folded in, so the four above stay as
+  # they were (and a config that leaves the additions off, as digits does,
+  # gives the same views as before).
+  k_apply, k_gray, k_blur, k_blur_apply = (
+      jax.random.fold_in(key, i) for i in range(10, 14))
   image = random_resized_crop(
       k_crop, image, tuple(cfg.crop_scale), tuple(cfg.crop_ratio))
   if cfg.flip_prob > 0:
     image = horizontal_flip(k_flip, image, cfg.flip_prob)
-  if cfg.brightness > 0 or cfg.contrast > 0:
-    image = brightness_contrast(k_jitter, image, cfg.brightness, cfg.contrast)
+  if cfg.jitter_prob > 0 and (cfg.brightness > 0 or cfg.contrast > 0 or
+                              cfg.saturation > 0 or cfg.hue > 0):
+    jittered = color_jitter(k_jitter, image, cfg.brightness, cfg.contrast,
+                            cfg.saturation, cfg.hue, cfg.jitter_random_order)
+    image = _with_probability(k_apply, cfg.jitter_prob, jittered, image)
+  if cfg.grayscale_prob > 0 and image.shape[-1] == 3:
+    image = _with_probability(
+        k_gray, cfg.grayscale_prob, to_grayscale(image), image)
+  if cfg.blur_prob > 0:
+    image = _with_probability(k_blur_apply, cfg.blur_prob,
+                              gaussian_blur(k_blur, image,
+                                            tuple(cfg.blur_sigma)), image)
   if cfg.noise_stddev > 0:
     image = gaussian_noise(k_noise, image, cfg.noise_stddev)
   return image

@@ -16,7 +16,9 @@ def _images(n=4, size=12, channels=3, seed=0):
 def _config(**overrides):
   cfg = ml_collections.ConfigDict(dict(
       crop_scale=(0.3, 1.0), crop_ratio=(3 / 4, 4 / 3), flip_prob=0.5,
-      brightness=0.4, contrast=0.4, noise_stddev=0.05))
+      brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1, jitter_prob=0.8,
+      jitter_random_order=True, grayscale_prob=0.2, blur_prob=0.5,
+      blur_sigma=(0.1, 2.0), noise_stddev=0.05))
   cfg.update(overrides)
   return cfg
 
@@ -78,3 +80,34 @@ def test_views_are_reproducible_per_key_and_differ_across_keys():
   views, _ = two_views(jax.random.key(0), same)
   assert not np.allclose(views[0], views[1])
   assert float(views.min()) >= 0.0 and float(views.max()) <= 1.0
+
+
+def test_grayscale_makes_the_channels_equal():
+  gray = augment.to_grayscale(_images(1)[0])
+  assert gray.shape == (12, 12, 3)
+  np.testing.assert_allclose(gray[..., 0], gray[..., 1], atol=1e-6)
+  np.testing.assert_allclose(gray[..., 0], gray[..., 2], atol=1e-6)
+  single = _images(1, channels=1)[0]
+  np.testing.assert_array_equal(augment.to_grayscale(single), single)
+
+
+def test_full_colour_jitter_stays_in_unit_range_and_order_matters():
+  images = _images(32)
+  keys = jax.random.split(jax.random.key(2), 32)
+  jitter = jax.vmap(augment.color_jitter,
+                    (0, 0, None, None, None, None, None))
+  out = jitter(keys, images, 0.8, 0.8, 0.8, 0.2, True)
+  assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+  fixed = jitter(keys, images, 0.8, 0.8, 0.8, 0.2, False)
+  # Same factors, different orders for some images: some views differ.
+  assert not np.allclose(out, fixed)
+  # Zero strengths are the identity.
+  np.testing.assert_array_equal(
+      jitter(keys, images, 0.0, 0.0, 0.0, 0.0, True), images)
+
+
+def test_blur_smooths_and_keeps_the_mean():
+  image = _images(1, size=32)[0]
+  blurred = augment.gaussian_blur(jax.random.key(0), image, (2.0, 2.0))
+  assert float(jnp.std(blurred)) < 0.5 * float(jnp.std(image))
+  assert abs(float(jnp.mean(blurred)) - float(jnp.mean(image))) < 0.05

@@ -1,0 +1,28 @@
+"""CIFAR-10-sized images on a CPU: a small ConvNet and a short run.
+
+For any CIFAR-10-like source, e.g. the 10,000 test images as an .npz:
+
+  python -m jcc.main --config=configs/cifar10_small.py \\
+      --config.dataset.name=npz \\
+      --config.dataset.path=../shared/data/cifar10_test_jpeg.npz --workdir=DIR
+"""
+
+from configs import default
+
+
+def get_config():
+  config = default.get_config()
+  config.dataset.name = 'npz'
+  config.dataset.image_size = 32
+  config.dataset.num_clusters = 10
+  config.model.backbone = 'convnet'
+  config.model.convnet_widths = (32, 64, 128)
+  config.model.decoder_width = 32
+  # SimCLR/CC augmentation with jitter strength s = 0.5 (the defaults).
+  config.augment.crop_scale = (0.2, 1.0)
+  config.train.batch_size = 256
+  config.train.learning_rate = 1e-3
+  config.train.num_epochs = 40
+  config.train.warmup_epochs = 20
+  config.train.target_update_interval = 200
+  return config
