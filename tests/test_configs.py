@@ -1,0 +1,49 @@
+"""Every config in configs/ loads, keeps the documented fields, and adds none."""
+
+import importlib
+
+import pytest
+
+from configs import default
+from tests.conftest import REPO_ROOT
+
+CONFIGS = sorted(p.stem for p in (REPO_ROOT / 'configs').glob('*.py')
+                 if p.stem != '__init__')
+REQUIRED = [
+    'seed', 'dataset.name', 'dataset.path', 'dataset.image_size',
+    'dataset.num_clusters', 'train.batch_size', 'train.num_epochs',
+    'train.learning_rate', 'train.target_update_interval', 'loss.instance',
+    'loss.cluster', 'loss.entropy', 'loss.reconstruction', 'loss.kl',
+    'loss.instance_temperature', 'loss.cluster_temperature', 'model.backbone',
+]
+
+
+def _flat(config, prefix=''):
+  out = {}
+  for key, value in config.items():
+    if hasattr(value, 'items'):
+      out.update(_flat(value, f'{prefix}{key}.'))
+    else:
+      out[f'{prefix}{key}'] = value
+  return out
+
+
+@pytest.mark.parametrize('name', CONFIGS)
+def test_config_has_the_documented_fields_and_no_others(name):
+  config = importlib.import_module(f'configs.{name}').get_config()
+  fields = _flat(config)
+  for field in REQUIRED:
+    assert field in fields, f'{name} lacks {field}'
+  # A dataset config only overrides: a typo would silently add a field.
+  assert set(fields) == set(_flat(default.get_config())), name
+
+
+def test_every_default_field_is_documented_in_a_comment():
+  source = (REPO_ROOT / 'configs' / 'default.py').read_text().splitlines()
+  for field in _flat(default.get_config()):
+    leaf = field.split('.')[-1]
+    line = next(i for i, text in enumerate(source)
+                if f'.{leaf} = ' in text or text.strip().startswith(
+                    f'config.{leaf} = '))
+    window = '\n'.join(source[max(0, line - 8):line + 1])
+    assert '#' in window, f'{field} has no comment near its definition'
