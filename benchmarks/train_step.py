@@ -45,18 +45,22 @@ def jax_runner(setting: dict, compute_dtype: str):
   config.dataset.image_size = setting['image_size']
   config.train.batch_size = setting['batch']
   config.train.compute_dtype = compute_dtype
+  return step_runner(config, setting['channels'])
+
+
+def step_runner(config, channels: int):
+  """A callable running jcc's train step (config's model and batch) once."""
   k = config.dataset.num_clusters
   mesh = train.make_mesh()
-  model = models.build_model(config, setting['channels'],
-                             train.compute_dtype(config))
+  model = models.build_model(config, channels, train.compute_dtype(config))
   tx = optax.adam(config.train.learning_rate)
-  shape = (setting['image_size'],) * 2 + (setting['channels'],)
+  shape = (config.dataset.image_size,) * 2 + (channels,)
   state = jax.jit(lambda key: train.create_train_state(model, tx, key, shape),
                   out_shardings=train.NamedSharding(mesh, train.P()))(
                       jax.random.key(0))
   step = train.make_train_step(model, tx, config, mesh)
   rng = np.random.default_rng(0)
-  batch = setting['batch']
+  batch = config.train.batch_size
   images = rng.integers(0, 256, (batch,) + shape, dtype=np.uint8)
   target = rng.dirichlet(np.ones(k), size=batch).astype(np.float32)
   rep = train.NamedSharding(mesh, train.P())

@@ -22,7 +22,8 @@ def get_config():
   config.augment.crop_scale = (0.2, 1.0)
   config.train.batch_size = 256
   config.train.learning_rate = 1e-3
-  config.train.num_epochs = 40
-  config.train.warmup_epochs = 20
+  # About half an hour on 2 CPU cores for 10,000 images (~110 img/s).
+  config.train.num_epochs = 20
+  config.train.warmup_epochs = 10
   config.train.target_update_interval = 200
   return config

@@ -16,10 +16,25 @@ def get_config() -> ml_collections.ConfigDict:
   config.dataset = dataset = ml_collections.ConfigDict()
   # Registry name (jcc.data.DATASETS): 'digits' (scikit-learn's bundled 8×8
   # digits, no download), 'npz' (a file with uint8 `images` and optional
-  # `labels`) or 'folder' (DIR/<class>/*.jpg gives labels; a flat DIR none).
+  # `labels`), 'folder' (DIR/<class>/*.jpg gives labels; a flat DIR none),
+  # the TFDS benchmarks 'cifar10', 'cifar100' (20 superclasses), 'stl10',
+  # 'mnist', 'fashion_mnist', the ILSVRC2012 subsets 'imagenet10' and
+  # 'imagenet_dogs', and 'tiny_imagenet' (its official folder layout).
   dataset.name = 'digits'
-  # File or folder for sources that read one ('npz', 'folder'); '' otherwise.
+  # File or folder for sources that read one: 'npz' and 'folder'; the
+  # tiny-imagenet-200 folder; an ILSVRC2012 train folder (DIR/<wnid>/) for
+  # the ImageNet subsets; a folder of IDX files for MNIST-like sets. '' means
+  # TFDS where the dataset has a builder.
   dataset.path = ''
+  # TFDS: the data_dir holding prepared datasets ('' = ~/tensorflow_datasets),
+  # whether to download and prepare a missing one, and the folder of files
+  # downloaded by hand (imagenet2012's tar files).
+  dataset.tfds_data_dir = ''
+  dataset.tfds_download = False
+  dataset.manual_dir = ''
+  # STL-10: also train the instance objective on its 100,000 unlabelled
+  # images (they take no part in clustering or evaluation), as CC does.
+  dataset.use_unlabelled = True
   # 'folder': skip unreadable or truncated image files with a warning that
   # lists them (True), or stop with an error that lists them (False).
   dataset.skip_bad_images = True

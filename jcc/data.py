@@ -1,16 +1,33 @@
-"""Image sources for training and evaluation.
+"""Image sources, and the tf.data pipelines that feed the train step.
 
-A source gives an :class:`ImageDataset`: uint8 images, NHWC, and labels when
-they exist (used only for evaluation). The training order is a pure function
-of (seed, epoch), so a resumed run sees the same batches.
+A source (``DATASETS[name](config.dataset)``) decodes its images, resizes them
+to ``config.dataset.image_size`` and caches them in host memory as an
+:class:`ImageDataset`: uint8 NHWC images, and labels where they exist (used
+only for evaluation). TFDS sources and image folders of the benchmark layouts
+decode and resize with tf.data; scikit-learn's digits, .npz files and the
+user's own folders are read by NumPy and PIL.
+
+From there every dataset takes the same two pipelines:
+
+* :func:`train_batches`: the global batch of step s, in an order that is a
+  pure function of (seed, epoch) (so a resumed run sees the same batches),
+  split per host (``jax.process_index()``) and prefetched by tf.data;
+* :func:`eval_batches`: every example exactly once, the last batch padded to
+  the batch size with a mask marking the padding.
+
+TensorFlow only runs the input pipeline: it is kept off the accelerators.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
+import gzip
+import importlib.resources
 import os
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -27,10 +44,15 @@ class ImageDataset:
     name: registry name of the source.
     images: (N, H, W, C) uint8.
     labels: (N,) int64 ground truth for evaluation, or None.
+    instance_only: (N,) bool, True for examples that train the instance
+      objective alone (STL-10's unlabelled split): they take no part in the
+      cluster, entropy and KL terms, the centroids or the evaluation. None
+      when every example is clustered.
   """
   name: str
   images: np.ndarray
   labels: np.ndarray | None
+  instance_only: np.ndarray | None = None
 
   def __len__(self) -> int:
     return self.images.shape[0]
@@ -38,6 +60,13 @@ class ImageDataset:
   @property
   def channels(self) -> int:
     return self.images.shape[-1]
+
+  @property
+  def clustered(self) -> np.ndarray:
+    """Indices of the examples that are clustered and evaluated."""
+    if self.instance_only is None:
+      return np.arange(len(self))
+    return np.flatnonzero(~self.instance_only)
 
 
 def _as_nhwc_uint8(images: np.ndarray, where: str) -> np.ndarray:
@@ -176,10 +205,322 @@ def load_folder(dataset_config) -> ImageDataset:
   return ImageDataset('folder', np.stack(images), label_array)
 
 
+# -- TensorFlow: the input pipeline only ------------------------------------
+
+
+@functools.cache
+def _tf():
+  """TensorFlow, imported on first use and kept off the accelerators."""
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf.config.set_visible_devices([], 'GPU')
+  tf.config.set_visible_devices([], 'TPU')
+  return tf
+
+
+def _resize_uint8(image, size: int):
+  """tf: one decoded image → (size, size, C) uint8, bilinear + antialias.
+
+  An image already at the size is passed through, so pixels stay exact.
+  """
+  tf = _tf()
+  shape = image.shape
+  if shape[0] == size and shape[1] == size:
+    return image
+  resized = tf.image.resize(image, (size, size), method='bilinear',
+                            antialias=True)
+  return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
+
+
+def _materialize(examples, image_size: int, what: str):
+  """A tf.data dataset of (image, label) → cached NumPy arrays.
+
+  Decoding and resizing run in parallel; the result is held in host memory,
+  which every supported dataset fits at its configured size (the largest,
+  STL-10 with its unlabelled split, is 3 GB at 96×96).
+  """
+  tf = _tf()
+  examples = examples.map(
+      lambda image, label: (_resize_uint8(image, image_size), label),
+      num_parallel_calls=tf.data.AUTOTUNE)
+  images, labels = [], []
+  for image_batch, label_batch in examples.batch(1024).prefetch(2):
+    images.append(image_batch.numpy())
+    labels.append(label_batch.numpy())
+  if not images:
+    raise DataError(f'{what}: no examples.')
+  return np.concatenate(images), np.concatenate(labels).astype(np.int64)
+
+
+# -- TFDS sources ---------------------------------------------------------
+
+
+def _missing_tfds_message(name: str, data_dir: str, manual: bool,
+                          dataset: str, error: Exception) -> str:
+  where = data_dir or '~/tensorflow_datasets (TFDS\'s default)'
+  if manual:
+    how = (f'TFDS builds {name} from the ILSVRC2012 tar files you download '
+           'yourself: put them in a folder, set --config.dataset.manual_dir='
+           'THAT_FOLDER and --config.dataset.tfds_download=True once; or '
+           'point --config.dataset.path at an ILSVRC2012 train folder '
+           '(DIR/<wnid>/*.JPEG)')
+  else:
+    how = (f'run `tfds build {name} --data_dir=DIR` on a machine with '
+           'internet and set --config.dataset.tfds_data_dir=DIR, or set '
+           '--config.dataset.tfds_download=True to download it now')
+  return (f'Dataset {dataset!r}: TFDS {name!r} is not prepared in {where} '
+          f'({type(error).__name__}). To provide it, {how}. Or convert the '
+          'images to a folder or an .npz and use --config.dataset.name=folder '
+          'or npz with --config.dataset.path.')
+
+
+def _tfds_split(dataset_config, name: str, split: str, *, manual: bool = False):
+  """TFDS ``name``'s ``split`` as a tf.data dataset of example dicts."""
+  _tf()
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  data_dir = dataset_config.get('tfds_data_dir', '') or None
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+    if dataset_config.get('tfds_download', False):
+      manual_dir = dataset_config.get('manual_dir', '') or None
+      builder.download_and_prepare(
+          download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+    return builder.as_dataset(split=split, shuffle_files=False)
+  except (AssertionError, FileNotFoundError, OSError, ValueError,
+          tfds.core.registered.DatasetNotFoundError) as e:
+    raise DataError(_missing_tfds_message(
+        name, data_dir or '', manual, dataset_config.name, e)) from e
+
+
+def _tfds_source(tfds_name: str, splits: str, label_key: str = 'label',
+                 unlabelled_split: str | None = None):
+  """A source reading ``splits`` of a TFDS dataset (labels from label_key)."""
+
+  def load(dataset_config) -> ImageDataset:
+    size = dataset_config.image_size
+    examples = _tfds_split(dataset_config, tfds_name, splits).map(
+        lambda ex: (ex['image'], ex[label_key]))
+    images, labels = _materialize(examples, size, f'TFDS {tfds_name} {splits}')
+    instance_only = None
+    if unlabelled_split and dataset_config.get('use_unlabelled', True):
+      extra = _tfds_split(dataset_config, tfds_name, unlabelled_split).map(
+          lambda ex: (ex['image'], ex[label_key]))
+      extra_images, _ = _materialize(
+          extra, size, f'TFDS {tfds_name} {unlabelled_split}')
+      instance_only = np.concatenate([
+          np.zeros(len(images), bool), np.ones(len(extra_images), bool)])
+      images = np.concatenate([images, extra_images])
+      labels = np.concatenate(
+          [labels, np.full(len(extra_images), -1, np.int64)])
+    return ImageDataset(dataset_config.name, images, labels, instance_only)
+
+  load.__doc__ = (f'TFDS ``{tfds_name}``, splits {splits}'
+                  + (f' (+ {unlabelled_split}, instance objective only)'
+                     if unlabelled_split else '') + '.')
+  return load
+
+
+def _wnids(subset: str) -> list[str]:
+  """The ILSVRC2012 synsets of a benchmark subset, in the published order."""
+  text = importlib.resources.files('jcc').joinpath(
+      'wnids', f'{subset}.txt').read_text()
+  return text.split()
+
+
+def _decode_files(files: list[str], labels: list[int], image_size: int,
+                  what: str) -> tuple[np.ndarray, np.ndarray]:
+  """JPEG/PNG files → RGB uint8 at image_size, decoded in parallel by tf.data.
+
+  Files that cannot be decoded are dropped with a warning.
+  """
+  tf = _tf()
+
+  def decode(path, label):
+    image = tf.io.decode_image(tf.io.read_file(path), channels=3,
+                               expand_animations=False)
+    image.set_shape((None, None, 3))
+    return image, label
+
+  examples = tf.data.Dataset.from_tensor_slices(
+      (files, np.asarray(labels, np.int64))).map(
+          decode, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors()
+  images, labels_out = _materialize(examples, image_size, what)
+  if len(images) < len(files):
+    logging.warning('%s: skipped %d of %d files that could not be decoded.',
+                    what, len(files) - len(images), len(files))
+  return images, labels_out
+
+
+def _subset_source(subset: str):
+  """ImageNet-10 / ImageNet-Dogs: ILSVRC2012 train images of the subset's wnids.
+
+  From an ILSVRC2012 train folder (``config.dataset.path``/<wnid>/*.JPEG) if
+  given, else from TFDS ``imagenet2012`` (manual download). Labels follow
+  the subset's published wnid order.
+  """
+
+  def load(dataset_config) -> ImageDataset:
+    wnids = _wnids(subset)
+    root = dataset_config.path
+    if root:
+      if not os.path.isdir(root):
+        raise DataError(f'Dataset {subset!r}: no directory at {root!r} '
+                        '(config.dataset.path).')
+      missing = [w for w in wnids if not os.path.isdir(os.path.join(root, w))]
+      if missing:
+        raise DataError(
+            f'Dataset {subset!r}: {root} lacks the class folders '
+            f'{", ".join(missing)} (expected an ILSVRC2012 train folder, '
+            'DIR/<wnid>/*.JPEG).')
+      files, labels = [], []
+      for label, wnid in enumerate(wnids):
+        folder = os.path.join(root, wnid)
+        names = sorted(f for f in os.listdir(folder)
+                       if f.lower().endswith(IMAGE_EXTENSIONS))
+        files += [os.path.join(folder, f) for f in names]
+        labels += [label] * len(names)
+      images, labels = _decode_files(files, labels, dataset_config.image_size,
+                                     f'{subset} ({root})')
+      return ImageDataset(subset, images, labels)
+
+    tf = _tf()
+    examples = _tfds_split(dataset_config, 'imagenet2012', 'train',
+                           manual=True)
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    names = tfds.builder('imagenet2012').info.features['label'].names
+    # ILSVRC label → position in the subset, −1 for the other classes.
+    relabel = np.full(len(names), -1, np.int64)
+    for position, wnid in enumerate(wnids):
+      relabel[names.index(wnid)] = position
+    table = tf.constant(relabel)
+    examples = examples.map(
+        lambda ex: (ex['image'], tf.gather(table, ex['label']))).filter(
+            lambda image, label: label >= 0)
+    images, labels = _materialize(examples, dataset_config.image_size,
+                                  f'{subset} (TFDS imagenet2012)')
+    return ImageDataset(subset, images, labels)
+
+  load.__doc__ = _subset_source.__doc__.replace('ImageNet-10 / ImageNet-Dogs',
+                                                subset)
+  return load
+
+
+def load_tiny_imagenet(dataset_config) -> ImageDataset:
+  """Tiny-ImageNet's 100,000 train images from the official folder layout.
+
+  ``config.dataset.path`` is the extracted ``tiny-imagenet-200`` folder:
+  ``train/<wnid>/images/*.JPEG``; labels are the wnids in sorted order.
+  """
+  root = dataset_config.path
+  train = os.path.join(root, 'train') if root else ''
+  if not root or not os.path.isdir(train):
+    raise DataError(
+        "Dataset 'tiny_imagenet' has no TFDS builder: download "
+        'tiny-imagenet-200.zip (http://cs231n.stanford.edu/tiny-imagenet-200'
+        '.zip), extract it and set --config.dataset.path to the folder that '
+        f'holds train/ (looked for {train or "train/ under an empty path"}).')
+  wnids = sorted(d for d in os.listdir(train)
+                 if os.path.isdir(os.path.join(train, d, 'images')))
+  files, labels = [], []
+  for label, wnid in enumerate(wnids):
+    folder = os.path.join(train, wnid, 'images')
+    names = sorted(f for f in os.listdir(folder)
+                   if f.lower().endswith(IMAGE_EXTENSIONS))
+    files += [os.path.join(folder, f) for f in names]
+    labels += [label] * len(names)
+  if not files:
+    raise DataError(f'{train}: no images in train/<wnid>/images/.')
+  images, labels = _decode_files(files, labels, dataset_config.image_size,
+                                 f'tiny_imagenet ({root})')
+  return ImageDataset('tiny_imagenet', images, labels)
+
+
+# -- MNIST-like: TFDS or local IDX files ----------------------------------
+
+_IDX_FILES = (('train-images-idx3-ubyte', 'train-labels-idx1-ubyte'),
+              ('t10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte'))
+
+
+def read_idx(path: str) -> np.ndarray:
+  """An IDX file (the MNIST format; gzipped or not) as a uint8 array."""
+  opener = gzip.open if path.endswith('.gz') else open
+  try:
+    with opener(path, 'rb') as f:
+      raw = f.read()
+  except OSError as e:
+    raise DataError(f'{path}: not a readable IDX file ({e}).') from e
+  if len(raw) < 4 or raw[:2] != b'\0\0' or raw[2] != 0x08:
+    raise DataError(f'{path}: not an IDX file of uint8 (bad magic number).')
+  ndim = raw[3]
+  shape = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], 'big')
+                for i in range(ndim))
+  data = np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim)
+  if data.size != np.prod(shape):
+    raise DataError(f'{path}: truncated (header says {shape}).')
+  return data.reshape(shape)
+
+
+def _find_idx(folder: str, stem: str) -> str | None:
+  for name in (stem, stem + '.gz'):
+    if os.path.isfile(os.path.join(folder, name)):
+      return os.path.join(folder, name)
+  return None
+
+
+def _mnist_like_source(tfds_name: str):
+  """MNIST-like: the IDX files in config.dataset.path, else TFDS train+test."""
+  from_tfds = _tfds_source(tfds_name, 'train+test')
+
+  def load(dataset_config) -> ImageDataset:
+    folder = dataset_config.path
+    if not folder:
+      return from_tfds(dataset_config)
+    if not os.path.isdir(folder):
+      raise DataError(f'Dataset {tfds_name!r}: no directory at {folder!r} '
+                      '(config.dataset.path, the folder of IDX files).')
+    images, labels = [], []
+    for image_stem, label_stem in _IDX_FILES:
+      image_file = _find_idx(folder, image_stem)
+      label_file = _find_idx(folder, label_stem)
+      if image_file and label_file:
+        images.append(read_idx(image_file))
+        labels.append(read_idx(label_file).astype(np.int64))
+    if not images:
+      raise DataError(
+          f'{folder}: no IDX pair (train-images-idx3-ubyte[.gz] with '
+          'train-labels-idx1-ubyte[.gz], or the t10k- pair).')
+    images, labels = np.concatenate(images), np.concatenate(labels)
+    if images.shape[0] != labels.shape[0]:
+      raise DataError(f'{folder}: {images.shape[0]} images but '
+                      f'{labels.shape[0]} labels.')
+    return ImageDataset(tfds_name, images[..., None], labels)
+
+  load.__doc__ = (f'{tfds_name}: the IDX files in config.dataset.path (e.g. '
+                  "Debian's dataset-{tfds_name.replace('_', '-')} in "
+                  f"/usr/share/datasets/{tfds_name.replace('_', '-')}/), else "
+                  'TFDS train+test.')
+  return load
+
+
 DATASETS: dict[str, Callable[..., ImageDataset]] = {
     'digits': load_digits,
     'npz': load_npz,
     'folder': load_folder,
+    'cifar10': _tfds_source('cifar10', 'train+test'),
+    'cifar100': _tfds_source('cifar100', 'train+test', 'coarse_label'),
+    'stl10': _tfds_source('stl10', 'train+test', unlabelled_split='unlabelled'),
+    'imagenet10': _subset_source('imagenet10'),
+    'imagenet_dogs': _subset_source('imagenet_dogs'),
+    'tiny_imagenet': load_tiny_imagenet,
+    'mnist': _mnist_like_source('mnist'),
+    'fashion_mnist': _mnist_like_source('fashion_mnist'),
+}
+
+# The number of classes of each benchmark (None: from the config).
+NUM_CLASSES: dict[str, int | None] = {
+    'digits': 10, 'npz': None, 'folder': None, 'cifar10': 10, 'cifar100': 20,
+    'stl10': 10, 'imagenet10': 10, 'imagenet_dogs': 15, 'tiny_imagenet': 200,
+    'mnist': 10, 'fashion_mnist': 10,
 }
 
 
@@ -206,8 +547,11 @@ def load_dataset(dataset_config) -> ImageDataset:
     raise DataError(
         f'Unknown dataset {name!r} (config.dataset.name); choose one of '
         f'{sorted(DATASETS)}.')
+  start = time.time()
   dataset = DATASETS[name](dataset_config)
   images = resize_images(dataset.images, dataset_config.image_size)
+  logging.info('Loaded %s: %d images of %s in %.1f s.', name, len(images),
+               'x'.join(map(str, images.shape[1:])), time.time() - start)
   return dataclasses.replace(dataset, images=images)
 
 
@@ -233,3 +577,79 @@ def train_batch_indices(
   epoch, position = divmod(step, steps_per_epoch)
   order = epoch_order(num_examples, seed, epoch)
   return order[position * batch_size:(position + 1) * batch_size]
+
+
+# -- the pipelines --------------------------------------------------------
+
+
+def train_batches(
+    dataset: ImageDataset, batch_size: int, seed: int, start_step: int,
+    num_steps: int, process_index: int = 0, process_count: int = 1,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+  """This host's part of global batches ``start_step … num_steps − 1``.
+
+  Yields (images uint8 (B/P, H, W, C), indices int32 (B/P,)): rows
+  [i·B/P, (i+1)·B/P) of each global batch for host i of P, where the global
+  batch is :func:`train_batch_indices`. A tf.data pipeline gathers and
+  prefetches them on background threads.
+  """
+  if batch_size % process_count:
+    raise ValueError(f'batch {batch_size} does not split over '
+                     f'{process_count} hosts.')
+  tf = _tf()
+  per_host = batch_size // process_count
+  lo, hi = process_index * per_host, (process_index + 1) * per_host
+  n, images = len(dataset), dataset.images
+
+  def host_batches():
+    for step in range(start_step, num_steps):
+      indices = train_batch_indices(n, batch_size, seed, step)[lo:hi]
+      yield images[indices], indices.astype(np.int32)
+
+  pipeline = tf.data.Dataset.from_generator(
+      host_batches, output_signature=(
+          tf.TensorSpec((per_host,) + images.shape[1:], tf.uint8),
+          tf.TensorSpec((per_host,), tf.int32))).prefetch(tf.data.AUTOTUNE)
+  for batch_images, batch_indices in pipeline:
+    yield batch_images.numpy(), batch_indices.numpy()
+
+
+def eval_batches(
+    images: np.ndarray, batch_size: int,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+  """Every image exactly once: (images (batch_size, …), mask (batch_size,)).
+
+  The last batch is padded with zeros to ``batch_size`` (one compiled shape);
+  ``mask`` is False on the padding.
+  """
+  tf = _tf()
+  num = images.shape[0]
+
+  def padded_batches():
+    for start in range(0, num, batch_size):
+      batch = images[start:start + batch_size]
+      valid = batch.shape[0]
+      mask = np.arange(batch_size) < valid
+      if valid < batch_size:
+        pad = np.zeros((batch_size - valid,) + batch.shape[1:], batch.dtype)
+        batch = np.concatenate([batch, pad])
+      yield batch, mask
+
+  pipeline = tf.data.Dataset.from_generator(
+      padded_batches, output_signature=(
+          tf.TensorSpec((batch_size,) + images.shape[1:],
+                        tf.as_dtype(images.dtype)),
+          tf.TensorSpec((batch_size,), tf.bool))).prefetch(2)
+  for batch, mask in pipeline:
+    yield batch.numpy(), mask.numpy()
+
+
+def prefetch_to_device(iterator: Iterator, put: Callable, size: int = 2):
+  """Yields ``put(item)`` for each item, keeping ``size`` transfers ahead."""
+  queue = collections.deque()
+  for item in iterator:
+    queue.append(put(item))
+    if len(queue) >= size:
+      yield queue.popleft()
+  while queue:
+    yield queue.popleft()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import jax
 import numpy as np
@@ -47,26 +47,19 @@ def kmeans(
 
 def predict_batches(
     forward: Callable[[jax.Array], dict[str, jax.Array]],
-    images: np.ndarray,
-    batch_size: int,
+    batches: Iterable[tuple[np.ndarray, np.ndarray]],
     to_device: Callable[[np.ndarray], jax.Array] = jax.device_put,
 ) -> dict[str, np.ndarray]:
-  """Runs ``forward`` over every image once; concatenated numpy outputs.
+  """Runs ``forward`` over (images, mask) batches; concatenated outputs.
 
-  The last batch is padded to ``batch_size`` (one compiled shape) and the
-  padding rows are dropped from the outputs.
+  ``batches`` is :func:`jcc.data.eval_batches`: fixed-size batches (one
+  compiled shape) whose padding rows, False in ``mask``, are dropped.
   """
-  num = images.shape[0]
   outputs: dict[str, list[np.ndarray]] = {}
-  for start in range(0, num, batch_size):
-    batch = images[start:start + batch_size]
-    valid = batch.shape[0]
-    if valid < batch_size:
-      pad = np.zeros((batch_size - valid,) + batch.shape[1:], batch.dtype)
-      batch = np.concatenate([batch, pad])
-    result = jax.device_get(forward(to_device(batch)))
+  for images, mask in batches:
+    result = jax.device_get(forward(to_device(images)))
     for key, value in result.items():
-      outputs.setdefault(key, []).append(np.asarray(value)[:valid])
+      outputs.setdefault(key, []).append(np.asarray(value)[mask])
   return {key: np.concatenate(value) for key, value in outputs.items()}
 
 

@@ -208,40 +208,53 @@ def compute_loss_terms(
     views: jax.Array,
     target: jax.Array,
     loss_config: ml_collections.ConfigDict,
+    clustered: jax.Array | None = None,
 ) -> dict[str, jax.Array]:
   """The active (non-zero weight) terms, unweighted, for a 2B batch of views.
 
   Rows [0, B) of ``outputs`` are view a, rows [B, 2B) view b of the same
-  images; ``target`` is DEC's P for the B images.
+  images; ``target`` is DEC's P for the B images. ``clustered`` (B,) bool
+  limits the cluster, entropy and KL terms to the rows where it is True
+  (the others train the instance objective alone); None: all rows.
   """
   half = views.shape[0] // 2
   a = jax.tree.map(lambda x: x[:half], outputs)
   b = jax.tree.map(lambda x: x[half:], outputs)
+  probs_a, probs_b, kl_scale = a.cluster_probs, b.cluster_probs, 1.0
+  if clustered is not None:
+    # A zero row adds nothing to the column dot products, the marginal's
+    # mass or the KL sum; the KL mean is rescaled to the clustered rows.
+    keep = clustered.astype(jnp.float32)[:, None]
+    probs_a, probs_b, target = probs_a * keep, probs_b * keep, target * keep
+    kl_scale = half / jnp.maximum(jnp.sum(keep), 1.0)
   terms = {}
   if loss_config.instance:
     terms['instance'] = losses.instance_contrastive_loss(
         a.projection, b.projection, loss_config.instance_temperature)
   if loss_config.cluster:
     terms['cluster'] = losses.cluster_contrastive_loss(
-        a.cluster_probs, b.cluster_probs, loss_config.cluster_temperature)
+        probs_a, probs_b, loss_config.cluster_temperature)
   if loss_config.entropy:
-    terms['entropy'] = (losses.cluster_entropy(a.cluster_probs) +
-                        losses.cluster_entropy(b.cluster_probs))
+    terms['entropy'] = (losses.cluster_entropy(probs_a) +
+                        losses.cluster_entropy(probs_b))
   if loss_config.reconstruction:
     terms['reconstruction'] = losses.reconstruction_loss(
         views, outputs.reconstruction)
   if loss_config.kl:
-    terms['kl'] = 0.5 * (losses.kl_clustering_loss(target, a.student_t) +
-                         losses.kl_clustering_loss(target, b.student_t))
+    terms['kl'] = 0.5 * kl_scale * (
+        losses.kl_clustering_loss(target, a.student_t) +
+        losses.kl_clustering_loss(target, b.student_t))
   return terms
 
 
-def make_train_step(model, tx, config, mesh):
+def make_train_step(model, tx, config, mesh, instance_only: bool = False):
   """The jitted step: (state, target, images, indices, kl_scale) → (state, metrics).
 
   ``images`` (uint8) and ``indices`` (their rows in the dataset, to look up
   P in ``target``) are the global batch, sharded over 'data'; the state and
   ``target`` are replicated. ``kl_scale`` is 0 in the warm-up, 1 after.
+  With ``instance_only``, rows of ``target`` that sum to 0 mark examples
+  that train the instance objective alone.
   """
   loss_config = config.loss
   aug_config = config.augment
@@ -253,12 +266,13 @@ def make_train_step(model, tx, config, mesh):
     x = images.astype(jnp.float32) / 255.0
     views = jnp.concatenate(augment.two_views(key, x, aug_config))
     p = target[indices]
+    clustered = jnp.sum(p, axis=1) > 0 if instance_only else None
 
     def loss_fn(params):
       outputs, updates = model.apply(
           {'params': params, 'batch_stats': state.batch_stats}, views,
           train=True, decode=decode, mutable=['batch_stats'])
-      terms = compute_loss_terms(outputs, views, p, loss_config)
+      terms = compute_loss_terms(outputs, views, p, loss_config, clustered)
       total = sum(loss_config[name] * value * (kl_scale if name == 'kl' else 1)
                   for name, value in terms.items())
       return total, (terms, updates['batch_stats'])
@@ -326,7 +340,13 @@ class Trainer:
     maybe_initialize_distributed(config)
     self.mesh = make_mesh()
     num_devices = self.mesh.size
-    check_config(config, len(self.dataset), num_devices)
+    self.clustered = self.dataset.clustered
+    check_config(config, len(self.clustered), num_devices)
+    known = data.NUM_CLASSES.get(config.dataset.name)
+    if known and known != config.dataset.num_clusters:
+      logging.warning('%s has %d classes; clustering into K=%d '
+                      '(config.dataset.num_clusters).', config.dataset.name,
+                      known, config.dataset.num_clusters)
     check_workdir(workdir)
     self.model_signature = model_signature(config, self.dataset.channels)
     check_model_signature(workdir, self.model_signature)
@@ -350,11 +370,12 @@ class Trainer:
         lambda key: create_train_state(self.model, self.tx, key, image_shape),
         out_shardings=self.replicated)
     self.state = init(init_key)
-    self.target = to_global(
-        np.full((n, config.dataset.num_clusters),
-                1.0 / config.dataset.num_clusters, np.float32),
-        self.replicated)
-    self.train_step = make_train_step(self.model, self.tx, config, self.mesh)
+    # DEC's target P; rows of zeros mark instance-only examples.
+    k = config.dataset.num_clusters
+    self._instance_only = self.dataset.instance_only is not None
+    self.target = self._target_array(np.full((len(self.clustered), k), 1 / k))
+    self.train_step = make_train_step(self.model, self.tx, config, self.mesh,
+                                      self._instance_only)
     self.forward = make_forward(self.model, self.mesh)
 
     self.checkpoints = self._open_checkpoints()
@@ -446,13 +467,28 @@ class Trainer:
 
   # -- passes over the whole dataset --------------------------------------
 
-  def predict(self) -> dict[str, np.ndarray]:
-    """Embeddings, cluster-head probabilities and q for every training image."""
+  def _target_array(self, p_clustered: np.ndarray) -> jax.Array:
+    """(N, K) replicated P: given rows for the clustered examples, else 0."""
+    if not self._instance_only:
+      return to_global(p_clustered.astype(np.float32), self.replicated)
+    full = np.zeros((len(self.dataset), p_clustered.shape[1]), np.float32)
+    full[self.clustered] = p_clustered
+    return to_global(full, self.replicated)
+
+  def predict(self, images: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Embeddings, cluster-head probabilities and q for each image.
+
+    Default: the clustered training images (all but instance-only ones).
+    """
+    if images is None:
+      images = self.dataset.images
+      if self._instance_only:
+        images = images[self.clustered]
     variables = {'params': self.state.params,
                  'batch_stats': self.state.batch_stats}
     return evaluate.predict_batches(
-        lambda images: self.forward(variables, images), self.dataset.images,
-        self.eval_batch_size,
+        lambda batch: self.forward(variables, batch),
+        data.eval_batches(images, self.eval_batch_size),
         lambda batch: to_global(batch, self.batch_sharding))
 
   def init_centroids(self) -> None:
@@ -472,8 +508,8 @@ class Trainer:
   def refresh_target(self) -> None:
     """Recomputes DEC's target distribution P over the whole dataset."""
     q = self.predict()['student_t']
-    self.target = to_global(
-        np.asarray(losses.target_distribution(q)), self.replicated)
+    self.target = self._target_array(
+        np.asarray(losses.target_distribution(q)))
 
   # -- the loop ------------------------------------------------------------
 
@@ -483,6 +519,11 @@ class Trainer:
     logging.warning('Received signal %s: saving a checkpoint and stopping.',
                     signum)
     self.stop_requested = True
+
+  def _put_host_batch(self, host_batch):
+    """This host's rows of a global batch → global arrays sharded on 'data'."""
+    return tuple(jax.make_array_from_process_local_data(self.batch_sharding, x)
+                 for x in host_batch)
 
   def train(self) -> bool:
     """Trains to the last step; False if stopped early by SIGTERM."""
@@ -511,15 +552,18 @@ class Trainer:
         self.warmup_steps)
     interval = config.train.target_update_interval
     last_log_time, last_log_step = time.time(), start_step
-    for step in range(start_step, self.total_steps):
+    batches = data.prefetch_to_device(
+        data.train_batches(self.dataset, bs, config.seed, start_step,
+                           self.total_steps, jax.process_index(),
+                           jax.process_count()),
+        self._put_host_batch)
+    for step, (images, indices) in zip(
+        range(start_step, self.total_steps), batches):
       if step == self.warmup_steps and kl_on:
         self.init_centroids()
       if kl_on and step >= self.warmup_steps and (
           (step - self.warmup_steps) % interval == 0):
         self.refresh_target()
-      indices = data.train_batch_indices(n, bs, config.seed, step)
-      images = to_global(self.dataset.images[indices], self.batch_sharding)
-      indices = to_global(indices.astype(np.int32), self.batch_sharding)
       kl_scale = np.float32(step >= self.warmup_steps)
       self.state, metrics = self.train_step(
           self.state, self.target, images, indices, kl_scale)
@@ -561,12 +605,15 @@ class Trainer:
       self.init_centroids()
     outputs = self.predict()
     k = self.config.dataset.num_clusters
+    labels = self.dataset.labels
+    if labels is not None:
+      labels = labels[self.clustered]
     metrics = evaluate.evaluate_assignments(
-        self.dataset.labels, outputs['cluster_probs'], outputs['student_t'],
+        labels, outputs['cluster_probs'], outputs['student_t'],
         outputs['embedding'], k, self.config.seed)
     results = {
         'dataset': self.config.dataset.name,
-        'num_examples': len(self.dataset),
+        'num_examples': len(self.clustered),
         'num_clusters': k,
         'seconds': time.time() - self.start_time,
         **metrics,

@@ -83,3 +83,9 @@ def test_npz_source_keeps_real_pixels_exact(shared_data):
   digest = hashlib.sha256(ds.images.tobytes()).hexdigest()[:16]
   assert digest == '492d3adcf78ecda8'
   assert sorted(np.unique(ds.labels)) == list(range(10))
+  # ...and so do the training and evaluation pipelines built on it.
+  for images, indices in data.train_batches(ds, 1000, 0, 0, 5):
+    np.testing.assert_array_equal(images, ds.images[indices])
+  rows = [batch[mask] for batch, mask in data.eval_batches(ds.images, 1024)]
+  digest = hashlib.sha256(np.concatenate(rows).tobytes()).hexdigest()[:16]
+  assert digest == '492d3adcf78ecda8'

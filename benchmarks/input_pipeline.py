@@ -1,0 +1,92 @@
+"""Does the input ever limit training? Images/s of the input pipeline alone,
+of the pipeline plus the on-device augmentation, and of the whole train step.
+
+Run from the repository root:
+
+  JAX_PLATFORMS=cpu python -m benchmarks.input_pipeline
+
+For each config: an in-memory dataset of random uint8 images at the config's
+size (the cache every source ends in), `jcc.data.train_batches` +
+`prefetch_to_device` (tf.data gathers, prefetches, hands host batches to the
+devices), then the same plus `augment.two_views` jitted, then the train step
+of the config's model and batch (benchmarks.train_step.step_runner). If the
+first two columns are far above the last, input does not limit training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import time
+
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+
+import jax  # pylint: disable=g-import-not-at-top
+import jax.numpy as jnp
+import numpy as np
+
+from benchmarks import timing
+from benchmarks.train_step import step_runner
+from jcc import augment
+from jcc import data
+from jcc import train
+
+
+def input_rate(dataset, config, steps: int, augment_too: bool) -> float:
+  """Images/s of `steps` batches through the pipeline (and augmentation)."""
+  mesh = train.make_mesh()
+  sharding = train.NamedSharding(mesh, train.P('data'))
+  put = lambda batch: tuple(  # noqa: E731
+      jax.make_array_from_process_local_data(sharding, x) for x in batch)
+  key = jax.random.key(0)
+  views = jax.jit(lambda k, x: augment.two_views(
+      k, x.astype(jnp.float32) / 255.0, config.augment))
+  bs = config.train.batch_size
+  # One untimed batch: tf.data start-up and compilation.
+  images, _ = next(data.prefetch_to_device(
+      data.train_batches(dataset, bs, 0, 0, 1), put))
+  jax.block_until_ready(views(key, images))
+  start = time.perf_counter()
+  last = None
+  for step, (images, _) in enumerate(data.prefetch_to_device(
+      data.train_batches(dataset, bs, 0, 0, steps), put)):
+    last = views(jax.random.fold_in(key, step), images) if augment_too else (
+        images)
+  jax.block_until_ready(last)
+  return steps * bs / (time.perf_counter() - start)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--configs', default='digits,mnist,cifar10_small')
+  parser.add_argument('--steps', type=int, default=20)
+  parser.add_argument('--examples', type=int, default=4096)
+  parser.add_argument('--compute-dtype', default='float32')
+  args = parser.parse_args()
+  print(f'jax {jax.__version__} on {jax.devices()[0].device_kind} '
+        f'({jax.device_count()} device(s)), {os.cpu_count()} CPUs, '
+        f'{args.steps} batches per input measurement', flush=True)
+  print(f'{"config":14s} {"shape":>12s} {"batch":>5s} {"input":>10s} '
+        f'{"input+aug":>10s} {"train step":>10s} {"input+aug/step":>14s}')
+  for name in args.configs.split(','):
+    config = importlib.import_module(f'configs.{name}').get_config()
+    config.train.compute_dtype = args.compute_dtype
+    size = config.dataset.image_size
+    channels = 1 if name in ('digits', 'mnist', 'fashion_mnist') else 3
+    rng = np.random.default_rng(0)
+    n = max(args.examples, config.train.batch_size)
+    dataset = data.ImageDataset(name, rng.integers(
+        0, 256, (n, size, size, channels), dtype=np.uint8), None)
+    pipeline = input_rate(dataset, config, args.steps, False)
+    augmented = input_rate(dataset, config, args.steps, True)
+    step_seconds = timing.measure_alternating(
+        {'step': step_runner(config, channels)}, 1, 2.0)['step']
+    step = config.train.batch_size / step_seconds
+    print(f'{name:14s} {f"{size}x{size}x{channels}":>12s} '
+          f'{config.train.batch_size:5d} {pipeline:10.0f} {augmented:10.0f} '
+          f'{step:10.0f} {augmented / step:14.1f}', flush=True)
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,22 @@
+"""CIFAR-10 (TFDS cifar10, train+test: 60,000 images, K=10).
+
+CC's recipe (reference.md): ResNet-34, Adam 3e-4, batch 256, 1,000 epochs,
+SimCLR augmentation with jitter strength s = 0.5. CC feeds 224×224 to an
+ImageNet stem; here the CIFAR stem (3×3 conv, no max-pool) takes the native
+32×32, which costs 49× fewer pixels per image. Not yet run to the end: the
+accelerator time has not been available (benchmarks/RESULTS.md).
+"""
+
+from configs import default
+
+
+def get_config():
+  config = default.get_config()
+  config.dataset.name = 'cifar10'
+  config.dataset.image_size = 32
+  config.dataset.num_clusters = 10
+  config.model.backbone = 'resnet34_cifar'
+  config.train.num_epochs = 1000
+  config.train.warmup_epochs = 100
+  config.train.compute_dtype = 'bfloat16'
+  return config

@@ -1,0 +1,25 @@
+"""STL-10 (TFDS stl10): 13,000 labelled images (train+test), K=10, plus the
+100,000 unlabelled images for the instance objective alone.
+
+ResNet-34 with the ImageNet stem at the native 96×96 (CC resizes to 224),
+jitter strength s = 1.0.
+"""
+
+from configs import default
+
+
+def get_config():
+  config = default.get_config()
+  config.dataset.name = 'stl10'
+  config.dataset.image_size = 96
+  config.dataset.num_clusters = 10
+  config.dataset.use_unlabelled = True
+  config.model.backbone = 'resnet34'
+  config.augment.brightness = 0.8
+  config.augment.contrast = 0.8
+  config.augment.saturation = 0.8
+  config.augment.hue = 0.2
+  config.train.num_epochs = 1000
+  config.train.warmup_epochs = 100
+  config.train.compute_dtype = 'bfloat16'
+  return config

@@ -1,0 +1,21 @@
+"""Tiny-ImageNet: 100,000 train images of 200 classes at 64×64 (K=200).
+
+No TFDS builder exists: download tiny-imagenet-200.zip, extract it, and pass
+--config.dataset.path=.../tiny-imagenet-200 (the folder holding train/).
+ResNet-34 with the ImageNet stem at the native 64×64, s = 0.5.
+"""
+
+from configs import default
+
+
+def get_config():
+  config = default.get_config()
+  config.dataset.name = 'tiny_imagenet'
+  config.dataset.image_size = 64
+  config.dataset.num_clusters = 200
+  config.model.backbone = 'resnet34'
+  config.train.batch_size = 512  # every one of the 200 clusters in a batch
+  config.train.num_epochs = 1000
+  config.train.warmup_epochs = 100
+  config.train.compute_dtype = 'bfloat16'
+  return config
