@@ -120,8 +120,9 @@ def get_config() -> ml_collections.ConfigDict:
   # Steps between recomputations of the target distribution P over the whole
   # training set, during joint training.
   train.target_update_interval = 100
-  # Seconds between progress lines (the only host sync in the loop).
-  train.log_every_seconds = 10.0
+  # Steps between progress lines and metric writes: the only host sync in the
+  # step loop, so the host runs at most this many steps ahead.
+  train.log_every_steps = 50
   # Steps between checkpoints (one is always written at the end); how many
   # to keep.
   train.checkpoint_every_steps = 500
@@ -129,4 +130,12 @@ def get_config() -> ml_collections.ConfigDict:
   # Batch size of the forward passes over the whole dataset (evaluation,
   # centroid initialisation, target refresh).
   train.eval_batch_size = 1024
+  # Steps between evaluations during training (cluster-head and DEC metrics
+  # to the logs, TensorBoard and metrics.jsonl); 0: only the final one.
+  train.eval_every_steps = 0
+
+  config.predict = predict = ml_collections.ConfigDict()
+  # --mode=predict: a folder of images (flat or with class subfolders) or an
+  # .npz whose images are assigned to the trained clusters.
+  predict.input = ''
   return config

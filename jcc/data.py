@@ -29,6 +29,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 
+import ml_collections
 import numpy as np
 
 from absl import logging
@@ -48,11 +49,13 @@ class ImageDataset:
       objective alone (STL-10's unlabelled split): they take no part in the
       cluster, entropy and KL terms, the centroids or the evaluation. None
       when every example is clustered.
+    class_names: the name of each label value, when the source knows them.
   """
   name: str
   images: np.ndarray
   labels: np.ndarray | None
   instance_only: np.ndarray | None = None
+  class_names: tuple[str, ...] | None = None
 
   def __len__(self) -> int:
     return self.images.shape[0]
@@ -87,7 +90,9 @@ def load_digits(dataset_config) -> ImageDataset:
   from sklearn import datasets  # pylint: disable=g-import-not-at-top
   digits = datasets.load_digits()
   images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
-  return ImageDataset('digits', images[..., None], digits.target.astype(np.int64))
+  return ImageDataset('digits', images[..., None],
+                      digits.target.astype(np.int64),
+                      class_names=tuple(str(d) for d in range(10)))
 
 
 def load_npz(dataset_config) -> ImageDataset:
@@ -109,6 +114,9 @@ def load_npz(dataset_config) -> ImageDataset:
             f'{path}: has no `images` array (found {data.files}).')
       images = _as_nhwc_uint8(data['images'], path)
       labels = data['labels'].astype(np.int64) if 'labels' in data else None
+      class_names = None
+      if 'class_names' in data and data['class_names'].dtype.kind == 'U':
+        class_names = tuple(str(c) for c in data['class_names'])
   except (ValueError, OSError) as e:
     if isinstance(e, DataError):
       raise
@@ -117,7 +125,7 @@ def load_npz(dataset_config) -> ImageDataset:
     raise DataError(
         f'{path}: `labels` has shape {labels.shape}, expected '
         f'({images.shape[0]},).')
-  return ImageDataset('npz', images, labels)
+  return ImageDataset('npz', images, labels, class_names=class_names)
 
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.webp', '.tif',
@@ -144,14 +152,17 @@ def _list_images(root: str) -> tuple[list[str], list[int] | None, list[str]]:
   return files, labels, classes
 
 
-def _read_image(path: str, size: int):
-  """(H, W, C) uint8 at size × size, and whether it is grayscale; or None."""
+def _read_image(path: str, size: int, mode: str | None = None):
+  """(H, W[, C]) uint8 at size × size, and whether it is grayscale; or None.
+
+  ``mode`` 'L' or 'RGB' forces the channels; None keeps gray images gray.
+  """
   from PIL import Image  # pylint: disable=g-import-not-at-top
   try:
     with Image.open(path) as image:
       image.load()
       gray = image.mode in ('1', 'L', 'I', 'I;16', 'F')
-      image = image.convert('L' if gray else 'RGB')
+      image = image.convert(mode or ('L' if gray else 'RGB'))
       image = image.resize((size, size), Image.Resampling.BILINEAR)
       return np.asarray(image, np.uint8), gray
   except (OSError, ValueError, Image.DecompressionBombError):
@@ -175,7 +186,7 @@ def load_folder(dataset_config) -> ImageDataset:
   if not os.path.isdir(root):
     raise DataError(
         f"dataset 'folder': no directory at {root!r} (config.dataset.path).")
-  files, labels, _ = _list_images(root)
+  files, labels, classes = _list_images(root)
   if not files:
     raise DataError(
         f'{root}: no images found (looked for {", ".join(IMAGE_EXTENSIONS)} '
@@ -202,14 +213,15 @@ def load_folder(dataset_config) -> ImageDataset:
     images.append(image if image.ndim == 3 else image[..., None])
   label_array = None if labels is None else np.asarray(
       [labels[i] for i in good], np.int64)
-  return ImageDataset('folder', np.stack(images), label_array)
+  return ImageDataset('folder', np.stack(images), label_array,
+                      class_names=tuple(classes) or None)
 
 
 # -- TensorFlow: the input pipeline only ------------------------------------
 
 
 @functools.cache
-def _tf():
+def tensorflow():
   """TensorFlow, imported on first use and kept off the accelerators."""
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -223,7 +235,7 @@ def _resize_uint8(image, size: int):
 
   An image already at the size is passed through, so pixels stay exact.
   """
-  tf = _tf()
+  tf = tensorflow()
   shape = image.shape
   if shape[0] == size and shape[1] == size:
     return image
@@ -239,7 +251,7 @@ def _materialize(examples, image_size: int, what: str):
   which every supported dataset fits at its configured size (the largest,
   STL-10 with its unlabelled split, is 3 GB at 96×96).
   """
-  tf = _tf()
+  tf = tensorflow()
   examples = examples.map(
       lambda image, label: (_resize_uint8(image, image_size), label),
       num_parallel_calls=tf.data.AUTOTUNE)
@@ -276,7 +288,7 @@ def _missing_tfds_message(name: str, data_dir: str, manual: bool,
 
 def _tfds_split(dataset_config, name: str, split: str, *, manual: bool = False):
   """TFDS ``name``'s ``split`` as a tf.data dataset of example dicts."""
-  _tf()
+  tensorflow()
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   data_dir = dataset_config.get('tfds_data_dir', '') or None
   try:
@@ -285,7 +297,7 @@ def _tfds_split(dataset_config, name: str, split: str, *, manual: bool = False):
       manual_dir = dataset_config.get('manual_dir', '') or None
       builder.download_and_prepare(
           download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
-    return builder.as_dataset(split=split, shuffle_files=False)
+    return builder.as_dataset(split=split, shuffle_files=False), builder
   except (AssertionError, FileNotFoundError, OSError, ValueError,
           tfds.core.registered.DatasetNotFoundError) as e:
     raise DataError(_missing_tfds_message(
@@ -298,13 +310,13 @@ def _tfds_source(tfds_name: str, splits: str, label_key: str = 'label',
 
   def load(dataset_config) -> ImageDataset:
     size = dataset_config.image_size
-    examples = _tfds_split(dataset_config, tfds_name, splits).map(
-        lambda ex: (ex['image'], ex[label_key]))
+    examples, builder = _tfds_split(dataset_config, tfds_name, splits)
+    examples = examples.map(lambda ex: (ex['image'], ex[label_key]))
     images, labels = _materialize(examples, size, f'TFDS {tfds_name} {splits}')
     instance_only = None
     if unlabelled_split and dataset_config.get('use_unlabelled', True):
-      extra = _tfds_split(dataset_config, tfds_name, unlabelled_split).map(
-          lambda ex: (ex['image'], ex[label_key]))
+      extra, _ = _tfds_split(dataset_config, tfds_name, unlabelled_split)
+      extra = extra.map(lambda ex: (ex['image'], ex[label_key]))
       extra_images, _ = _materialize(
           extra, size, f'TFDS {tfds_name} {unlabelled_split}')
       instance_only = np.concatenate([
@@ -312,7 +324,9 @@ def _tfds_source(tfds_name: str, splits: str, label_key: str = 'label',
       images = np.concatenate([images, extra_images])
       labels = np.concatenate(
           [labels, np.full(len(extra_images), -1, np.int64)])
-    return ImageDataset(dataset_config.name, images, labels, instance_only)
+    names = builder.info.features[label_key].names
+    return ImageDataset(dataset_config.name, images, labels, instance_only,
+                        tuple(names))
 
   load.__doc__ = (f'TFDS ``{tfds_name}``, splits {splits}'
                   + (f' (+ {unlabelled_split}, instance objective only)'
@@ -333,7 +347,7 @@ def _decode_files(files: list[str], labels: list[int], image_size: int,
 
   Files that cannot be decoded are dropped with a warning.
   """
-  tf = _tf()
+  tf = tensorflow()
 
   def decode(path, label):
     image = tf.io.decode_image(tf.io.read_file(path), channels=3,
@@ -381,13 +395,12 @@ def _subset_source(subset: str):
         labels += [label] * len(names)
       images, labels = _decode_files(files, labels, dataset_config.image_size,
                                      f'{subset} ({root})')
-      return ImageDataset(subset, images, labels)
+      return ImageDataset(subset, images, labels, class_names=tuple(wnids))
 
-    tf = _tf()
-    examples = _tfds_split(dataset_config, 'imagenet2012', 'train',
-                           manual=True)
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-    names = tfds.builder('imagenet2012').info.features['label'].names
+    tf = tensorflow()
+    examples, builder = _tfds_split(dataset_config, 'imagenet2012', 'train',
+                                    manual=True)
+    names = builder.info.features['label'].names
     # ILSVRC label → position in the subset, −1 for the other classes.
     relabel = np.full(len(names), -1, np.int64)
     for position, wnid in enumerate(wnids):
@@ -398,7 +411,7 @@ def _subset_source(subset: str):
             lambda image, label: label >= 0)
     images, labels = _materialize(examples, dataset_config.image_size,
                                   f'{subset} (TFDS imagenet2012)')
-    return ImageDataset(subset, images, labels)
+    return ImageDataset(subset, images, labels, class_names=tuple(wnids))
 
   load.__doc__ = _subset_source.__doc__.replace('ImageNet-10 / ImageNet-Dogs',
                                                 subset)
@@ -432,13 +445,21 @@ def load_tiny_imagenet(dataset_config) -> ImageDataset:
     raise DataError(f'{train}: no images in train/<wnid>/images/.')
   images, labels = _decode_files(files, labels, dataset_config.image_size,
                                  f'tiny_imagenet ({root})')
-  return ImageDataset('tiny_imagenet', images, labels)
+  return ImageDataset('tiny_imagenet', images, labels,
+                      class_names=tuple(wnids))
 
 
 # -- MNIST-like: TFDS or local IDX files ----------------------------------
 
 _IDX_FILES = (('train-images-idx3-ubyte', 'train-labels-idx1-ubyte'),
               ('t10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte'))
+
+
+_IDX_CLASS_NAMES = {
+    'mnist': tuple(str(d) for d in range(10)),
+    'fashion_mnist': ('T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat',
+                      'Sandal', 'Shirt', 'Sneaker', 'Bag', 'Ankle boot'),
+}
 
 
 def read_idx(path: str) -> np.ndarray:
@@ -493,13 +514,54 @@ def _mnist_like_source(tfds_name: str):
     if images.shape[0] != labels.shape[0]:
       raise DataError(f'{folder}: {images.shape[0]} images but '
                       f'{labels.shape[0]} labels.')
-    return ImageDataset(tfds_name, images[..., None], labels)
+    return ImageDataset(tfds_name, images[..., None], labels,
+                        class_names=_IDX_CLASS_NAMES[tfds_name])
 
   load.__doc__ = (f'{tfds_name}: the IDX files in config.dataset.path (e.g. '
                   "Debian's dataset-{tfds_name.replace('_', '-')} in "
                   f"/usr/share/datasets/{tfds_name.replace('_', '-')}/), else "
                   'TFDS train+test.')
   return load
+
+
+def load_predict_images(path: str, image_size: int, channels: int,
+                        skip_bad_images: bool = True,
+                        ) -> tuple[list[str], np.ndarray]:
+  """New images to assign: (names, uint8 images at the model's size/channels).
+
+  ``path`` is an .npz (names are the row indices) or a folder (flat or with
+  class subfolders; names are the paths relative to it, in sorted order).
+  """
+  if os.path.isfile(path) and path.endswith('.npz'):
+    dataset = load_npz(ml_collections.ConfigDict({'path': path}))
+    images = resize_images(dataset.images, image_size)
+    if images.shape[-1] != channels:
+      images = (images.mean(axis=-1, keepdims=True).round().astype(np.uint8)
+                if channels == 1 else np.repeat(images, 3, axis=-1))
+    return [str(i) for i in range(len(images))], images
+  if not os.path.isdir(path):
+    raise DataError(f'config.predict.input={path!r}: not a folder of images '
+                    'or an .npz file.')
+  files, _, _ = _list_images(path)
+  if not files:
+    raise DataError(f'{path}: no images found (config.predict.input).')
+  mode = 'L' if channels == 1 else 'RGB'
+  names, images, bad = [], [], []
+  for file in files:
+    decoded = _read_image(file, image_size, mode)
+    if decoded is None:
+      bad.append(file)
+      continue
+    image = decoded[0]
+    names.append(os.path.relpath(file, path))
+    images.append(image[..., None] if image.ndim == 2 else image)
+  if bad and (not skip_bad_images or len(bad) == len(files)):
+    raise DataError(f'{path}: {len(bad)} unreadable image file(s): '
+                    f'{", ".join(bad)}.')
+  if bad:
+    logging.warning('Skipped %d unreadable image file(s): %s', len(bad),
+                    ', '.join(bad))
+  return names, np.stack(images)
 
 
 DATASETS: dict[str, Callable[..., ImageDataset]] = {
@@ -596,7 +658,7 @@ def train_batches(
   if batch_size % process_count:
     raise ValueError(f'batch {batch_size} does not split over '
                      f'{process_count} hosts.')
-  tf = _tf()
+  tf = tensorflow()
   per_host = batch_size // process_count
   lo, hi = process_index * per_host, (process_index + 1) * per_host
   n, images = len(dataset), dataset.images
@@ -622,7 +684,7 @@ def eval_batches(
   The last batch is padded with zeros to ``batch_size`` (one compiled shape);
   ``mask`` is False on the padding.
   """
-  tf = _tf()
+  tf = tensorflow()
   num = images.shape[0]
 
   def padded_batches():

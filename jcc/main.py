@@ -5,8 +5,9 @@ Flags:
     --config.train.num_epochs=50 and the like.
   --workdir: where checkpoints, results.json and logs go; a run resumes from
     the latest checkpoint found there.
-  --mode: train (train, resuming if possible, then evaluate) or evaluate
-    (evaluate the latest checkpoint).
+  --mode: train (train, resuming if possible, then evaluate), evaluate
+    (evaluate the latest checkpoint and write its report) or predict (assign
+    the images of --config.predict.input=FOLDER|FILE.npz to the clusters).
 
 A mistake in the config, the data or the workdir ends the program with one
 line on stderr and exit status 2; a SIGTERM during training writes a
@@ -27,8 +28,9 @@ from jcc.errors import UserError
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Training configuration file.', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for this run.')
-_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'evaluate'],
-                          'train (and evaluate), or evaluate only.')
+_MODE = flags.DEFINE_enum(
+    'mode', 'train', ['train', 'evaluate', 'predict'],
+    'train (and evaluate), evaluate only, or predict new images.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 _NOISY = ('/orbax/', '/etils/', '/tensorstore/', '/jax/_src/xla_bridge.py')
@@ -69,8 +71,10 @@ def main(argv):
   try:
     if _MODE.value == 'train':
       train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-    else:
+    elif _MODE.value == 'evaluate':
       train.evaluate_workdir(_CONFIG.value, _WORKDIR.value)
+    else:
+      train.predict_workdir(_CONFIG.value, _WORKDIR.value)
   except UserError as e:
     _fail(str(e))
   except FloatingPointError as e:

@@ -17,6 +17,7 @@ only on (seed, step).
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -38,8 +39,10 @@ from jcc import augment
 from jcc import data
 from jcc import evaluate
 from jcc import losses
+from jcc import metric_writer
 from jcc import models
-from jcc.errors import CheckpointError, ConfigError
+from jcc import report
+from jcc.errors import CheckpointError, ConfigError, DataError
 
 # Loss terms, in the order they are reported.
 TERMS = ('instance', 'cluster', 'entropy', 'reconstruction', 'kl')
@@ -127,6 +130,14 @@ def check_config(config: ml_collections.ConfigDict, num_examples: int,
     raise ConfigError(
         f'config.train.batch_size={batch} does not divide over the '
         f'{num_devices} devices; use a multiple of {num_devices}.')
+  for field in ('log_every_steps', 'checkpoint_every_steps'):
+    if config.train[field] < 1:
+      raise ConfigError(
+          f'config.train.{field}={config.train[field]}: must be >= 1.')
+  if config.train.eval_every_steps < 0:
+    raise ConfigError(
+        f'config.train.eval_every_steps={config.train.eval_every_steps}: '
+        'must be >= 0 (0: evaluate only at the end).')
   negative = [t for t in TERMS if config.loss[t] < 0]
   if negative:
     raise ConfigError(
@@ -379,6 +390,7 @@ class Trainer:
     self.forward = make_forward(self.model, self.mesh)
 
     self.checkpoints = self._open_checkpoints()
+    self.writer = metric_writer.MetricWriter(workdir)
     self.stop_requested = False
 
   def _open_checkpoints(self) -> ocp.CheckpointManager:
@@ -573,8 +585,8 @@ class Trainer:
         logging.info('Compiled and ran the first step in %.1f s.',
                      time.time() - last_log_time)
         last_log_time, last_log_step = time.time(), done
-      elif (time.time() - last_log_time >= config.train.log_every_seconds or
-          done == self.total_steps):
+      elif (done % config.train.log_every_steps == 0 or
+            done == self.total_steps):
         metrics = jax.device_get(metrics)  # waits for the step to finish
         now = time.time()
         self.check_finite()
@@ -585,7 +597,14 @@ class Trainer:
         logging.info('epoch %d step %d/%d | %s | %.0f img/s | ETA %s',
                      done // self.steps_per_epoch, done, self.total_steps,
                      terms, rate, _format_seconds(eta))
+        self.writer.write_scalars(done, {
+            **{f'loss/{k}': v for k, v in metrics.items()},
+            'learning_rate': config.train.learning_rate,
+            'images_per_second': rate})
         last_log_time, last_log_step = now, done
+      every = config.train.eval_every_steps
+      if every and done % every == 0 and done < self.total_steps:
+        self.evaluate_during_training(done)
       if done % config.train.checkpoint_every_steps == 0:
         self.save()
       if self.stop_requested:
@@ -597,17 +616,43 @@ class Trainer:
     self.checkpoints.wait_until_finished()
     return True
 
-  def evaluate(self) -> dict:
-    """Metrics of the three assignments, written to WORKDIR/results.json."""
+  def _clustered_labels(self) -> np.ndarray | None:
+    labels = self.dataset.labels
+    return None if labels is None else labels[self.clustered]
+
+  def evaluate_during_training(self, step: int) -> None:
+    """ACC/NMI/ARI of the cluster head and DEC now, to the metric logs."""
+    labels = self._clustered_labels()
+    if labels is None:
+      return
+    outputs = self.predict()
+    scalars = {}
+    for name, probs in (('cluster_head', outputs['cluster_probs']),
+                        ('dec', outputs['student_t'])):
+      if name == 'dec' and step <= self.warmup_steps:
+        continue  # no centroids yet
+      for metric, value in evaluate.clustering_metrics(
+          labels, probs.argmax(1)).items():
+        scalars[f'eval/{name}_{metric}'] = value
+    logging.info('evaluation at step %d: %s', step, ' '.join(
+        f'{k[5:]}={v:.3f}' for k, v in scalars.items()))
+    self.writer.write_scalars(step, scalars)
+
+  def finish_dec_assignment(self) -> None:
+    """Centroids for DEC's assignment when no joint phase set them.
+
+    Then DEC's assignment is nearest-centroid of k-means on the final
+    embeddings (deterministic in the seed).
+    """
     if self.total_steps <= self.warmup_steps or not self.config.loss.kl:
-      # No joint phase ran: DEC's assignment is nearest-centroid of k-means
-      # on the final embeddings.
       self.init_centroids()
+
+  def evaluate(self) -> dict:
+    """Metrics of the three assignments: results.json, report/, metric logs."""
+    self.finish_dec_assignment()
     outputs = self.predict()
     k = self.config.dataset.num_clusters
-    labels = self.dataset.labels
-    if labels is not None:
-      labels = labels[self.clustered]
+    labels = self._clustered_labels()
     metrics = evaluate.evaluate_assignments(
         labels, outputs['cluster_probs'], outputs['student_t'],
         outputs['embedding'], k, self.config.seed)
@@ -618,12 +663,25 @@ class Trainer:
         'seconds': time.time() - self.start_time,
         **metrics,
     }
-    evaluate.write_results(self.workdir, results)
+    if jax.process_index() == 0:  # one writer on a shared workdir
+      evaluate.write_results(self.workdir, results)
+      images = self.dataset.images
+      if self._instance_only:
+        images = images[self.clustered]
+      path = report.write_report(
+          self.workdir, images, labels, outputs['cluster_probs'],
+          outputs['student_t'], results, self.dataset.class_names)
+      logging.info('Wrote the cluster report to %s.', path)
+    self.writer.write_scalars(int(self.state.step), {
+        f'eval/{name}_{metric}': value
+        for name, values in metrics.items() if values
+        for metric, value in values.items()})
     print(evaluate.format_results_table(results), flush=True)
     return results
 
   def close(self):
     self.checkpoints.close()
+    self.writer.close()
 
 
 def _format_seconds(seconds: float) -> str:
@@ -651,18 +709,66 @@ def train_and_evaluate(
     trainer.close()
 
 
+def _trained(config: ml_collections.ConfigDict, workdir: str) -> Trainer:
+  """A Trainer restored from WORKDIR's latest checkpoint (error if none)."""
+  missing = CheckpointError(
+      f'No checkpoint in {workdir}/checkpoints: train first (--mode=train) '
+      'with this --workdir.')
+  if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
+    raise missing
+  trainer = Trainer(config, workdir)
+  if not trainer.restore_latest():
+    trainer.close()
+    raise missing
+  return trainer
+
+
 def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Evaluates the latest checkpoint of WORKDIR without training."""
-  if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
-    raise CheckpointError(
-        f'No checkpoint in {workdir}/checkpoints: train first '
-        '(--mode=train) with this --workdir.')
-  trainer = Trainer(config, workdir)
+  trainer = _trained(config, workdir)
   try:
-    if not trainer.restore_latest():
-      raise CheckpointError(
-          f'No checkpoint in {workdir}/checkpoints: train first '
-          '(--mode=train) with this --workdir.')
     return trainer.evaluate()
   finally:
     trainer.close()
+
+
+def predict_workdir(config: ml_collections.ConfigDict,
+                    workdir: str) -> list[dict]:
+  """Assigns config.predict.input's images with WORKDIR's latest checkpoint.
+
+  Writes WORKDIR/predictions.csv (image, cluster, confidence, dec_cluster;
+  one row per image in a stable order) and prints the images per cluster.
+  """
+  source = config.predict.input
+  if not source:
+    raise ConfigError('--mode=predict needs images: set '
+                      '--config.predict.input=FOLDER or FILE.npz.')
+  if not os.path.exists(source):
+    raise DataError(f'config.predict.input={source!r}: no such file or '
+                    'folder.')
+  trainer = _trained(config, workdir)
+  try:
+    names, images = data.load_predict_images(
+        source, config.dataset.image_size, trainer.dataset.channels,
+        config.dataset.skip_bad_images)
+    trainer.finish_dec_assignment()
+    outputs = trainer.predict(images)
+  finally:
+    trainer.close()
+  probs = outputs['cluster_probs']
+  rows = [{'image': name, 'cluster': int(p.argmax()),
+           'confidence': float(p.max()), 'dec_cluster': int(q.argmax())}
+          for name, p, q in zip(names, probs, outputs['student_t'])]
+  if jax.process_index() == 0:
+    path = os.path.join(workdir, 'predictions.csv')
+    with open(path, 'w', newline='') as f:
+      writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+      writer.writeheader()
+      writer.writerows(
+          dict(row, confidence=f'{row["confidence"]:.4f}') for row in rows)
+    sizes = np.bincount([r['cluster'] for r in rows],
+                        minlength=config.dataset.num_clusters)
+    print(f'{len(rows)} images from {source} -> {path}\n'
+          'cluster  images\n' + '\n'.join(
+              f'{c:7d}  {n:6d}' for c, n in enumerate(sizes)), flush=True)
+  return rows

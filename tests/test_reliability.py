@@ -26,7 +26,7 @@ TINY_FLAGS = [
     '--config.model.head_hidden=32', '--config.model.projection_dim=16',
     '--config.model.decoder_width=8', '--config.train.kmeans_n_init=2',
     '--config.train.target_update_interval=3',
-    '--config.train.log_every_seconds=0.5',
+    '--config.train.log_every_steps=1',
 ]
 
 
@@ -221,6 +221,13 @@ def test_command_line_reports_user_mistakes_in_one_line(tmp_path):
                            '--config.dataset.path=/nonexistent.npz'),
                       '/nonexistent.npz')
   _assert_clean_error(_cli(workdir, '--mode=evaluate'), 'No checkpoint')
+  _assert_clean_error(_cli(workdir, '--mode=predict'), 'predict.input')
+  _assert_clean_error(_cli(workdir, '--config.train.log_every_steps=0'),
+                      'log_every_steps=0')
+  _assert_clean_error(
+      _cli(workdir, '--config.dataset.name=cifar10',
+           f'--config.dataset.tfds_data_dir={tmp_path / "tfds"}'),
+      'is not prepared', str(tmp_path / 'tfds'), 'tfds build')
   assert not workdir.exists()  # no partial output
   blocked = tmp_path / 'file'
   blocked.write_text('a file where the workdir should go')

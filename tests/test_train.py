@@ -30,7 +30,7 @@ def tiny_config(**train_overrides):
   config.train.target_update_interval = 3
   config.train.kmeans_n_init = 2
   config.train.eval_batch_size = 512
-  config.train.log_every_seconds = 0.0
+  config.train.log_every_steps = 1
   config.train.update(train_overrides)
   return config
 

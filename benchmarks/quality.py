@@ -1,0 +1,149 @@
+"""Does the combined objective beat its parts? Ablations on real images.
+
+Run from the repository root:
+
+  JAX_PLATFORMS=cpu python -m benchmarks.quality --datasets=digits --seeds=0,1,2
+
+Variants: k-means on the raw pixels; CC-only (instance + cluster + entropy);
+CC + reconstruction; CC + KL; the full method. Each is the dataset's config
+with loss weights set to 0 (a weight of 0 removes its term), every other
+setting equal, so the comparison is of the objectives alone. For the variants
+without the KL term, the DEC assignment is nearest-centroid of k-means on
+the final embeddings (as `--mode=evaluate` does). Prints ACC/NMI/ARI as
+mean ± std over the seeds, for the cluster head and the DEC assignment, and
+the wall time of each run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import statistics
+import tempfile
+import time
+
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+
+import numpy as np  # pylint: disable=g-import-not-at-top
+from absl import logging
+
+from jcc import data
+from jcc import evaluate
+from jcc import train
+
+SHARED = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data')
+
+# name: (config module, overrides of config.dataset).
+DATASETS = {
+    'digits': ('digits', {}),
+    'mnist_test': ('mnist', dict(name='npz', path=os.path.join(
+        SHARED, 'mnist_test.npz'))),
+    'fashion_mnist': ('fashion_mnist', dict(
+        path='/usr/share/datasets/fashion-mnist')),
+    'cifar10_test': ('cifar10_small', dict(name='npz', path=os.path.join(
+        SHARED, 'cifar10_test_jpeg.npz'))),
+}
+
+# name: loss weights set to 0.
+VARIANTS = {
+    'cc': ('reconstruction', 'kl'),
+    'cc+rec': ('kl',),
+    'cc+kl': ('reconstruction',),
+    'full': (),
+}
+METRICS = ('acc', 'nmi', 'ari')
+
+
+def dataset_config(name: str, overrides: list[str]):
+  module, dataset_overrides = DATASETS[name]
+  config = importlib.import_module(f'configs.{module}').get_config()
+  config.dataset.update(dataset_overrides)
+  for override in overrides:  # field=value, e.g. train.num_epochs=10
+    field, value = override.split('=', 1)
+    *path, leaf = field.split('.')
+    node = config
+    for part in path:
+      node = node[part]
+    node[leaf] = type(node[leaf])(json.loads(value))
+  return config
+
+
+def kmeans_on_pixels(config, seed: int) -> dict:
+  dataset = data.load_dataset(config.dataset)
+  pixels = dataset.images.reshape(len(dataset), -1).astype(np.float32) / 255
+  _, assigned = evaluate.kmeans(pixels, config.dataset.num_clusters, seed,
+                                n_init=10)
+  return {'cluster_head': evaluate.clustering_metrics(dataset.labels,
+                                                      assigned)}
+
+
+def run_variant(config, variant: str, seed: int) -> dict:
+  config = config.copy_and_resolve_references()
+  config.seed = seed
+  for term in VARIANTS[variant]:
+    config.loss[term] = 0.0
+  with tempfile.TemporaryDirectory() as workdir:
+    return train.train_and_evaluate(config, workdir)
+
+
+def summarize(values: list[float]) -> str:
+  mean = statistics.mean(values)
+  std = statistics.stdev(values) if len(values) > 1 else 0.0
+  return f'{mean:.3f} ± {std:.3f}'
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--datasets', default='digits')
+  parser.add_argument('--variants', default='kmeans,' + ','.join(VARIANTS))
+  parser.add_argument('--seeds', default='0,1,2')
+  parser.add_argument('--override', action='append', default=[],
+                      help='config field=value for every run, e.g. '
+                      'train.num_epochs=10 (repeatable)')
+  parser.add_argument('--json', help='also append every run to this file')
+  args = parser.parse_args()
+  logging.set_verbosity(logging.WARNING)
+  seeds = [int(s) for s in args.seeds.split(',')]
+  for name in args.datasets.split(','):
+    config = dataset_config(name, args.override)
+    rows = []
+    for variant in args.variants.split(','):
+      runs, seconds = [], []
+      for seed in seeds:
+        start = time.time()
+        if variant == 'kmeans':
+          result = kmeans_on_pixels(config, seed)
+        else:
+          result = run_variant(config, variant, seed)
+        seconds.append(time.time() - start)
+        runs.append(result)
+        print(f'{name} {variant} seed={seed}: cluster head ACC '
+              f'{result["cluster_head"]["acc"]:.3f} '
+              f'({seconds[-1]:.0f} s)', flush=True)
+        if args.json:
+          with open(args.json, 'a') as f:
+            f.write(json.dumps({'dataset': name, 'variant': variant,
+                                'seed': seed, 'seconds': seconds[-1],
+                                **{k: result.get(k) for k in (
+                                    'cluster_head', 'dec')}}) + '\n')
+      rows.append((variant, runs, statistics.mean(seconds)))
+    print(f'\n{name}: {len(seeds)} seeds, mean ± std; '
+          f'{config.train.num_epochs} epochs per run')
+    print('| variant | head ACC | head NMI | head ARI | DEC ACC | DEC NMI | '
+          'DEC ARI | s/run |')
+    print('|---|---|---|---|---|---|---|---|')
+    for variant, runs, secs in rows:
+      cells = []
+      for assignment in ('cluster_head', 'dec'):
+        for metric in METRICS:
+          values = [r[assignment][metric] for r in runs
+                    if r.get(assignment)]
+          cells.append(summarize(values) if values else '–')
+      print(f'| {variant} | ' + ' | '.join(cells) + f' | {secs:.0f} |',
+            flush=True)
+
+
+if __name__ == '__main__':
+  main()

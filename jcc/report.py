@@ -1,0 +1,159 @@
+"""The cluster report: what each cluster holds and which classes get confused.
+
+``write_report`` fills ``WORKDIR/report/`` with
+
+* ``clusters.png``: one row per cluster, its most confident images (cluster
+  head) left to right, with the cluster's size;
+* ``confusion.png``: true class × cluster, clusters ordered by their
+  Hungarian match to the classes, when labels exist;
+* ``metrics.txt``: the results table;
+* ``cluster_sizes.csv``: images per cluster, by the cluster head and by DEC;
+* ``assignments.csv``: every image's cluster, confidence and DEC cluster.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Sequence
+
+import numpy as np
+from scipy import optimize
+
+from jcc import evaluate
+
+# Clusters shown in clusters.png at most (the largest ones), and images per row.
+MAX_GRID_CLUSTERS = 40
+GRID_IMAGES = 10
+
+
+def _pyplot():
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  return plt
+
+
+def most_confident(assigned: np.ndarray, confidence: np.ndarray,
+                   cluster: int, count: int) -> np.ndarray:
+  """Indices of the ``count`` most confident members of ``cluster``."""
+  members = np.flatnonzero(assigned == cluster)
+  order = np.argsort(-confidence[members], kind='stable')
+  return members[order[:count]]
+
+
+def plot_cluster_grid(path: str, images: np.ndarray, assigned: np.ndarray,
+                      confidence: np.ndarray, num_clusters: int) -> None:
+  """clusters.png: a row of each cluster's most confident images."""
+  plt = _pyplot()
+  sizes = np.bincount(assigned, minlength=num_clusters)
+  clusters = np.arange(num_clusters)
+  if num_clusters > MAX_GRID_CLUSTERS:
+    clusters = np.sort(np.argsort(-sizes, kind='stable')[:MAX_GRID_CLUSTERS])
+  rows = len(clusters)
+  fig, axes = plt.subplots(rows, GRID_IMAGES, squeeze=False,
+                           figsize=(GRID_IMAGES * 0.8 + 1.2, rows * 0.8 + 0.6))
+  gray = images.shape[-1] == 1
+  for row, cluster in enumerate(clusters):
+    shown = most_confident(assigned, confidence, cluster, GRID_IMAGES)
+    for col in range(GRID_IMAGES):
+      ax = axes[row, col]
+      ax.set_xticks([])
+      ax.set_yticks([])
+      for spine in ax.spines.values():
+        spine.set_visible(False)
+      if col < len(shown):
+        image = images[shown[col]]
+        ax.imshow(image[..., 0] if gray else image,
+                  cmap='gray' if gray else None, vmin=0, vmax=255)
+    axes[row, 0].set_ylabel(f'{cluster}\n(n={sizes[cluster]})', rotation=0,
+                            ha='right', va='center', fontsize=8)
+  title = 'Most confident images per cluster (cluster head)'
+  if rows < num_clusters:
+    title += f': the {rows} largest of {num_clusters} clusters'
+  fig.suptitle(title, fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=80)
+  plt.close(fig)
+
+
+def matched_confusion(labels: np.ndarray, assigned: np.ndarray,
+                      num_clusters: int) -> tuple[np.ndarray, np.ndarray]:
+  """(counts[class, column], cluster of each column): Hungarian column order.
+
+  Columns are the clusters, the one matched to class c at position c; the
+  unmatched clusters (K > classes) follow.
+  """
+  num_classes = int(labels.max()) + 1
+  counts = np.zeros((num_classes, num_clusters), np.int64)
+  np.add.at(counts, (labels, assigned), 1)
+  rows, cols = optimize.linear_sum_assignment(-counts)
+  order = list(cols[np.argsort(rows)])
+  order += [c for c in range(num_clusters) if c not in order]
+  return counts[:, order], np.asarray(order)
+
+
+def plot_confusion(path: str, labels: np.ndarray, assigned: np.ndarray,
+                   num_clusters: int, class_names: Sequence[str] | None,
+                   accuracy: float) -> None:
+  """confusion.png: true class (rows) × matched cluster (columns)."""
+  plt = _pyplot()
+  counts, order = matched_confusion(labels, assigned, num_clusters)
+  num_classes = counts.shape[0]
+  names = list(class_names) if class_names is not None and len(
+      class_names) == num_classes else [str(c) for c in range(num_classes)]
+  side = max(4.0, 0.45 * max(num_classes, num_clusters) + 2.0)
+  fig, ax = plt.subplots(figsize=(side, side * 0.85))
+  ax.imshow(counts, cmap='Blues')
+  if max(num_classes, num_clusters) <= 30:
+    top = counts.max()
+    for (row, col), value in np.ndenumerate(counts):
+      if value:
+        ax.text(col, row, str(value), ha='center', va='center', fontsize=7,
+                color='white' if value > top / 2 else 'black')
+    ax.set_xticks(range(num_clusters), [str(c) for c in order])
+    ax.set_yticks(range(num_classes), names)
+  ax.set_xlabel('cluster (ordered by its Hungarian match to the classes)')
+  ax.set_ylabel('true class')
+  ax.set_title(f'Confusion after matching: ACC {accuracy:.3f}', fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=80)
+  plt.close(fig)
+
+
+def write_report(
+    workdir: str,
+    images: np.ndarray,
+    labels: np.ndarray | None,
+    cluster_probs: np.ndarray,
+    student_t: np.ndarray,
+    results: dict,
+    class_names: Sequence[str] | None = None,
+) -> str:
+  """Writes WORKDIR/report/ (see the module docstring); returns its path."""
+  out = os.path.join(workdir, 'report')
+  os.makedirs(out, exist_ok=True)
+  k = cluster_probs.shape[1]
+  assigned = cluster_probs.argmax(axis=1)
+  confidence = cluster_probs.max(axis=1)
+  dec = student_t.argmax(axis=1)
+  plot_cluster_grid(os.path.join(out, 'clusters.png'), images, assigned,
+                    confidence, k)
+  if labels is not None:
+    plot_confusion(os.path.join(out, 'confusion.png'), labels, assigned, k,
+                   class_names, results['cluster_head']['acc'])
+  with open(os.path.join(out, 'metrics.txt'), 'w') as f:
+    f.write(evaluate.format_results_table(results) + '\n')
+  sizes = np.bincount(assigned, minlength=k)
+  dec_sizes = np.bincount(dec, minlength=k)
+  with open(os.path.join(out, 'cluster_sizes.csv'), 'w', newline='') as f:
+    writer = csv.writer(f)
+    writer.writerow(['cluster', 'images_cluster_head', 'images_dec'])
+    writer.writerows(zip(range(k), sizes.tolist(), dec_sizes.tolist()))
+  with open(os.path.join(out, 'assignments.csv'), 'w', newline='') as f:
+    writer = csv.writer(f)
+    writer.writerow(['index', 'label', 'cluster', 'confidence', 'dec_cluster'])
+    for i in range(len(assigned)):
+      writer.writerow([i, '' if labels is None else int(labels[i]),
+                       int(assigned[i]), f'{confidence[i]:.4f}', int(dec[i])])
+  return out

@@ -1,0 +1,140 @@
+"""Reports, metric logs and predict, on real digits written as image files."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn import datasets
+
+from jcc import errors
+from jcc import report
+from jcc import train
+from tests.test_train import tiny_config
+
+NUM_IMAGES = 300
+
+
+@pytest.fixture(scope='module')
+def digits_folder(tmp_path_factory):
+  """The first 300 of scikit-learn's digits as PNGs in DIR/<digit>/."""
+  root = tmp_path_factory.mktemp('digits_png')
+  digits = datasets.load_digits()
+  for i in range(NUM_IMAGES):
+    folder = root / f'digit{digits.target[i]}'
+    folder.mkdir(exist_ok=True)
+    pixels = np.round(digits.images[i] * 255 / 16).astype(np.uint8)
+    Image.fromarray(pixels, 'L').save(folder / f'{i:04d}.png')
+  return root
+
+
+def _folder_config(root):
+  config = tiny_config(batch_size=64, num_epochs=4, warmup_epochs=2,
+                       eval_every_steps=4)
+  config.dataset.name = 'folder'
+  config.dataset.path = str(root)
+  return config
+
+
+@pytest.fixture(scope='module')
+def trained(digits_folder, tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('run')
+  config = _folder_config(digits_folder)
+  results = train.train_and_evaluate(config, str(workdir))
+  return config, workdir, results
+
+
+def test_matched_confusion_orders_clusters_by_their_class():
+  labels = np.array([0, 0, 1, 1, 2, 2])
+  assigned = np.array([2, 2, 0, 0, 1, 3])  # cluster 3 matches nothing
+  counts, order = report.matched_confusion(labels, assigned, 4)
+  np.testing.assert_array_equal(order, [2, 0, 1, 3])
+  np.testing.assert_array_equal(counts, [[2, 0, 0, 0], [0, 2, 0, 0],
+                                         [0, 0, 1, 1]])
+
+
+def test_report_files_are_valid_pngs_and_tables(trained):
+  config, workdir, results = trained
+  k = config.dataset.num_clusters
+  out = workdir / 'report'
+  with Image.open(out / 'clusters.png') as grid:
+    grid.verify()
+  with Image.open(out / 'clusters.png') as grid:
+    # One row of 0.8 inch per cluster at 80 dpi, plus the title's margin.
+    assert grid.format == 'PNG'
+    assert grid.size == (int((report.GRID_IMAGES * 0.8 + 1.2) * 80),
+                         int((k * 0.8 + 0.6) * 80))
+  with Image.open(out / 'confusion.png') as confusion:
+    assert confusion.format == 'PNG' and min(confusion.size) >= 300
+  assert 'cluster_head' in (out / 'metrics.txt').read_text()
+  with open(out / 'cluster_sizes.csv') as f:
+    sizes = list(csv.DictReader(f))
+  assert len(sizes) == k
+  assert sum(int(r['images_cluster_head']) for r in sizes) == NUM_IMAGES
+  assert sum(int(r['images_dec']) for r in sizes) == NUM_IMAGES
+
+
+def test_tensorboard_and_jsonl_hold_the_loss_terms(trained):
+  _, workdir, results = trained
+  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
+  events = event_accumulator.EventAccumulator(
+      str(workdir / 'tensorboard'), size_guidance={'tensors': 0})
+  events.Reload()
+  tags = set(events.Tags()['tensors'])
+  for name in ('loss/instance', 'loss/cluster', 'loss/entropy',
+               'loss/reconstruction', 'loss/kl', 'loss/total',
+               'learning_rate', 'images_per_second',
+               'eval/cluster_head_acc', 'eval/dec_acc'):
+    assert name in tags, name
+  steps = [e.step for e in events.Tensors('loss/instance')]
+  assert steps == sorted(steps) and len(steps) >= 4
+  lines = [json.loads(l) for l in
+           (workdir / 'metrics.jsonl').read_text().splitlines()]
+  final = [l for l in lines if 'eval/kmeans_acc' in l]
+  assert final and final[-1]['eval/cluster_head_acc'] == pytest.approx(
+      results['cluster_head']['acc'])
+  assert any('eval/cluster_head_acc' in l and l['step'] == 4 for l in lines)
+
+
+def test_predict_on_a_folder_matches_evaluate(trained, digits_folder):
+  config, workdir, _ = trained
+  config = config.copy_and_resolve_references()
+  config.predict.input = str(digits_folder)
+  rows = train.predict_workdir(config, str(workdir))
+  assert len(rows) == NUM_IMAGES
+  names = [r['image'] for r in rows]
+  assert names == sorted(names)  # class folders, then files, sorted
+  with open(workdir / 'predictions.csv') as f:
+    written = list(csv.DictReader(f))
+  assert [r['image'] for r in written] == names
+  with open(workdir / 'report' / 'assignments.csv') as f:
+    evaluated = list(csv.DictReader(f))
+  # The folder source lists the same files in the same order.
+  assert [int(r['cluster']) for r in written] == [
+      int(r['cluster']) for r in evaluated]
+  assert [int(r['dec_cluster']) for r in written] == [
+      int(r['dec_cluster']) for r in evaluated]
+  confidence = np.array([float(r['confidence']) for r in written])
+  assert (confidence >= 1 / config.dataset.num_clusters - 1e-4).all()
+  # Stable: a second prediction gives the same rows.
+  assert train.predict_workdir(config, str(workdir)) == rows
+
+
+def test_predict_on_an_npz_and_its_errors(trained, tmp_path):
+  config, workdir, _ = trained
+  config = config.copy_and_resolve_references()
+  rgb = np.random.default_rng(0).integers(0, 256, (7, 16, 16, 3), np.uint8)
+  np.savez(tmp_path / 'new.npz', images=rgb)  # other size and channels
+  config.predict.input = str(tmp_path / 'new.npz')
+  rows = train.predict_workdir(config, str(workdir))
+  assert [r['image'] for r in rows] == [str(i) for i in range(7)]
+  config.predict.input = ''
+  with pytest.raises(errors.ConfigError, match='predict.input'):
+    train.predict_workdir(config, str(workdir))
+  config.predict.input = str(tmp_path / 'absent')
+  with pytest.raises(errors.DataError, match='absent'):
+    train.predict_workdir(config, str(workdir))
+  with pytest.raises(errors.CheckpointError):
+    config.predict.input = str(tmp_path / 'new.npz')
+    train.predict_workdir(config, str(tmp_path / 'untrained'))
