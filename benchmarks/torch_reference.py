@@ -1,6 +1,6 @@
 """A plain PyTorch version of jcc's network and four objectives, for timing.
 
-Same layers and shapes as jcc.models (ConvNet or CIFAR-stem ResNet-18,
+Same layers and shapes as jcc.models (ConvNet or ResNet-18/34 with either stem,
 decoder, instance and cluster heads, centroids) and the same losses as
 jcc.losses, written the straightforward way. It is a speed reference only:
 benchmarks/train_step.py times one training step of each side.
@@ -56,15 +56,21 @@ class BasicBlock(nn.Module):
     return F.relu(y + self.shortcut(x))
 
 
-class ResNet18Cifar(nn.Module):
-  """3×3 stem, no max-pool, stages of 2 blocks at widths 64…512."""
+class ResNet(nn.Module):
+  """jcc.models.ResNet: a CIFAR stem (3×3, no max-pool) or an ImageNet stem
+  (7×7 stride 2, 3×3 max-pool), then stages of basic blocks at 64…512."""
 
-  def __init__(self, channels: int):
+  def __init__(self, channels: int, stage_sizes, stem: str):
     super().__init__()
-    self.stem = nn.Sequential(*conv_bn_relu(channels, 64, 1))
+    if stem == 'cifar':
+      self.stem = nn.Sequential(*conv_bn_relu(channels, 64, 1))
+    else:
+      self.stem = nn.Sequential(
+          nn.Conv2d(channels, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64),
+          nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1))
     blocks, cin = [], 64
-    for stage in range(4):
-      for block in range(2):
+    for stage, size in enumerate(stage_sizes):
+      for block in range(size):
         cout = 64 * 2**stage
         blocks.append(BasicBlock(cin, cout, 2 if stage > 0 and block == 0
                                  else 1))
@@ -74,6 +80,14 @@ class ResNet18Cifar(nn.Module):
 
   def forward(self, x):
     return self.blocks(self.stem(x)).mean(dim=(2, 3))
+
+
+RESNETS = {
+    'resnet18_cifar': ((2, 2, 2, 2), 'cifar'),
+    'resnet34_cifar': ((3, 4, 6, 3), 'cifar'),
+    'resnet18': ((2, 2, 2, 2), 'imagenet'),
+    'resnet34': ((3, 4, 6, 3), 'imagenet'),
+}
 
 
 class Decoder(nn.Module):
@@ -116,8 +130,8 @@ class ClusteringModel(nn.Module):
     super().__init__()
     if backbone == 'convnet':
       self.encoder = ConvNet(channels, convnet_widths)
-    elif backbone == 'resnet18_cifar':
-      self.encoder = ResNet18Cifar(channels)
+    elif backbone in RESNETS:
+      self.encoder = ResNet(channels, *RESNETS[backbone])
     else:
       raise ValueError(f'no PyTorch reference for {backbone!r}')
     f = self.encoder.features
@@ -138,8 +152,9 @@ class ClusteringModel(nn.Module):
 def paired_cross_entropy(y: torch.Tensor, temperature: float) -> torch.Tensor:
   two_n = y.shape[0]
   sim = y @ y.T / temperature
-  sim = sim.masked_fill(torch.eye(two_n, dtype=torch.bool), float('-inf'))
-  targets = (torch.arange(two_n) + two_n // 2) % two_n
+  sim = sim.masked_fill(torch.eye(two_n, dtype=torch.bool, device=y.device),
+                       float('-inf'))
+  targets = (torch.arange(two_n, device=y.device) + two_n // 2) % two_n
   return F.cross_entropy(sim, targets)
 
 

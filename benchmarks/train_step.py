@@ -36,7 +36,11 @@ SETTINGS = {
         backbone='resnet18_cifar', image_size=32, channels=3, batch=64),
     'convnet-28x28x1-b256': dict(
         backbone='convnet', image_size=28, channels=1, batch=256),
+    # ImageNet-10's setting; for accelerators (--compute-dtype=bfloat16).
+    'resnet34-224x224x3-b256': dict(
+        backbone='resnet34', image_size=224, channels=3, batch=256),
 }
+CPU_SETTINGS = 'resnet18_cifar-32x32x3-b64,convnet-28x28x1-b256'
 
 
 def jax_runner(setting: dict, compute_dtype: str):
@@ -73,24 +77,46 @@ def step_runner(config, channels: int):
   def run():
     holder['state'], metrics = step(holder['state'], *args)
     jax.block_until_ready(metrics)
+  run.flops = step_flops(step, state, args)
   return run
 
 
-def torch_runner(setting: dict):
+def step_flops(step, state, args) -> float | None:
+  """XLA's count of the floating-point operations of one compiled step."""
+  try:
+    cost = step.lower(state, *args).compile().cost_analysis()
+  except Exception:  # pylint: disable=broad-except
+    return None
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else None
+  return float(cost['flops']) if cost and 'flops' in cost else None
+
+
+def torch_runner(setting: dict, device: str = 'cpu',
+                 compute_dtype: str = 'float32'):
   torch.manual_seed(0)
   model = torch_reference.ClusteringModel(
       setting['backbone'], 10, setting['image_size'], setting['channels'])
-  model.train()
+  model.train().to(device)
+  if device == 'cuda':
+    model = model.to(memory_format=torch.channels_last)
   opt = torch.optim.Adam(model.parameters(), lr=3e-4)
   batch, size, channels = (setting['batch'], setting['image_size'],
                            setting['channels'])
-  views = torch.rand(2 * batch, channels, size, size)
-  target = torch.distributions.Dirichlet(torch.ones(10)).sample((batch,))
+  views = torch.rand(2 * batch, channels, size, size, device=device)
+  target = torch.distributions.Dirichlet(torch.ones(10)).sample(
+      (batch,)).to(device)
+  autocast = torch.autocast(device, dtype=torch.bfloat16,
+                            enabled=compute_dtype == 'bfloat16')
 
   def run():
     opt.zero_grad(set_to_none=True)
-    torch_reference.total_loss(model, views, target).backward()
+    with autocast:
+      loss = torch_reference.total_loss(model, views, target)
+    loss.backward()
     opt.step()
+    if device == 'cuda':
+      torch.cuda.synchronize()
   return run
 
 
@@ -100,7 +126,12 @@ def main():
   parser.add_argument('--min-seconds', type=float, default=2.0)
   parser.add_argument('--threads', type=int, default=os.cpu_count())
   parser.add_argument('--compute-dtype', default='float32')
-  parser.add_argument('--settings', default=','.join(SETTINGS))
+  parser.add_argument('--settings', default=CPU_SETTINGS,
+                      help=f'comma-separated, of {",".join(SETTINGS)}')
+  parser.add_argument('--torch-device', default='cpu', help='cpu or cuda')
+  parser.add_argument('--peak-tflops', type=float, default=0.0,
+                      help='the chip\'s peak for the compute dtype; prints '
+                      'model FLOP utilisation (H200 bf16 dense: 989)')
   args = parser.parse_args()
   torch.set_num_threads(args.threads)
   print(f'jax {jax.__version__} on {jax.devices()[0].device_kind} '
@@ -109,13 +140,19 @@ def main():
         f'median of {args.rounds} alternating rounds', flush=True)
   for name in args.settings.split(','):
     setting = SETTINGS[name]
+    ours_run = jax_runner(setting, args.compute_dtype)
     t = timing.measure_alternating(
-        {'jcc': jax_runner(setting, args.compute_dtype),
-         'torch': torch_runner(setting)},
+        {'jcc': ours_run,
+         'torch': torch_runner(setting, args.torch_device,
+                               args.compute_dtype)},
         args.rounds, args.min_seconds)
     ours = setting['batch'] / t['jcc']
     theirs = setting['batch'] / t['torch']
-    print(f'{name:28s} jcc={ours:8.1f} img/s  torch={theirs:8.1f} img/s  '
+    mfu = ''
+    if args.peak_tflops and ours_run.flops:
+      mfu = (f'  step={ours_run.flops / 1e9:.0f} GFLOP  '
+             f'MFU={ours_run.flops / t["jcc"] / (args.peak_tflops * 1e12):.1%}')
+    print(f'{name:28s} jcc={ours:8.1f} img/s  torch={theirs:8.1f} img/s{mfu}  '
           f'ratio={ours / theirs:.2f}', flush=True)
 
 

@@ -139,3 +139,9 @@ def get_config() -> ml_collections.ConfigDict:
   # .npz whose images are assigned to the trained clusters.
   predict.input = ''
   return config
+
+
+def set_jitter_strength(augment: ml_collections.ConfigDict, s: float) -> None:
+  """SimCLR's colour jitter of strength s: 0.8·s, 0.8·s, 0.8·s, 0.2·s."""
+  augment.brightness = augment.contrast = augment.saturation = 0.8 * s
+  augment.hue = 0.2 * s

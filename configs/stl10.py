@@ -15,10 +15,7 @@ def get_config():
   config.dataset.num_clusters = 10
   config.dataset.use_unlabelled = True
   config.model.backbone = 'resnet34'
-  config.augment.brightness = 0.8
-  config.augment.contrast = 0.8
-  config.augment.saturation = 0.8
-  config.augment.hue = 0.2
+  default.set_jitter_strength(config.augment, 1.0)
   config.train.num_epochs = 1000
   config.train.warmup_epochs = 100
   config.train.compute_dtype = 'bfloat16'

@@ -26,6 +26,8 @@ import functools
 import gzip
 import importlib.resources
 import os
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -658,7 +660,6 @@ def train_batches(
   if batch_size % process_count:
     raise ValueError(f'batch {batch_size} does not split over '
                      f'{process_count} hosts.')
-  tf = tensorflow()
   per_host = batch_size // process_count
   lo, hi = process_index * per_host, (process_index + 1) * per_host
   n, images = len(dataset), dataset.images
@@ -668,6 +669,10 @@ def train_batches(
       indices = train_batch_indices(n, batch_size, seed, step)[lo:hi]
       yield images[indices], indices.astype(np.int32)
 
+  tf = _tensorflow_or_none()
+  if tf is None:
+    yield from _prefetch_in_thread(host_batches())
+    return
   pipeline = tf.data.Dataset.from_generator(
       host_batches, output_signature=(
           tf.TensorSpec((per_host,) + images.shape[1:], tf.uint8),
@@ -684,7 +689,6 @@ def eval_batches(
   The last batch is padded with zeros to ``batch_size`` (one compiled shape);
   ``mask`` is False on the padding.
   """
-  tf = tensorflow()
   num = images.shape[0]
 
   def padded_batches():
@@ -697,6 +701,10 @@ def eval_batches(
         batch = np.concatenate([batch, pad])
       yield batch, mask
 
+  tf = _tensorflow_or_none()
+  if tf is None:
+    yield from _prefetch_in_thread(padded_batches())
+    return
   pipeline = tf.data.Dataset.from_generator(
       padded_batches, output_signature=(
           tf.TensorSpec((batch_size,) + images.shape[1:],
@@ -704,6 +712,38 @@ def eval_batches(
           tf.TensorSpec((batch_size,), tf.bool))).prefetch(2)
   for batch, mask in pipeline:
     yield batch.numpy(), mask.numpy()
+
+
+def _tensorflow_or_none():
+  """TensorFlow for the pipelines, or None where it is not installed.
+
+  Without it (e.g. an accelerator image with JAX but no TensorFlow) the
+  in-memory sources and both pipelines still work, with a thread in place
+  of tf.data's prefetching; the TFDS sources need TensorFlow.
+  """
+  try:
+    return tensorflow()
+  except ImportError:
+    logging.log_first_n(logging.WARNING, 'TensorFlow is not installed: the '
+                        'input pipeline prefetches with a thread.', 1)
+    return None
+
+
+def _prefetch_in_thread(iterator: Iterator, size: int = 2) -> Iterator:
+  """Runs ``iterator`` on a background thread, ``size`` items ahead."""
+  queue_ = queue.Queue(maxsize=size)
+  done = object()
+
+  def fill():
+    try:
+      for item in iterator:
+        queue_.put(item)
+    finally:
+      queue_.put(done)
+
+  threading.Thread(target=fill, daemon=True).start()
+  while (item := queue_.get()) is not done:
+    yield item
 
 
 def prefetch_to_device(iterator: Iterator, put: Callable, size: int = 2):

@@ -261,3 +261,20 @@ def test_stl10_like_run_clusters_and_evaluates_the_labelled_part(tmp_path):
     results = train.train_and_evaluate(config, str(tmp_path))
   assert results['num_examples'] == 80  # the unlabelled 80 are not evaluated
   assert 0.0 <= results['cluster_head']['acc'] <= 1.0
+
+
+def test_pipelines_without_tensorflow(monkeypatch):
+  """Where TensorFlow is missing, a thread serves the same batches."""
+  ds = _numbered_dataset(50)
+  with_tf = [idx for _, idx in data.train_batches(ds, 20, 1, 0, 6)]
+  evaluated = [m for _, m in data.eval_batches(ds.images, 16)]
+
+  def no_tensorflow():
+    raise ImportError('No module named tensorflow')
+  monkeypatch.setattr(data, 'tensorflow', no_tensorflow)
+  without = [idx for _, idx in data.train_batches(ds, 20, 1, 0, 6)]
+  for a, b in zip(with_tf, without, strict=True):
+    np.testing.assert_array_equal(a, b)
+  masks = [m for _, m in data.eval_batches(ds.images, 16)]
+  np.testing.assert_array_equal(np.concatenate(masks),
+                                np.concatenate(evaluated))
