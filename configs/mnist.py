@@ -13,9 +13,8 @@ def get_config():
   config = digits.get_config()
   config.dataset.name = 'mnist'
   config.dataset.image_size = 28
-  config.model.convnet_widths = (32, 64, 128)
-  config.model.decoder_width = 32
-  config.train.num_epochs = 20
-  config.train.warmup_epochs = 10
+  # digits' narrow ConvNet (16-32-64): about 350 img/s on 2 CPU cores.
+  config.train.num_epochs = 25
+  config.train.warmup_epochs = 12
   config.train.target_update_interval = 140  # IDEC's MNIST value
   return config
