@@ -343,6 +343,17 @@ def _wnids(subset: str) -> list[str]:
   return text.split()
 
 
+def _class_files(folders: list[str]) -> tuple[list[str], list[int]]:
+  """The image files of each folder (sorted), labelled by its position."""
+  files, labels = [], []
+  for label, folder in enumerate(folders):
+    names = sorted(f for f in os.listdir(folder)
+                   if f.lower().endswith(IMAGE_EXTENSIONS))
+    files += [os.path.join(folder, f) for f in names]
+    labels += [label] * len(names)
+  return files, labels
+
+
 def _decode_files(files: list[str], labels: list[int], image_size: int,
                   what: str) -> tuple[np.ndarray, np.ndarray]:
   """JPEG/PNG files → RGB uint8 at image_size, decoded in parallel by tf.data.
@@ -388,13 +399,7 @@ def _subset_source(subset: str):
             f'Dataset {subset!r}: {root} lacks the class folders '
             f'{", ".join(missing)} (expected an ILSVRC2012 train folder, '
             'DIR/<wnid>/*.JPEG).')
-      files, labels = [], []
-      for label, wnid in enumerate(wnids):
-        folder = os.path.join(root, wnid)
-        names = sorted(f for f in os.listdir(folder)
-                       if f.lower().endswith(IMAGE_EXTENSIONS))
-        files += [os.path.join(folder, f) for f in names]
-        labels += [label] * len(names)
+      files, labels = _class_files([os.path.join(root, w) for w in wnids])
       images, labels = _decode_files(files, labels, dataset_config.image_size,
                                      f'{subset} ({root})')
       return ImageDataset(subset, images, labels, class_names=tuple(wnids))
@@ -436,13 +441,8 @@ def load_tiny_imagenet(dataset_config) -> ImageDataset:
         f'holds train/ (looked for {train or "train/ under an empty path"}).')
   wnids = sorted(d for d in os.listdir(train)
                  if os.path.isdir(os.path.join(train, d, 'images')))
-  files, labels = [], []
-  for label, wnid in enumerate(wnids):
-    folder = os.path.join(train, wnid, 'images')
-    names = sorted(f for f in os.listdir(folder)
-                   if f.lower().endswith(IMAGE_EXTENSIONS))
-    files += [os.path.join(folder, f) for f in names]
-    labels += [label] * len(names)
+  files, labels = _class_files(
+      [os.path.join(train, wnid, 'images') for wnid in wnids])
   if not files:
     raise DataError(f'{train}: no images in train/<wnid>/images/.')
   images, labels = _decode_files(files, labels, dataset_config.image_size,
@@ -669,16 +669,8 @@ def train_batches(
       indices = train_batch_indices(n, batch_size, seed, step)[lo:hi]
       yield images[indices], indices.astype(np.int32)
 
-  tf = _tensorflow_or_none()
-  if tf is None:
-    yield from _prefetch_in_thread(host_batches())
-    return
-  pipeline = tf.data.Dataset.from_generator(
-      host_batches, output_signature=(
-          tf.TensorSpec((per_host,) + images.shape[1:], tf.uint8),
-          tf.TensorSpec((per_host,), tf.int32))).prefetch(tf.data.AUTOTUNE)
-  for batch_images, batch_indices in pipeline:
-    yield batch_images.numpy(), batch_indices.numpy()
+  yield from _prefetched(host_batches, (
+      ((per_host,) + images.shape[1:], images.dtype), ((per_host,), np.int32)))
 
 
 def eval_batches(
@@ -701,17 +693,9 @@ def eval_batches(
         batch = np.concatenate([batch, pad])
       yield batch, mask
 
-  tf = _tensorflow_or_none()
-  if tf is None:
-    yield from _prefetch_in_thread(padded_batches())
-    return
-  pipeline = tf.data.Dataset.from_generator(
-      padded_batches, output_signature=(
-          tf.TensorSpec((batch_size,) + images.shape[1:],
-                        tf.as_dtype(images.dtype)),
-          tf.TensorSpec((batch_size,), tf.bool))).prefetch(2)
-  for batch, mask in pipeline:
-    yield batch.numpy(), mask.numpy()
+  yield from _prefetched(padded_batches, (
+      ((batch_size,) + images.shape[1:], images.dtype),
+      ((batch_size,), np.bool_)))
 
 
 def _tensorflow_or_none():
@@ -727,6 +711,24 @@ def _tensorflow_or_none():
     logging.log_first_n(logging.WARNING, 'TensorFlow is not installed: the '
                         'input pipeline prefetches with a thread.', 1)
     return None
+
+
+def _prefetched(make_batches: Callable[[], Iterator], specs) -> Iterator:
+  """The batches of ``make_batches()``, prefetched on background threads.
+
+  By tf.data (``from_generator`` + ``prefetch``), or by a thread where
+  TensorFlow is not installed. ``specs``: (shape, dtype) of each array.
+  """
+  tf = _tensorflow_or_none()
+  if tf is None:
+    yield from _prefetch_in_thread(make_batches())
+    return
+  signature = tuple(tf.TensorSpec(shape, tf.as_dtype(dtype))
+                    for shape, dtype in specs)
+  pipeline = tf.data.Dataset.from_generator(
+      make_batches, output_signature=signature).prefetch(tf.data.AUTOTUNE)
+  for batch in pipeline:
+    yield tuple(array.numpy() for array in batch)
 
 
 def _prefetch_in_thread(iterator: Iterator, size: int = 2) -> Iterator:

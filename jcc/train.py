@@ -629,8 +629,9 @@ class Trainer:
     scalars = {}
     for name, probs in (('cluster_head', outputs['cluster_probs']),
                         ('dec', outputs['student_t'])):
-      if name == 'dec' and step <= self.warmup_steps:
-        continue  # no centroids yet
+      if name == 'dec' and (step <= self.warmup_steps or
+                            not self.config.loss.kl):
+        continue  # the centroids have not been set yet
       for metric, value in evaluate.clustering_metrics(
           labels, probs.argmax(1)).items():
         scalars[f'eval/{name}_{metric}'] = value
