@@ -34,14 +34,28 @@ from jcc import evaluate
 from jcc import train
 
 SHARED = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data')
+FASHION_MNIST = '/usr/share/datasets/fashion-mnist'  # dataset-fashion-mnist
 
-# name: (config module, overrides of config.dataset).
+
+def fashion_mnist_test_folder() -> str:
+  """A temporary folder linking only the 10,000 Fashion-MNIST test images."""
+  folder = tempfile.mkdtemp(prefix='fashion_mnist_test_')
+  for stem in ('t10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte'):
+    for name in (stem, stem + '.gz'):
+      if os.path.exists(os.path.join(FASHION_MNIST, name)):
+        os.symlink(os.path.join(FASHION_MNIST, name),
+                   os.path.join(folder, name))
+  return folder
+
+
+# name: (config module, overrides of config.dataset, or a function that
+# returns them). The *_test sets are the 10,000 test images of each.
 DATASETS = {
     'digits': ('digits', {}),
     'mnist_test': ('mnist', dict(name='npz', path=os.path.join(
         SHARED, 'mnist_test.npz'))),
-    'fashion_mnist': ('fashion_mnist', dict(
-        path='/usr/share/datasets/fashion-mnist')),
+    'fashion_mnist_test': ('fashion_mnist', lambda: dict(
+        path=fashion_mnist_test_folder())),
     'cifar10_test': ('cifar10_small', dict(name='npz', path=os.path.join(
         SHARED, 'cifar10_test_jpeg.npz'))),
 }
@@ -59,6 +73,8 @@ METRICS = ('acc', 'nmi', 'ari')
 def dataset_config(name: str, overrides: list[str]):
   module, dataset_overrides = DATASETS[name]
   config = importlib.import_module(f'configs.{module}').get_config()
+  if callable(dataset_overrides):
+    dataset_overrides = dataset_overrides()
   config.dataset.update(dataset_overrides)
   for override in overrides:  # field=value, e.g. train.num_epochs=10
     field, value = override.split('=', 1)

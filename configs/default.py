@@ -62,6 +62,11 @@ def get_config() -> ml_collections.ConfigDict:
   augment.crop_ratio = (3 / 4, 4 / 3)
   # Probability of a horizontal flip (0 for digits and text).
   augment.flip_prob = 0.5
+  # Random rotation and horizontal shear, each U[−x, x] degrees, about the
+  # centre, after the crop (0 turns them off; for handwriting, where slant
+  # and tilt are style rather than identity).
+  augment.rotation = 0.0
+  augment.shear = 0.0
   # Colour jitter (torchvision ranges): brightness, contrast and saturation
   # factors from U[1−x, 1+x], hue shift from U[−x, x]; 0 skips an operation.
   # SimCLR/CC use 0.8·s, 0.8·s, 0.8·s, 0.2·s with strength s = 0.5 for CIFAR
@@ -110,8 +115,10 @@ def get_config() -> ml_collections.ConfigDict:
   # Dtype of the network's computation: 'float32', or 'bfloat16' on
   # accelerators. Parameters stay float32; losses and softmax are float32.
   train.compute_dtype = 'float32'
-  # Adam, constant learning rate, no weight decay (CC's recipe).
+  # Adam, no weight decay; a constant learning rate (CC's recipe), or
+  # 'cosine': decayed to 0 over the whole run.
   train.learning_rate = 3e-4
+  train.lr_schedule = 'constant'
   # Epochs trained without the KL term before the centroids are initialised
   # by k-means on the embeddings of the whole training set.
   train.warmup_epochs = 20

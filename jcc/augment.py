@@ -5,7 +5,8 @@ functions), and a PRNG key; each image of a batch gets its own key, so a run is
 reproducible from its seed and the views are independent across images.
 
 The set follows SimCLR / Contrastive Clustering: random resized crop,
-horizontal flip, colour jitter (brightness, contrast, saturation, hue, in
+horizontal flip, (for digits and other glyphs) a small random rotation and
+shear, colour jitter (brightness, contrast, saturation, hue, in
 random order, applied with a probability), grayscale, Gaussian blur; plus
 Gaussian pixel noise. Saturation, hue and luma come from dm-pix; they are
 skipped for 1-channel images.
@@ -70,6 +71,39 @@ def crop_and_resize(
       image, image.shape, spatial_dims=(0, 1), scale=scale,
       translation=translation, method='linear', antialias=True)
   return jnp.clip(out, 0.0, 1.0)
+
+
+def random_affine(
+    key: Array, image: Array, rotation: float = 0.0, shear: float = 0.0
+) -> Array:
+  """Rotates by U[−rotation, rotation] and shears by U[−shear, shear] degrees.
+
+  Both about the image's centre; the output pixel at p samples the input at
+  A⁻¹(p − c) + c (bilinear), with A = R(θ)·S(φ) and S(φ) = [[1, tan φ], [0, 1]]
+  a horizontal shear; pixels from outside the image are 0 (torchvision's
+  RandomAffine semantics). Angle 0 reproduces the image exactly.
+  """
+  height, width = image.shape[0], image.shape[1]
+  k_rot, k_shear = jax.random.split(key)
+  theta = jnp.deg2rad(jax.random.uniform(k_rot, minval=-rotation,
+                                         maxval=rotation))
+  phi = jnp.deg2rad(jax.random.uniform(k_shear, minval=-shear, maxval=shear))
+  cos, sin, tan = jnp.cos(theta), jnp.sin(theta), jnp.tan(phi)
+  # A = R S with R = [[cos, -sin], [sin, cos]] in (x, y); its inverse:
+  # S⁻¹ R⁻¹ = [[1, -tan], [0, 1]] · [[cos, sin], [-sin, cos]].
+  inverse = jnp.array([[cos + tan * sin, sin - tan * cos], [-sin, cos]])
+  ys, xs = jnp.meshgrid(jnp.arange(height, dtype=image.dtype),
+                        jnp.arange(width, dtype=image.dtype), indexing='ij')
+  cy, cx = (height - 1) / 2, (width - 1) / 2
+  offsets = jnp.stack([xs - cx, ys - cy])  # (2, H, W) in (x, y)
+  src_x, src_y = jnp.einsum('ij,jhw->ihw', inverse, offsets)
+  coordinates = [src_y + cy, src_x + cx]
+
+  def warp(channel):
+    return jax.scipy.ndimage.map_coordinates(
+        channel, coordinates, order=1, mode='constant', cval=0.0)
+
+  return jnp.moveaxis(jax.vmap(warp, in_axes=2)(image), 0, -1)
 
 
 def horizontal_flip(key: Array, image: Array, prob: float = 0.5) -> Array:
@@ -185,6 +219,9 @@ def augment_image(
       jax.random.fold_in(key, i) for i in range(10, 14))
   image = random_resized_crop(
       k_crop, image, tuple(cfg.crop_scale), tuple(cfg.crop_ratio))
+  if cfg.rotation > 0 or cfg.shear > 0:
+    image = random_affine(jax.random.fold_in(key, 14), image,
+                          cfg.rotation, cfg.shear)
   if cfg.flip_prob > 0:
     image = horizontal_flip(k_flip, image, cfg.flip_prob)
   if cfg.jitter_prob > 0 and (cfg.brightness > 0 or cfg.contrast > 0 or

@@ -106,12 +106,33 @@ def compute_dtype(config: ml_collections.ConfigDict) -> jnp.dtype:
   return jnp.dtype(name)
 
 
+LR_SCHEDULES = ('constant', 'cosine')
+
+
+def learning_rate_schedule(train_config: ml_collections.ConfigDict,
+                           total_steps: int) -> optax.Schedule:
+  """config.train's learning rate as a function of the step.
+
+  'constant': CC's recipe. 'cosine': lr·½(1 + cos(π·t/T)) over the T steps of
+  the whole run, ending at 0.
+  """
+  name = train_config.get('lr_schedule', 'constant')
+  if name == 'constant':
+    return optax.constant_schedule(train_config.learning_rate)
+  if name == 'cosine':
+    return optax.cosine_decay_schedule(train_config.learning_rate,
+                                       max(total_steps, 1))
+  raise ConfigError(f'config.train.lr_schedule={name!r}: use one of '
+                    f'{", ".join(map(repr, LR_SCHEDULES))}.')
+
+
 def check_config(config: ml_collections.ConfigDict, num_examples: int,
                  num_devices: int) -> None:
   """Raises ConfigError for settings that cannot train."""
   k = config.dataset.num_clusters
   batch = config.train.batch_size
   compute_dtype(config)
+  learning_rate_schedule(config.train, 1)
   if k < 2:
     raise ConfigError(f'config.dataset.num_clusters={k}: need at least 2.')
   if k > num_examples:
@@ -361,15 +382,16 @@ class Trainer:
     check_workdir(workdir)
     self.model_signature = model_signature(config, self.dataset.channels)
     check_model_signature(workdir, self.model_signature)
-    self.model = models.build_model(
-        config, self.dataset.channels, compute_dtype(config))
-    self.tx = optax.adam(config.train.learning_rate)
-    self.replicated = NamedSharding(self.mesh, P())
-    self.batch_sharding = NamedSharding(self.mesh, P('data'))
-
     n, bs = len(self.dataset), config.train.batch_size
     self.steps_per_epoch = n // bs
     self.total_steps = config.train.num_epochs * self.steps_per_epoch
+    self.model = models.build_model(
+        config, self.dataset.channels, compute_dtype(config))
+    self.learning_rate = learning_rate_schedule(config.train, self.total_steps)
+    self.tx = optax.adam(self.learning_rate)
+    self.replicated = NamedSharding(self.mesh, P())
+    self.batch_sharding = NamedSharding(self.mesh, P('data'))
+
     self.warmup_steps = min(
         config.train.warmup_epochs * self.steps_per_epoch, self.total_steps)
     eval_bs = max(config.train.eval_batch_size, num_devices)
@@ -599,7 +621,7 @@ class Trainer:
                      terms, rate, _format_seconds(eta))
         self.writer.write_scalars(done, {
             **{f'loss/{k}': v for k, v in metrics.items()},
-            'learning_rate': config.train.learning_rate,
+            'learning_rate': float(self.learning_rate(done)),
             'images_per_second': rate})
         last_log_time, last_log_step = now, done
       every = config.train.eval_every_steps

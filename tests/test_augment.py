@@ -18,7 +18,7 @@ def _config(**overrides):
       crop_scale=(0.3, 1.0), crop_ratio=(3 / 4, 4 / 3), flip_prob=0.5,
       brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1, jitter_prob=0.8,
       jitter_random_order=True, grayscale_prob=0.2, blur_prob=0.5,
-      blur_sigma=(0.1, 2.0), noise_stddev=0.05))
+      blur_sigma=(0.1, 2.0), noise_stddev=0.05, rotation=0.0, shear=0.0))
   cfg.update(overrides)
   return cfg
 
@@ -111,3 +111,54 @@ def test_blur_smooths_and_keeps_the_mean():
   blurred = augment.gaussian_blur(jax.random.key(0), image, (2.0, 2.0))
   assert float(jnp.std(blurred)) < 0.5 * float(jnp.std(image))
   assert abs(float(jnp.mean(blurred)) - float(jnp.mean(image))) < 0.05
+
+
+def test_affine_of_zero_degrees_is_the_identity():
+  image = _images(n=1, size=10)[0]
+  out = augment.random_affine(jax.random.key(3), image, 0.0, 0.0)
+  np.testing.assert_allclose(out, image, atol=1e-6)
+
+
+def test_affine_rotates_a_bar_about_the_centre():
+  # A vertical bar through the centre of an odd-sized image, rotated by up
+  # to 40°: its pixels stay on one line through the centre whose angle from
+  # the vertical is the rotation (atan of the spread), and the centre pixel
+  # is kept.
+  size = 21
+  image = jnp.zeros((size, size, 1)).at[2:19, 10, 0].set(1.0)
+  angles = []
+  for seed in range(6):
+    out = np.asarray(augment.random_affine(
+        jax.random.key(seed), image, rotation=40.0)[..., 0])
+    assert out[10, 10] > 0.99
+    ys, xs = np.nonzero(out > 0.5)
+    slope = np.polyfit(ys - 10, xs - 10, 1)[0]  # dx/dy of the bar
+    angles.append(np.degrees(np.arctan(slope)))
+    # Rotation keeps length: the extent above half intensity is the same up
+    # to the two partly covered end pixels.
+    assert abs(np.hypot(np.ptp(ys), np.ptp(xs)) - 16) <= 2.5
+  assert max(abs(a) for a in angles) <= 40.5
+  assert np.std(angles) > 5  # the angle is random per key
+
+
+def test_shear_slants_a_vertical_bar_and_keeps_rows():
+  size = 21
+  image = jnp.zeros((size, size, 1)).at[2:19, 10, 0].set(1.0)
+  out = np.asarray(augment.random_affine(
+      jax.random.key(1), image, shear=30.0)[..., 0])
+  ys, xs = np.nonzero(out > 0.5)
+  # A horizontal shear moves pixels along rows only: the same rows are lit.
+  assert set(ys) == set(range(2, 19))
+  assert abs(np.polyfit(ys - 10, xs - 10, 1)[0]) <= np.tan(np.radians(30.5))
+
+
+def test_views_with_affine_stay_in_unit_range_and_differ_per_key():
+  cfg = _config(rotation=20.0, shear=15.0)
+  images = _images(size=16)
+  a = augment.augment_batch(jax.random.key(0), images, cfg)
+  b = augment.augment_batch(jax.random.key(0), images, cfg)
+  c = augment.augment_batch(jax.random.key(1), images, cfg)
+  assert a.shape == images.shape
+  assert float(a.min()) >= 0.0 and float(a.max()) <= 1.0
+  np.testing.assert_array_equal(a, b)
+  assert not np.allclose(a, c)

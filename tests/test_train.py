@@ -132,3 +132,34 @@ def test_command_line_trains_and_evaluates(tmp_path):
       text=True, timeout=600)
   assert evaluated.returncode == 0, evaluated.stderr[-3000:]
   assert 'Training' not in evaluated.stderr
+
+
+def test_learning_rate_schedules():
+  config = tiny_config(learning_rate=1e-3)
+  constant = train.learning_rate_schedule(config.train, 100)
+  assert float(constant(0)) == float(constant(99)) == 1e-3
+  config.train.lr_schedule = 'cosine'
+  cosine = train.learning_rate_schedule(config.train, 100)
+  np.testing.assert_allclose(float(cosine(0)), 1e-3)
+  np.testing.assert_allclose(float(cosine(50)), 0.5e-3, rtol=1e-6)
+  np.testing.assert_allclose(float(cosine(100)), 0.0, atol=1e-12)
+  config.train.lr_schedule = 'linear'
+  with pytest.raises(train.ConfigError, match="lr_schedule='linear'"):
+    train.check_config(config, 1797, 1)
+
+
+def test_cosine_run_logs_the_decaying_learning_rate(tmp_path):
+  workdir = str(tmp_path / 'run')
+  config = tiny_config(lr_schedule='cosine', learning_rate=1e-3,
+                       num_epochs=2, warmup_epochs=1)
+  train.train_and_evaluate(config, workdir)
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    logged = [json.loads(line) for line in f]
+  rates = [(r['step'], r['learning_rate']) for r in logged
+           if 'learning_rate' in r]
+  # log_every_steps=1, 2 epochs of 7 steps (the compiling first step is not
+  # timed, so not logged).
+  assert [step for step, _ in rates] == list(range(2, 15))
+  values = [v for _, v in rates]
+  assert values == sorted(values, reverse=True) and values[0] < 1e-3
+  np.testing.assert_allclose(values[-1], 0.0, atol=1e-12)  # step 14 of 14
