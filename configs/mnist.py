@@ -20,8 +20,9 @@ def get_config():
   # clusters split 1s, 4s and 0s by slant (ACC 0.42 on the test set).
   config.augment.rotation = 20.0
   config.augment.shear = 15.0
-  # About 12 minutes for the 10,000 test images on 2 CPU cores.
-  config.train.num_epochs = 80
-  config.train.warmup_epochs = 40
+  # About 10 minutes for the 10,000 test images on 2 CPU cores; 80 epochs
+  # gave the same accuracy.
+  config.train.num_epochs = 60
+  config.train.warmup_epochs = 30
   config.train.target_update_interval = 140  # IDEC's MNIST value
   return config
