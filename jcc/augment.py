@@ -215,13 +215,12 @@ def augment_image(
   # Keys of the later additions are folded in, so the four above stay as
   # they were (and a config that leaves the additions off, as digits does,
   # gives the same views as before).
-  k_apply, k_gray, k_blur, k_blur_apply = (
-      jax.random.fold_in(key, i) for i in range(10, 14))
+  k_apply, k_gray, k_blur, k_blur_apply, k_affine = (
+      jax.random.fold_in(key, i) for i in range(10, 15))
   image = random_resized_crop(
       k_crop, image, tuple(cfg.crop_scale), tuple(cfg.crop_ratio))
   if cfg.rotation > 0 or cfg.shear > 0:
-    image = random_affine(jax.random.fold_in(key, 14), image,
-                          cfg.rotation, cfg.shear)
+    image = random_affine(k_affine, image, cfg.rotation, cfg.shear)
   if cfg.flip_prob > 0:
     image = horizontal_flip(k_flip, image, cfg.flip_prob)
   if cfg.jitter_prob > 0 and (cfg.brightness > 0 or cfg.contrast > 0 or

@@ -621,7 +621,8 @@ class Trainer:
                      terms, rate, _format_seconds(eta))
         self.writer.write_scalars(done, {
             **{f'loss/{k}': v for k, v in metrics.items()},
-            'learning_rate': float(self.learning_rate(done)),
+            # the rate of the step just taken (Adam's count starts at 0)
+            'learning_rate': float(self.learning_rate(done - 1)),
             'images_per_second': rate})
         last_log_time, last_log_step = now, done
       every = config.train.eval_every_steps
