@@ -12,6 +12,9 @@ without the KL term, the DEC assignment is nearest-centroid of k-means on
 the final embeddings (as `--mode=evaluate` does). Prints ACC/NMI/ARI as
 mean ± std over the seeds, for the cluster head and the DEC assignment, and
 the wall time of each run.
+
+Runs split across workers (e.g. one per core, `taskset -c 0` and `-c 1`,
+each with --json=FILE) are tabulated together with --table_from FILE ...
 """
 
 from __future__ import annotations
@@ -110,6 +113,49 @@ def summarize(values: list[float]) -> str:
   return f'{mean:.3f} ± {std:.3f}'
 
 
+def table(name: str, rows: list[tuple[str, list[dict], float]],
+          num_seeds: int, num_epochs: int | None) -> str:
+  """The Markdown table: a row per (variant, runs, mean seconds per run)."""
+  epochs = f'; {num_epochs} epochs per run' if num_epochs else ''
+  lines = [f'{name}: {num_seeds} seeds, mean ± std{epochs}',
+           '| variant | head ACC | head NMI | head ARI | DEC ACC | DEC NMI | '
+           'DEC ARI | s/run |',
+           '|---|---|---|---|---|---|---|---|']
+  for variant, runs, secs in rows:
+    cells = []
+    for assignment in ('cluster_head', 'dec'):
+      for metric in METRICS:
+        values = [r[assignment][metric] for r in runs if r.get(assignment)]
+        cells.append(summarize(values) if values else '–')
+    lines.append(f'| {variant} | ' + ' | '.join(cells) + f' | {secs:.0f} |')
+  return '\n'.join(lines)
+
+
+def tables_from_json(paths: list[str]) -> str:
+  """Tables from the runs that --json appended (e.g. by parallel workers)."""
+  runs = {}  # dataset -> variant -> list of records, in file order
+  for path in paths:
+    with open(path) as f:
+      for line in f:
+        if line.strip():
+          record = json.loads(line)
+          runs.setdefault(record['dataset'], {}).setdefault(
+              record['variant'], []).append(record)
+  order = ['kmeans', *VARIANTS]
+  out = []
+  for name, by_variant in runs.items():
+    variants = sorted(by_variant, key=lambda v: (
+        order.index(v) if v in order else len(order), v))
+    rows = [(v, by_variant[v],
+             statistics.mean(r['seconds'] for r in by_variant[v]))
+            for v in variants]
+    seeds = {len(records) for records in by_variant.values()}
+    out.append(table(name, rows, max(seeds), None) +
+               ('' if len(seeds) == 1 else
+                '\n(variants have different numbers of runs)'))
+  return '\n\n'.join(out)
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--datasets', default='digits')
@@ -119,7 +165,13 @@ def main():
                       help='config field=value for every run, e.g. '
                       'train.num_epochs=10 (repeatable)')
   parser.add_argument('--json', help='also append every run to this file')
+  parser.add_argument('--table_from', nargs='+', metavar='JSONL',
+                      help='train nothing: print the tables of the runs '
+                      'that --json wrote to these files')
   args = parser.parse_args()
+  if args.table_from:
+    print(tables_from_json(args.table_from))
+    return
   logging.set_verbosity(logging.WARNING)
   seeds = [int(s) for s in args.seeds.split(',')]
   for name in args.datasets.split(','):
@@ -145,20 +197,8 @@ def main():
                                 **{k: result.get(k) for k in (
                                     'cluster_head', 'dec')}}) + '\n')
       rows.append((variant, runs, statistics.mean(seconds)))
-    print(f'\n{name}: {len(seeds)} seeds, mean ± std; '
-          f'{config.train.num_epochs} epochs per run')
-    print('| variant | head ACC | head NMI | head ARI | DEC ACC | DEC NMI | '
-          'DEC ARI | s/run |')
-    print('|---|---|---|---|---|---|---|---|')
-    for variant, runs, secs in rows:
-      cells = []
-      for assignment in ('cluster_head', 'dec'):
-        for metric in METRICS:
-          values = [r[assignment][metric] for r in runs
-                    if r.get(assignment)]
-          cells.append(summarize(values) if values else '–')
-      print(f'| {variant} | ' + ' | '.join(cells) + f' | {secs:.0f} |',
-            flush=True)
+    print()
+    print(table(name, rows, len(seeds), config.train.num_epochs), flush=True)
 
 
 if __name__ == '__main__':

@@ -1,5 +1,6 @@
 """benchmarks/quality.py: the configs it builds are the ones it claims to run."""
 
+import json
 import os
 
 import numpy as np
@@ -36,3 +37,29 @@ def test_fashion_mnist_test_set_is_the_10000_test_images():
   ds = data.load_dataset(config.dataset)
   assert ds.images.shape == (10000, 28, 28, 1)
   np.testing.assert_array_equal(np.bincount(ds.labels), [1000] * 10)
+
+
+def test_table_from_the_json_lines_of_two_workers(tmp_path):
+  def record(variant, seed, acc, dec_acc=None, seconds=10.0):
+    dec = None if dec_acc is None else dict(acc=dec_acc, nmi=0.5, ari=0.5)
+    return dict(dataset='toy', variant=variant, seed=seed, seconds=seconds,
+                cluster_head=dict(acc=acc, nmi=0.5, ari=0.5), dec=dec)
+  worker_0 = [record('full', 0, 0.8, 0.7, 30.0), record('full', 1, 0.6, 0.5,
+                                                         50.0)]
+  worker_1 = [record('kmeans', 0, 0.4), record('kmeans', 1, 0.2),
+              record('cc', 0, 0.5, 0.4), record('cc', 1, 0.7, 0.6)]
+  paths = []
+  for i, records in enumerate((worker_0, worker_1)):
+    paths.append(str(tmp_path / f'{i}.jsonl'))
+    with open(paths[-1], 'w') as f:
+      f.write(''.join(json.dumps(r) + '\n' for r in records))
+  rows = quality.tables_from_json(paths).splitlines()
+  assert rows[0] == 'toy: 2 seeds, mean ± std'
+  # k-means first, then the variants in their order; std is the sample std.
+  assert [r.split(' | ')[0] for r in rows[3:]] == ['| kmeans', '| cc',
+                                                  '| full']
+  assert rows[3].startswith('| kmeans | 0.300 ± 0.141 |')
+  assert rows[3].endswith('| – | – | – | 10 |')
+  assert rows[5].startswith('| full | 0.700 ± 0.141 |')
+  assert rows[5].endswith('| 0.600 ± 0.141 | 0.500 ± 0.000 | '
+                          '0.500 ± 0.000 | 40 |')
