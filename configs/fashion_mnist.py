@@ -1,10 +1,10 @@
-"""Fashion-MNIST (TFDS fashion_mnist, or its IDX files), 28×28, K=10.
+"""Fashion-MNIST (TFDS fashion_mnist, or its IDX files), K=10.
 
 Debian's dataset-fashion-mnist package installs the IDX files:
 --config.dataset.path=/usr/share/datasets/fashion-mnist. Clothes may be
-mirrored, so flips are on; otherwise digits' recipe (configs/digits.py) at the
-full 28×28, without MNIST's rotation and shear and 16×16 input, which have
-not been measured on clothes (benchmarks/RESULTS.md).
+mirrored, so flips are on; otherwise digits' recipe (configs/digits.py)
+without MNIST's rotation and shear, at MNIST's 16×16 input and with stronger
+crops (benchmarks/RESULTS.md has the runs, 5 seeds each, that chose these).
 """
 
 from configs import mnist
@@ -13,11 +13,17 @@ from configs import mnist
 def get_config():
   config = mnist.get_config()
   config.dataset.name = 'fashion_mnist'
-  config.dataset.image_size = 28
+  # 16×16 scores as well as the full 28×28 (ACC 0.685 against 0.686 over
+  # 5 seeds) at less than half the cost per step.
+  config.dataset.image_size = 16
+  # Crops of 30–100% of the area (digits: 50–100%): ACC 0.694 ± 0.011 over
+  # 5 seeds against 0.685 ± 0.028; 20–100% was no better.
+  config.augment.crop_scale = (0.3, 1.0)
   config.augment.flip_prob = 0.5
   config.augment.rotation = 0.0
   config.augment.shear = 0.0
-  # digits' narrow ConvNet (16-32-64): about 350 img/s on 2 CPU cores.
-  config.train.num_epochs = 25
-  config.train.warmup_epochs = 12
+  # digits' narrow ConvNet (16-32-64): about 7½ minutes on one CPU core for
+  # the 10,000 test images; 50 epochs gave the same accuracy.
+  config.train.num_epochs = 30
+  config.train.warmup_epochs = 15
   return config

@@ -35,7 +35,8 @@ def test_fashion_mnist_test_set_is_the_10000_test_images():
   assert all(name.startswith('t10k-')
              for name in os.listdir(config.dataset.path))
   ds = data.load_dataset(config.dataset)
-  assert ds.images.shape == (10000, 28, 28, 1)
+  size = config.dataset.image_size
+  assert ds.images.shape == (10000, size, size, 1)
   np.testing.assert_array_equal(np.bincount(ds.labels), [1000] * 10)
 
 
