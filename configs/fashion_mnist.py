@@ -23,7 +23,8 @@ def get_config():
   config.augment.rotation = 0.0
   config.augment.shear = 0.0
   # digits' narrow ConvNet (16-32-64): about 7½ minutes on one CPU core for
-  # the 10,000 test images; 50 epochs gave the same accuracy.
+  # the 10,000 test images; 50 epochs gave the same accuracy (with 50–100%
+  # crops).
   config.train.num_epochs = 30
   config.train.warmup_epochs = 15
   return config
