@@ -15,6 +15,8 @@ the wall time of each run.
 
 Runs split across workers (e.g. one per core, `taskset -c 0` and `-c 1`,
 each with --json=FILE) are tabulated together with --table_from FILE ...
+Each run prints one line when it ends; --verbose adds the trainer's progress
+lines (loss terms, img/s, ETA) while it runs.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import logging as pylogging
 import os
 import statistics
 import tempfile
@@ -34,6 +37,7 @@ from absl import logging
 
 from jcc import data
 from jcc import evaluate
+from jcc import main as jcc_main
 from jcc import train
 
 SHARED = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data')
@@ -168,11 +172,14 @@ def main():
   parser.add_argument('--table_from', nargs='+', metavar='JSONL',
                       help='train nothing: print the tables of the runs '
                       'that --json wrote to these files')
+  parser.add_argument('--verbose', action='store_true',
+                      help="show the trainer's progress lines during runs")
   args = parser.parse_args()
   if args.table_from:
     print(tables_from_json(args.table_from))
     return
-  logging.set_verbosity(logging.WARNING)
+  logging.set_verbosity(logging.INFO if args.verbose else logging.WARNING)
+  pylogging.getLogger('absl').addFilter(jcc_main.QuietLibraries())
   seeds = [int(s) for s in args.seeds.split(',')]
   for name in args.datasets.split(','):
     config = dataset_config(name, args.override)

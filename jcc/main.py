@@ -36,7 +36,7 @@ flags.mark_flags_as_required(['config', 'workdir'])
 _NOISY = ('/orbax/', '/etils/', '/tensorstore/', '/jax/_src/xla_bridge.py')
 
 
-class _QuietLibraries(pylogging.Filter):
+class QuietLibraries(pylogging.Filter):
   """Drops INFO chatter of checkpointing libraries; keeps their warnings."""
 
   def filter(self, record: pylogging.LogRecord) -> bool:
@@ -67,7 +67,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logging.set_verbosity(logging.INFO)
-  logging.get_absl_handler().addFilter(_QuietLibraries())
+  logging.get_absl_handler().addFilter(QuietLibraries())
   try:
     if _MODE.value == 'train':
       train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)

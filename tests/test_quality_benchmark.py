@@ -1,6 +1,7 @@
 """benchmarks/quality.py: the configs it builds are the ones it claims to run."""
 
 import json
+import logging
 import os
 
 import numpy as np
@@ -64,3 +65,18 @@ def test_table_from_the_json_lines_of_two_workers(tmp_path):
   assert rows[5].startswith('| full | 0.700 ± 0.141 |')
   assert rows[5].endswith('| 0.600 ± 0.141 | 0.500 ± 0.000 | '
                           '0.500 ± 0.000 | 40 |')
+
+
+def test_library_chatter_is_dropped_but_warnings_and_jcc_kept():
+  # The filter that keeps --verbose (and jcc.main) readable: orbax's INFO
+  # lines run to dozens per checkpoint.
+  from jcc import main  # pylint: disable=g-import-not-at-top
+  quiet = main.QuietLibraries()
+
+  def record(path, level):
+    return logging.LogRecord('absl', level, path, 1, 'message', None, None)
+
+  orbax = '/site-packages/orbax/checkpoint/_src/checkpoint_manager.py'
+  assert not quiet.filter(record(orbax, logging.INFO))
+  assert quiet.filter(record(orbax, logging.WARNING))
+  assert quiet.filter(record('/repo/jcc/train.py', logging.INFO))
