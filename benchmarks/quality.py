@@ -22,10 +22,13 @@ lines (loss terms, img/s, ETA) while it runs.
 from __future__ import annotations
 
 import argparse
+import atexit
+import functools
 import importlib
 import json
 import logging as pylogging
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -44,9 +47,14 @@ SHARED = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data')
 FASHION_MNIST = '/usr/share/datasets/fashion-mnist'  # dataset-fashion-mnist
 
 
+@functools.cache
 def fashion_mnist_test_folder() -> str:
-  """A temporary folder linking only the 10,000 Fashion-MNIST test images."""
+  """A temporary folder linking only the 10,000 Fashion-MNIST test images.
+
+  One per process, removed when the process exits.
+  """
   folder = tempfile.mkdtemp(prefix='fashion_mnist_test_')
+  atexit.register(shutil.rmtree, folder, ignore_errors=True)
   for stem in ('t10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte'):
     for name in (stem, stem + '.gz'):
       if os.path.exists(os.path.join(FASHION_MNIST, name)):

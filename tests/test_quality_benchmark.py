@@ -3,6 +3,8 @@
 import json
 import logging
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -39,6 +41,21 @@ def test_fashion_mnist_test_set_is_the_10000_test_images():
   size = config.dataset.image_size
   assert ds.images.shape == (10000, size, size, 1)
   np.testing.assert_array_equal(np.bincount(ds.labels), [1000] * 10)
+
+
+def test_fashion_mnist_test_folder_is_shared_and_removed_at_exit():
+  # It used to be a new folder per run, never removed: one left in /tmp for
+  # every Fashion-MNIST run of the benchmark.
+  script = ('from benchmarks import quality\n'
+            'a = quality.fashion_mnist_test_folder()\n'
+            'assert a == quality.fashion_mnist_test_folder()\n'
+            'import os; assert os.path.isdir(a)\n'
+            'print(a)\n')
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  done = subprocess.run([sys.executable, '-c', script], cwd=root, check=True,
+                        capture_output=True, text=True)
+  folder = done.stdout.strip().splitlines()[-1]
+  assert folder and not os.path.exists(folder)
 
 
 def test_table_from_the_json_lines_of_two_workers(tmp_path):
