@@ -2,6 +2,7 @@
 
 import os
 import pathlib
+import tempfile
 
 # Must happen before the first `import jax` anywhere in the test session.
 _flags = os.environ.get('XLA_FLAGS', '')
@@ -24,3 +25,20 @@ def shared_data() -> pathlib.Path:
     pytest.skip(f'real-image data not found at {SHARED_DATA} (present in CI; '
                 'see ../shared/data/README.md)')
   return SHARED_DATA
+
+
+@pytest.fixture(autouse=True, scope='session')
+def system_temp_dir(tmp_path_factory) -> pathlib.Path:
+  """Sends the session's temporary files to a folder pytest cleans up.
+
+  TFDS makes an empty ``mkdtemp('tfds')`` folder for every builder whose
+  dataset is not prepared (``DatasetInfo.initialize_from_bucket``, tfds 4.9)
+  and never removes it: one in /tmp per mock-data test, hundreds over a day
+  of test runs. Yields the system's temporary folder, which the suite leaves
+  alone.
+  """
+  system = pathlib.Path(tempfile.gettempdir())
+  saved = tempfile.tempdir
+  tempfile.tempdir = str(tmp_path_factory.mktemp('tempfile'))
+  yield system
+  tempfile.tempdir = saved

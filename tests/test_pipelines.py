@@ -76,6 +76,16 @@ def test_missing_tfds_dataset_says_where_and_how(name, tmp_path):
   assert ('manual_dir' if name == 'imagenet10' else 'tfds build') in message
 
 
+def test_an_unprepared_tfds_dataset_leaves_no_folder_in_system_temp(
+    tmp_path, system_temp_dir):
+  # TFDS leaves an empty tmp*tfds folder per unprepared builder; the suite
+  # used to leave one in /tmp for every such test (conftest.system_temp_dir).
+  before = set(system_temp_dir.glob('tmp*tfds'))
+  with pytest.raises(errors.DataError):
+    data.load_dataset(_dataset_config('cifar10', tfds_data_dir=str(tmp_path)))
+  assert set(system_temp_dir.glob('tmp*tfds')) == before
+
+
 def test_every_registry_entry_has_a_config_or_a_test():
   tested = set(TFDS_SOURCES) | {'digits', 'npz', 'folder', 'tiny_imagenet'}
   assert set(data.DATASETS) == tested == set(data.NUM_CLASSES)
