@@ -34,11 +34,17 @@ def system_temp_dir(tmp_path_factory) -> pathlib.Path:
   TFDS makes an empty ``mkdtemp('tfds')`` folder for every builder whose
   dataset is not prepared (``DatasetInfo.initialize_from_bucket``, tfds 4.9)
   and never removes it: one in /tmp per mock-data test, hundreds over a day
-  of test runs. Yields the system's temporary folder, which the suite leaves
+  of test runs. TMPDIR takes the subprocesses (`python -m jcc.main ...`)
+  there too. Yields the system's temporary folder, which the suite leaves
   alone.
   """
   system = pathlib.Path(tempfile.gettempdir())
-  saved = tempfile.tempdir
-  tempfile.tempdir = str(tmp_path_factory.mktemp('tempfile'))
+  folder = str(tmp_path_factory.mktemp('tempfile'))
+  saved = tempfile.tempdir, os.environ.get('TMPDIR')
+  tempfile.tempdir = os.environ['TMPDIR'] = folder
   yield system
-  tempfile.tempdir = saved
+  tempfile.tempdir = saved[0]
+  if saved[1] is None:
+    os.environ.pop('TMPDIR', None)
+  else:
+    os.environ['TMPDIR'] = saved[1]

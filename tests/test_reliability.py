@@ -209,7 +209,8 @@ def _assert_clean_error(proc, *fragments):
 
 
 @pytest.mark.slow
-def test_command_line_reports_user_mistakes_in_one_line(tmp_path):
+def test_command_line_reports_user_mistakes_in_one_line(tmp_path,
+                                                        system_temp_dir):
   workdir = tmp_path / 'w'
   _assert_clean_error(_cli(workdir, '--config.train.nonsense=1'),
                       'unknown config field', 'train.nonsense')
@@ -224,10 +225,13 @@ def test_command_line_reports_user_mistakes_in_one_line(tmp_path):
   _assert_clean_error(_cli(workdir, '--mode=predict'), 'predict.input')
   _assert_clean_error(_cli(workdir, '--config.train.log_every_steps=0'),
                       'log_every_steps=0')
+  leaked_by_tfds = set(system_temp_dir.glob('tmp*tfds'))
   _assert_clean_error(
       _cli(workdir, '--config.dataset.name=cifar10',
            f'--config.dataset.tfds_data_dir={tmp_path / "tfds"}'),
       'is not prepared', str(tmp_path / 'tfds'), 'tfds build')
+  # conftest.system_temp_dir's TMPDIR keeps the subprocess's out of /tmp too.
+  assert set(system_temp_dir.glob('tmp*tfds')) == leaked_by_tfds
   assert not workdir.exists()  # no partial output
   blocked = tmp_path / 'file'
   blocked.write_text('a file where the workdir should go')
