@@ -4,6 +4,10 @@
 (seconds since the epoch) and the scalars. A resumed run appends; steps
 between the last checkpoint and the interruption then appear twice, and the
 later line is the one that counts. Only process 0 writes.
+
+TensorBoard is a declared dependency, but a run must not die where it is
+missing (an install without it, an accelerator image): the writer then warns
+once and writes metrics.jsonl alone.
 """
 
 from __future__ import annotations
@@ -13,7 +17,23 @@ import os
 import time
 from collections.abc import Mapping
 
+from absl import logging
 import jax
+
+from jcc import data
+
+
+def tensorboard_installed() -> bool:
+  """Whether ``tf.summary`` has its implementation (the tensorboard package).
+
+  TensorFlow ≥ 2.16 no longer installs it, and then every ``tf.summary``
+  call raises TBNotInstalledError.
+  """
+  try:
+    import tensorboard  # pylint: disable=g-import-not-at-top,unused-import
+  except ImportError:
+    return False
+  return True
 
 
 class MetricWriter:
@@ -25,30 +45,32 @@ class MetricWriter:
     self._jsonl = None
     if not self.enabled:
       return
-    from jcc import data  # pylint: disable=g-import-not-at-top
-    tf = data.tensorflow()
-    self._tf = tf
-    self._summary = tf.summary.create_file_writer(
-        os.path.join(workdir, 'tensorboard'))
+    if tensorboard_installed():
+      self._tf = data.tensorflow()
+      self._summary = self._tf.summary.create_file_writer(
+          os.path.join(workdir, 'tensorboard'))
+    else:
+      logging.warning(
+          'TensorBoard is not installed, so TensorBoard logging is off; '
+          'metrics still go to %s. `pip install tensorboard` turns it on.',
+          os.path.join(workdir, 'metrics.jsonl'))
     self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a')
 
   def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
     if not self.enabled:
       return
     values = {name: float(value) for name, value in scalars.items()}
-    with self._summary.as_default(step=step):
-      for name, value in values.items():
-        self._tf.summary.scalar(name, value)
+    if self._summary is not None:
+      with self._summary.as_default(step=step):
+        for name, value in values.items():
+          self._tf.summary.scalar(name, value)
     self._jsonl.write(json.dumps(
         {'step': int(step), 'time': time.time(), **values}) + '\n')
     self._jsonl.flush()
 
-  def flush(self) -> None:
-    if self.enabled:
-      self._summary.flush()
-
   def close(self) -> None:
     if self.enabled:
-      self._summary.close()
+      if self._summary is not None:
+        self._summary.close()
       self._jsonl.close()
       self.enabled = False

@@ -1,0 +1,57 @@
+"""Metric logs: TensorBoard where it is installed, metrics.jsonl always."""
+
+import json
+import sys
+
+from jcc import metric_writer
+from jcc import train
+from tests.test_train import tiny_config
+
+
+def _jsonl(workdir):
+  return [json.loads(line) for line in
+          (workdir / 'metrics.jsonl').read_text().splitlines()]
+
+
+def test_with_tensorboard_both_logs_hold_the_scalars(tmp_path):
+  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
+  writer = metric_writer.MetricWriter(str(tmp_path))
+  writer.write_scalars(3, {'loss/total': 1.5})
+  writer.close()
+  events = event_accumulator.EventAccumulator(
+      str(tmp_path / 'tensorboard'), size_guidance={'tensors': 0})
+  events.Reload()
+  assert [e.step for e in events.Tensors('loss/total')] == [3]
+  assert [(l['step'], l['loss/total']) for l in _jsonl(tmp_path)] == [(3, 1.5)]
+
+
+def _without_tensorboard(monkeypatch):
+  # A None entry makes `import tensorboard` raise ImportError, as on an
+  # install without the package.
+  monkeypatch.setitem(sys.modules, 'tensorboard', None)
+  assert not metric_writer.tensorboard_installed()
+
+
+def test_without_tensorboard_it_warns_and_writes_jsonl(
+    tmp_path, monkeypatch, caplog):
+  _without_tensorboard(monkeypatch)
+  writer = metric_writer.MetricWriter(str(tmp_path))
+  writer.write_scalars(1, {'loss/total': 2.0})
+  writer.write_scalars(2, {'loss/total': 1.0})
+  writer.close()
+  warnings = [r for r in caplog.records if 'TensorBoard' in r.getMessage()]
+  assert len(warnings) == 1 and 'pip install tensorboard' in (
+      warnings[0].getMessage())
+  assert not (tmp_path / 'tensorboard').exists()
+  assert [l['step'] for l in _jsonl(tmp_path)] == [1, 2]
+
+
+def test_a_run_without_tensorboard_finishes(tmp_path, monkeypatch):
+  # Regression: tf.summary.scalar raised TBNotInstalledError at the first
+  # progress line and killed the run.
+  _without_tensorboard(monkeypatch)
+  results = train.train_and_evaluate(tiny_config(), str(tmp_path))
+  assert results['cluster_head']['acc'] > 0
+  assert (tmp_path / 'results.json').exists()
+  steps = [l['step'] for l in _jsonl(tmp_path)]
+  assert steps and steps[-1] == 14
