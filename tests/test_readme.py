@@ -1,13 +1,12 @@
-"""The README's Python examples run as written."""
+"""The README's examples run as written, and CI can find its Quickstart."""
 
 import re
 
-from tests.conftest import REPO_ROOT
+from tests import readme
 
 
 def test_readme_python_examples_run(capsys):
-  readme = (REPO_ROOT / 'README.md').read_text()
-  blocks = re.findall(r'```python\n(.*?)```', readme, re.DOTALL)
+  blocks = readme.code_blocks('python')
   assert len(blocks) >= 2
   namespace = {}
   for block in blocks:  # later blocks build on earlier ones, as a reader's do
@@ -15,3 +14,20 @@ def test_readme_python_examples_run(capsys):
   printed = capsys.readouterr().out.split()
   # The shard_map example prints the global loss twice: per device and whole.
   assert abs(float(printed[-1]) - float(printed[-2])) < 1e-4
+
+
+def test_quickstart_installs_then_trains_then_tests():
+  # .ci/run runs these two commands as written, in a fresh virtual
+  # environment; it checks the main job's WORKDIR/results.json.
+  main_job, tests = readme.quickstart_commands()
+  assert main_job.startswith('pip install -e . && python -m jcc.main ')
+  assert re.search(r'--workdir=\S+', main_job)
+  assert tests.startswith('pip install -e ') and 'pytest' in tests
+
+
+def test_section_and_blocks_are_read_exactly():
+  text = ('# T\n## A\nintro\n```bash\necho a\n```\n## B\n```bash\necho b\n'
+          '```\n```python\nx = 1\n```\n')
+  assert readme.code_blocks('bash', readme.section('A', text)) == ['echo a']
+  assert readme.code_blocks('bash', text) == ['echo a', 'echo b']
+  assert readme.code_blocks('python', text) == ['x = 1']

@@ -1,0 +1,47 @@
+"""The README's code blocks, read as a reader copies them.
+
+``python3 tests/readme.py quickstart`` prints the Quickstart's shell commands,
+each followed by a NUL byte, so that .ci/run runs exactly what the README
+says. Standard library only: it runs before anything is installed.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import re
+import sys
+
+README = pathlib.Path(__file__).resolve().parents[1] / 'README.md'
+
+
+def section(title: str, text: str | None = None) -> str:
+  """The body of README's ``## title`` section, up to the next ``## ``."""
+  text = README.read_text() if text is None else text
+  found = re.search(rf'^## {re.escape(title)}\n(.*?)(?=^## |\Z)', text,
+                    re.MULTILINE | re.DOTALL)
+  if not found:
+    raise LookupError(f'README.md has no "## {title}" section.')
+  return found.group(1)
+
+
+def code_blocks(language: str, text: str | None = None) -> list[str]:
+  """The fenced ```language blocks of ``text`` (default: the whole README)."""
+  text = README.read_text() if text is None else text
+  return [block.strip() for block in
+          re.findall(rf'^```{language}\n(.*?)^```', text,
+                     re.MULTILINE | re.DOTALL)]
+
+
+def quickstart_commands() -> list[str]:
+  """The Quickstart's two shell commands: the main job, then the tests."""
+  commands = code_blocks('bash', section('Quickstart'))
+  if len(commands) != 2:
+    raise LookupError(f'README.md\'s Quickstart has {len(commands)} bash '
+                      'blocks; CI expects two: the main job and the tests.')
+  return commands
+
+
+if __name__ == '__main__':
+  if sys.argv[1:] != ['quickstart']:
+    sys.exit('usage: python3 tests/readme.py quickstart')
+  sys.stdout.write(''.join(command + '\0' for command in quickstart_commands()))
