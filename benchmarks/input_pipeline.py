@@ -9,7 +9,7 @@ For each config: an in-memory dataset of random uint8 images at the config's
 size (the cache every source ends in), `jcc.data.train_batches` +
 `prefetch_to_device` (tf.data gathers, prefetches, hands host batches to the
 devices), then the same plus `augment.two_views` jitted, then the train step
-of the config's model and batch (benchmarks.train_step.step_runner). If the
+of the config's model and batch (benchmarks.jcc_step.step_runner). If the
 first two columns are far above the last, input does not limit training.
 """
 
@@ -18,16 +18,21 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import sys
 import time
 
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+
+if __package__ in (None, ''):  # run as `python benchmarks/NAME.py`
+  sys.path.insert(
+      0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import timing
-from benchmarks.train_step import step_runner
+from benchmarks.jcc_step import step_runner
 from jcc import augment
 from jcc import data
 from jcc import train

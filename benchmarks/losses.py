@@ -15,16 +15,23 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
+if __package__ in (None, ''):  # run as `python benchmarks/NAME.py`
+  sys.path.insert(
+      0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 import jax  # pylint: disable=g-import-not-at-top
 import numpy as np
-import torch
-import torch.nn.functional as F
 
+from benchmarks import require_torch
 from benchmarks import timing
 from jcc import losses
+
+torch = require_torch()
+import torch.nn.functional as F  # pylint: disable=g-import-not-at-top,g-bad-import-order
 
 
 def torch_paired_ce(y: torch.Tensor, temperature: float) -> torch.Tensor:

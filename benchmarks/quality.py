@@ -28,12 +28,17 @@ import importlib
 import json
 import logging as pylogging
 import os
+import sys
 import shutil
 import statistics
 import tempfile
 import time
 
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+
+if __package__ in (None, ''):  # run as `python benchmarks/NAME.py`
+  sys.path.insert(
+      0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # pylint: disable=g-import-not-at-top
 from absl import logging

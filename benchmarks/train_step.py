@@ -17,19 +17,22 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
-import jax  # pylint: disable=g-import-not-at-top
-import numpy as np
-import optax
-import torch
+if __package__ in (None, ''):  # run as `python benchmarks/NAME.py`
+  sys.path.insert(
+      0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import jax  # pylint: disable=g-import-not-at-top
+from benchmarks import require_torch
 from benchmarks import timing
-from benchmarks import torch_reference
+from benchmarks.jcc_step import step_runner
 from configs import default
-from jcc import models
-from jcc import train
+
+torch = require_torch()
+from benchmarks import torch_reference  # pylint: disable=g-import-not-at-top,g-bad-import-order
 
 SETTINGS = {
     'resnet18_cifar-32x32x3-b64': dict(
@@ -50,46 +53,6 @@ def jax_runner(setting: dict, compute_dtype: str):
   config.train.batch_size = setting['batch']
   config.train.compute_dtype = compute_dtype
   return step_runner(config, setting['channels'])
-
-
-def step_runner(config, channels: int):
-  """A callable running jcc's train step (config's model and batch) once."""
-  k = config.dataset.num_clusters
-  mesh = train.make_mesh()
-  model = models.build_model(config, channels, train.compute_dtype(config))
-  tx = optax.adam(config.train.learning_rate)
-  shape = (config.dataset.image_size,) * 2 + (channels,)
-  state = jax.jit(lambda key: train.create_train_state(model, tx, key, shape),
-                  out_shardings=train.NamedSharding(mesh, train.P()))(
-                      jax.random.key(0))
-  step = train.make_train_step(model, tx, config, mesh)
-  rng = np.random.default_rng(0)
-  batch = config.train.batch_size
-  images = rng.integers(0, 256, (batch,) + shape, dtype=np.uint8)
-  target = rng.dirichlet(np.ones(k), size=batch).astype(np.float32)
-  rep = train.NamedSharding(mesh, train.P())
-  shard = train.NamedSharding(mesh, train.P('data'))
-  args = (train.to_global(target, rep), train.to_global(images, shard),
-          train.to_global(np.arange(batch, dtype=np.int32), shard),
-          np.float32(1.0))
-  holder = {'state': state}
-
-  def run():
-    holder['state'], metrics = step(holder['state'], *args)
-    jax.block_until_ready(metrics)
-  run.flops = step_flops(step, state, args)
-  return run
-
-
-def step_flops(step, state, args) -> float | None:
-  """XLA's count of the floating-point operations of one compiled step."""
-  try:
-    cost = step.lower(state, *args).compile().cost_analysis()
-  except Exception:  # pylint: disable=broad-except
-    return None
-  if isinstance(cost, (list, tuple)):
-    cost = cost[0] if cost else None
-  return float(cost['flops']) if cost and 'flops' in cost else None
 
 
 def torch_runner(setting: dict, device: str = 'cpu',
