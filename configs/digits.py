@@ -2,7 +2,7 @@
 
 Native 8×8 input and a narrow ConvNet make a step cheap (about 55 ms for 512
 views on 2 CPU cores), so the run can afford many steps: 300 epochs of 7
-steps take about 2 minutes. On this set the number of steps mattered more than
+steps take 2–4 minutes, by machine. On this set the number of steps mattered more than
 the width of the network (benchmarks/RESULTS.md has the runs that chose these
 values).
 """
