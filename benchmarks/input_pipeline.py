@@ -6,7 +6,7 @@ Run from the repository root:
   JAX_PLATFORMS=cpu python -m benchmarks.input_pipeline
 
 For each config: an in-memory dataset of random uint8 images at the config's
-size (the cache every source ends in), `jcc.data.train_batches` +
+size (the cache every source ends in), `jcc.pipeline.train_batches` +
 `prefetch_to_device` (tf.data gathers, prefetches, hands host batches to the
 devices), then the same plus `augment.two_views` jitted, then the train step
 of the config's model and batch (benchmarks.jcc_step.step_runner). If the
@@ -29,19 +29,21 @@ if __package__ in (None, ''):  # run as `python benchmarks/NAME.py`
 
 import jax  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec as P
 import numpy as np
 
 from benchmarks import timing
 from benchmarks.jcc_step import step_runner
 from jcc import augment
-from jcc import data
-from jcc import train
+from jcc import parallel
+from jcc import pipeline
+from jcc import sources
 
 
 def input_rate(dataset, config, steps: int, augment_too: bool) -> float:
   """Images/s of `steps` batches through the pipeline (and augmentation)."""
-  mesh = train.make_mesh()
-  sharding = train.NamedSharding(mesh, train.P('data'))
+  mesh = parallel.make_mesh()
+  sharding = NamedSharding(mesh, P('data'))
   put = lambda batch: tuple(  # noqa: E731
       jax.make_array_from_process_local_data(sharding, x) for x in batch)
   key = jax.random.key(0)
@@ -49,13 +51,13 @@ def input_rate(dataset, config, steps: int, augment_too: bool) -> float:
       k, x.astype(jnp.float32) / 255.0, config.augment))
   bs = config.train.batch_size
   # One untimed batch: tf.data start-up and compilation.
-  images, _ = next(data.prefetch_to_device(
-      data.train_batches(dataset, bs, 0, 0, 1), put))
+  images, _ = next(pipeline.prefetch_to_device(
+      pipeline.train_batches(dataset, bs, 0, 0, 1), put))
   jax.block_until_ready(views(key, images))
   start = time.perf_counter()
   last = None
-  for step, (images, _) in enumerate(data.prefetch_to_device(
-      data.train_batches(dataset, bs, 0, 0, steps), put)):
+  for step, (images, _) in enumerate(pipeline.prefetch_to_device(
+      pipeline.train_batches(dataset, bs, 0, 0, steps), put)):
     last = views(jax.random.fold_in(key, step), images) if augment_too else (
         images)
   jax.block_until_ready(last)
@@ -81,7 +83,7 @@ def main():
     channels = 1 if name in ('digits', 'mnist', 'fashion_mnist') else 3
     rng = np.random.default_rng(0)
     n = max(args.examples, config.train.batch_size)
-    dataset = data.ImageDataset(name, rng.integers(
+    dataset = sources.ImageDataset(name, rng.integers(
         0, 256, (n, size, size, channels), dtype=np.uint8), None)
     pipeline = input_rate(dataset, config, args.steps, False)
     augmented = input_rate(dataset, config, args.steps, True)

@@ -3,46 +3,48 @@
 from __future__ import annotations
 
 import jax
+from jax.sharding import NamedSharding, PartitionSpec as P
 import numpy as np
 import optax
 
 from jcc import models
-from jcc import train
+from jcc import parallel
+from jcc import step
 
 
 def step_runner(config, channels: int):
   """A callable running jcc's train step (config's model and batch) once."""
   k = config.dataset.num_clusters
-  mesh = train.make_mesh()
-  model = models.build_model(config, channels, train.compute_dtype(config))
+  mesh = parallel.make_mesh()
+  model = models.build_model(config, channels, step.compute_dtype(config))
   tx = optax.adam(config.train.learning_rate)
   shape = (config.dataset.image_size,) * 2 + (channels,)
-  state = jax.jit(lambda key: train.create_train_state(model, tx, key, shape),
-                  out_shardings=train.NamedSharding(mesh, train.P()))(
+  state = jax.jit(lambda key: step.create_train_state(model, tx, key, shape),
+                  out_shardings=NamedSharding(mesh, P()))(
                       jax.random.key(0))
-  step = train.make_train_step(model, tx, config, mesh)
+  train_step = step.make_train_step(model, tx, config, mesh)
   rng = np.random.default_rng(0)
   batch = config.train.batch_size
   images = rng.integers(0, 256, (batch,) + shape, dtype=np.uint8)
   target = rng.dirichlet(np.ones(k), size=batch).astype(np.float32)
-  rep = train.NamedSharding(mesh, train.P())
-  shard = train.NamedSharding(mesh, train.P('data'))
-  args = (train.to_global(target, rep), train.to_global(images, shard),
-          train.to_global(np.arange(batch, dtype=np.int32), shard),
+  rep = NamedSharding(mesh, P())
+  shard = NamedSharding(mesh, P('data'))
+  args = (parallel.to_global(target, rep), parallel.to_global(images, shard),
+          parallel.to_global(np.arange(batch, dtype=np.int32), shard),
           np.float32(1.0))
   holder = {'state': state}
 
   def run():
-    holder['state'], metrics = step(holder['state'], *args)
+    holder['state'], metrics = train_step(holder['state'], *args)
     jax.block_until_ready(metrics)
-  run.flops = step_flops(step, state, args)
+  run.flops = step_flops(train_step, state, args)
   return run
 
 
-def step_flops(step, state, args) -> float | None:
+def step_flops(train_step, state, args) -> float | None:
   """XLA's count of the floating-point operations of one compiled step."""
   try:
-    cost = step.lower(state, *args).compile().cost_analysis()
+    cost = train_step.lower(state, *args).compile().cost_analysis()
   except Exception:  # pylint: disable=broad-except
     return None
   if isinstance(cost, (list, tuple)):

@@ -43,10 +43,10 @@ if __package__ in (None, ''):  # run as `python benchmarks/NAME.py`
 import numpy as np  # pylint: disable=g-import-not-at-top
 from absl import logging
 
-from jcc import data
 from jcc import evaluate
 from jcc import main as jcc_main
-from jcc import train
+from jcc import sources
+from jcc import workflows
 
 SHARED = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data')
 FASHION_MNIST = '/usr/share/datasets/fashion-mnist'  # dataset-fashion-mnist
@@ -107,7 +107,7 @@ def dataset_config(name: str, overrides: list[str]):
 
 
 def kmeans_on_pixels(config, seed: int) -> dict:
-  dataset = data.load_dataset(config.dataset)
+  dataset = sources.load_dataset(config.dataset)
   pixels = dataset.images.reshape(len(dataset), -1).astype(np.float32) / 255
   _, assigned = evaluate.kmeans(pixels, config.dataset.num_clusters, seed,
                                 n_init=10)
@@ -121,7 +121,7 @@ def run_variant(config, variant: str, seed: int) -> dict:
   for term in VARIANTS[variant]:
     config.loss[term] = 0.0
   with tempfile.TemporaryDirectory() as workdir:
-    return train.train_and_evaluate(config, workdir)
+    return workflows.train_and_evaluate(config, workdir)
 
 
 def summarize(values: list[float]) -> str:

@@ -1,6 +1,6 @@
 """CIFAR-10 (TFDS cifar10, train+test: 60,000 images, K=10).
 
-CC's recipe (reference.md): ResNet-34, Adam 3e-4, batch 256, 1,000 epochs,
+Contrastive Clustering's recipe (Li et al., AAAI 2021): ResNet-34, Adam 3e-4, batch 256, 1,000 epochs,
 SimCLR augmentation with jitter strength s = 0.5. CC feeds 224×224 to an
 ImageNet stem; here the CIFAR stem (3×3 conv, no max-pool) takes the native
 32×32, which costs 49× fewer pixels per image. Not yet run to the end: the

@@ -1,10 +1,9 @@
 """The embedded default: scikit-learn's 8×8 digits (1,797 real images, no download).
 
-Native 8×8 input and a narrow ConvNet make a step cheap (about 55 ms for 512
-views on 2 CPU cores), so the run can afford many steps: 300 epochs of 7
-steps take 2–4 minutes, by machine. On this set the number of steps mattered more than
-the width of the network (benchmarks/RESULTS.md has the runs that chose these
-values).
+Native 8×8 input and a narrow ConvNet make a step cheap, so the run can
+afford many steps (300 epochs of 7). On this set the number of steps mattered
+more than the width of the network; benchmarks/RESULTS.md has the runs that
+chose these values and their times.
 """
 
 from configs import default
@@ -24,8 +23,8 @@ def get_config():
   # Grayscale: brightness then contrast on every view, nothing else.
   config.augment.jitter_prob = 1.0
   config.augment.jitter_random_order = False
-  # Against collapse onto fewer clusters on this small set (reference.md:
-  # users raise it against collapse).
+  # Against collapse onto fewer clusters on this small set (CC's users raise
+  # the entropy weight against collapse).
   config.loss.entropy = 2.0
   config.train.batch_size = 256
   # Higher than CC's 3e-4: a short run on a small set (3e-4 was worse here).

@@ -14,19 +14,18 @@ from configs import mnist
 def get_config():
   config = mnist.get_config()
   config.dataset.name = 'fashion_mnist'
-  # 16×16 scores as well as the full 28×28 (ACC 0.685 against 0.686 over
-  # 5 seeds) at less than half the cost per step.
+  # 16×16 scores as well as the full 28×28 at less than half the cost per
+  # step (benchmarks/RESULTS.md).
   config.dataset.image_size = 16
-  # Crops of 30–100% of the area (digits: 50–100%): ACC 0.694 ± 0.011 over
-  # 5 seeds against 0.685 ± 0.028 (narrow ConvNet); 20–100% was no better.
+  # Crops of 30–100% of the area (digits: 50–100%) beat 50–100% over 5
+  # seeds; 20–100% was no better.
   config.augment.crop_scale = (0.3, 1.0)
   config.augment.flip_prob = 0.5
   config.augment.rotation = 0.0
   config.augment.shear = 0.0
-  # Twice digits' widths (16-32-64): ACC 0.705 ± 0.016 over 5 seeds against
-  # 0.694 ± 0.011 (better on 4 seeds, NMI better on all 5) for 1.5–1.9× the
-  # time per run (514 s on 2 CPU cores). 50 epochs of the narrow net gave
-  # what 30 did (with 50–100% crops).
+  # Twice digits' widths (16-32-64): better on 4 seeds of 5 (NMI on all 5)
+  # for 1.5–1.9× the time per run. 50 epochs of the narrow net gave what 30
+  # did.
   config.model.convnet_widths = (32, 64, 128)
   config.train.num_epochs = 30
   config.train.warmup_epochs = 15

@@ -17,13 +17,11 @@ def get_config():
   # (about 1,100 img/s on 2 CPU cores against 360), which buys 3× the epochs.
   config.dataset.image_size = 16
   # Slant and tilt are handwriting style, not identity: without these, the
-  # clusters split 1s, 4s and 0s by slant (ACC 0.42 on the test set). 10° of
-  # each beat 20° and 15° on 3 seeds of 3 (0.971 ± 0.002 against 0.965 ±
-  # 0.001); on seed 0 the 7s in the 2s' cluster fell from about 55 to 23.
+  # clusters split 1s, 4s and 0s by slant. 10° of each beat 20° and 15° on
+  # every seed (benchmarks/RESULTS.md).
   config.augment.rotation = 10.0
   config.augment.shear = 10.0
-  # About 9 minutes for the 10,000 test images on 2 CPU cores; 80 epochs
-  # were no better across seeds.
+  # 80 epochs were no better across seeds.
   config.train.num_epochs = 60
   config.train.warmup_epochs = 30
   config.train.target_update_interval = 140  # IDEC's MNIST value

@@ -52,7 +52,7 @@ def predict_batches(
 ) -> dict[str, np.ndarray]:
   """Runs ``forward`` over (images, mask) batches; concatenated outputs.
 
-  ``batches`` is :func:`jcc.data.eval_batches`: fixed-size batches (one
+  ``batches`` is :func:`jcc.pipeline.eval_batches`: fixed-size batches (one
   compiled shape) whose padding rows, False in ``mask``, are dropped.
   """
   outputs: dict[str, list[np.ndarray]] = {}

@@ -22,7 +22,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from jcc import train
+from jcc import workflows
 from jcc.errors import UserError
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -70,11 +70,11 @@ def main(argv):
   logging.get_absl_handler().addFilter(QuietLibraries())
   try:
     if _MODE.value == 'train':
-      train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+      workflows.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     elif _MODE.value == 'evaluate':
-      train.evaluate_workdir(_CONFIG.value, _WORKDIR.value)
+      workflows.evaluate_workdir(_CONFIG.value, _WORKDIR.value)
     else:
-      train.predict_workdir(_CONFIG.value, _WORKDIR.value)
+      workflows.predict_workdir(_CONFIG.value, _WORKDIR.value)
   except UserError as e:
     _fail(str(e))
   except FloatingPointError as e:

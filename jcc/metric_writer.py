@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from absl import logging
 import jax
 
-from jcc import data
+from jcc import pipeline
 
 
 def tensorboard_installed() -> bool:
@@ -46,7 +46,7 @@ class MetricWriter:
     if not self.enabled:
       return
     if tensorboard_installed():
-      self._tf = data.tensorflow()
+      self._tf = pipeline.tensorflow()
       self._summary = self._tf.summary.create_file_writer(
           os.path.join(workdir, 'tensorboard'))
     else:

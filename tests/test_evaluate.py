@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from sklearn import metrics as sk_metrics
 
-from jcc import data
 from jcc import evaluate
+from jcc import pipeline
 
 
 def test_accuracy_is_invariant_to_renaming_clusters():
@@ -55,7 +55,7 @@ def test_predict_batches_visits_every_example_once(num, batch):
     seen.append(x[:, 0])
     return {'double': 2 * x[:, 0]}
 
-  out = evaluate.predict_batches(forward, data.eval_batches(images, batch))
+  out = evaluate.predict_batches(forward, pipeline.eval_batches(images, batch))
   np.testing.assert_array_equal(out['double'], 2 * np.arange(num))
   assert len(seen) == -(-num // batch)
 

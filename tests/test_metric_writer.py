@@ -4,8 +4,8 @@ import json
 import sys
 
 from jcc import metric_writer
-from jcc import train
-from tests.test_train import tiny_config
+from jcc import workflows
+from tests.conftest import tiny_config
 
 
 def _jsonl(workdir):
@@ -50,7 +50,7 @@ def test_a_run_without_tensorboard_finishes(tmp_path, monkeypatch):
   # Regression: tf.summary.scalar raised TBNotInstalledError at the first
   # progress line and killed the run.
   _without_tensorboard(monkeypatch)
-  results = train.train_and_evaluate(tiny_config(), str(tmp_path))
+  results = workflows.train_and_evaluate(tiny_config(), str(tmp_path))
   assert results['cluster_head']['acc'] > 0
   assert (tmp_path / 'results.json').exists()
   steps = [l['step'] for l in _jsonl(tmp_path)]

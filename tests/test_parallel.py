@@ -7,10 +7,13 @@ import optax
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from jcc import data
+from jcc import errors
 from jcc import models
-from jcc import train
-from tests.test_train import tiny_config
+from jcc import parallel
+from jcc import sources
+from jcc import step
+from jcc import validate
+from tests.conftest import tiny_config
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 
@@ -19,15 +22,15 @@ TOL = dict(rtol=1e-5, atol=1e-5)
 def meshes():
   if jax.device_count() < 8:
     pytest.skip('needs the 8 fake devices of tests/conftest.py')
-  return train.make_mesh(jax.devices()[:1]), train.make_mesh(jax.devices()[:8])
+  return parallel.make_mesh(jax.devices()[:1]), parallel.make_mesh(jax.devices()[:8])
 
 
 def _setup(config):
-  dataset = data.load_dataset(config.dataset)
+  dataset = sources.load_dataset(config.dataset)
   model = models.build_model(config, dataset.channels,
-                             train.compute_dtype(config))
+                             step.compute_dtype(config))
   tx = optax.adam(config.train.learning_rate)
-  state = train.create_train_state(
+  state = step.create_train_state(
       model, tx, jax.random.key(0), dataset.images.shape[1:])
   indices = np.arange(64, dtype=np.int32)
   target = np.random.default_rng(0).dirichlet(
@@ -39,9 +42,9 @@ def _place(mesh, state, target, images, indices):
   replicated = NamedSharding(mesh, P())
   batch = NamedSharding(mesh, P('data'))
   state = jax.tree.map(
-      lambda x: train.to_global(np.asarray(x), replicated), state)
-  return (state, train.to_global(target, replicated),
-          train.to_global(images, batch), train.to_global(indices, batch))
+      lambda x: parallel.to_global(np.asarray(x), replicated), state)
+  return (state, parallel.to_global(target, replicated),
+          parallel.to_global(images, batch), parallel.to_global(indices, batch))
 
 
 def test_one_step_on_8_devices_equals_1_device(meshes):
@@ -50,9 +53,9 @@ def test_one_step_on_8_devices_equals_1_device(meshes):
   images = dataset.images[indices]
   results = []
   for mesh in meshes:
-    step = train.make_train_step(model, tx, config, mesh)
+    train_step = step.make_train_step(model, tx, config, mesh)
     placed = _place(mesh, state, target, images, indices)
-    new_state, metrics = step(*placed, np.float32(1.0))
+    new_state, metrics = train_step(*placed, np.float32(1.0))
     results.append(jax.device_get((new_state, metrics)))
   (state_1, metrics_1), (state_8, metrics_8) = results
   assert set(metrics_1) == {'instance', 'cluster', 'entropy',
@@ -73,12 +76,12 @@ def test_evaluation_on_8_devices_equals_1_device(meshes):
   variables = {'params': state.params, 'batch_stats': state.batch_stats}
   outputs = []
   for mesh in meshes:
-    forward = train.make_forward(model, mesh)
+    forward = step.make_forward(model, mesh)
     batch = NamedSharding(mesh, P('data'))
     out = jax.device_get(forward(
-        jax.tree.map(lambda x: train.to_global(
+        jax.tree.map(lambda x: parallel.to_global(
             np.asarray(x), NamedSharding(mesh, P())), variables),
-        train.to_global(dataset.images[:512], batch)))
+        parallel.to_global(dataset.images[:512], batch)))
     outputs.append(out)
   np.testing.assert_array_equal(outputs[0]['cluster_probs'].argmax(1),
                                 outputs[1]['cluster_probs'].argmax(1))
@@ -92,9 +95,9 @@ def test_bfloat16_compute_keeps_float32_parameters_and_losses(meshes):
   config = tiny_config(batch_size=64, compute_dtype='bfloat16')
   dataset, model, tx, state, indices, target = _setup(config)
   mesh = meshes[1]
-  step = train.make_train_step(model, tx, config, mesh)
+  train_step = step.make_train_step(model, tx, config, mesh)
   placed = _place(mesh, state, target, dataset.images[indices], indices)
-  new_state, metrics = jax.device_get(step(*placed, np.float32(1.0)))
+  new_state, metrics = jax.device_get(train_step(*placed, np.float32(1.0)))
   for leaf in jax.tree.leaves(new_state.params):
     assert leaf.dtype == jnp.float32 and np.all(np.isfinite(leaf))
   for value in metrics.values():
@@ -102,5 +105,5 @@ def test_bfloat16_compute_keeps_float32_parameters_and_losses(meshes):
 
 
 def test_unknown_compute_dtype_is_a_config_error():
-  with pytest.raises(train.ConfigError, match='compute_dtype'):
-    train.check_config(tiny_config(compute_dtype='float16'), 1000, 1)
+  with pytest.raises(errors.ConfigError, match='compute_dtype'):
+    validate.check_config(tiny_config(compute_dtype='float16'), 1000, 1)

@@ -1,8 +1,9 @@
-"""jcc.data's registry and pipelines: every source under TFDS's mock data,
+"""jcc.sources' registry and jcc.pipeline: every source under TFDS's mock data,
 the folder layouts on files the tests write, and the train/eval pipelines."""
 
 import gzip
 import importlib
+import importlib.resources
 import os
 
 import jax
@@ -12,11 +13,14 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from jcc import data
 from jcc import errors
 from jcc import losses
-from jcc import train
-from tests.test_train import tiny_config
+from jcc import pipeline
+from jcc import sources
+from jcc import models
+from jcc import step
+from jcc import workflows
+from tests.conftest import tiny_config
 
 # Sources that read TFDS when config.dataset.path is empty.
 TFDS_SOURCES = ['cifar10', 'cifar100', 'stl10', 'imagenet10', 'imagenet_dogs',
@@ -35,8 +39,8 @@ def _dataset_config(name, image_size=16, **overrides):
 def test_tfds_source_under_mock_data(name):
   config = _dataset_config(name)
   with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
-    ds = data.load_dataset(config)
-  k = data.NUM_CLASSES[name]
+    ds = sources.load_dataset(config)
+  k = sources.NUM_CLASSES[name]
   assert config.num_clusters == k, 'the config must use the benchmark K'
   channels = 1 if 'mnist' in name else 3
   assert ds.images.dtype == np.uint8 and ds.labels.dtype == np.int64
@@ -61,7 +65,7 @@ def test_tfds_source_under_mock_data(name):
 def test_stl10_without_unlabelled():
   config = _dataset_config('stl10', use_unlabelled=False)
   with tfds.testing.mock_data(num_examples=20):
-    ds = data.load_dataset(config)
+    ds = sources.load_dataset(config)
   assert len(ds) == 20 and ds.instance_only is None
 
 
@@ -69,7 +73,7 @@ def test_stl10_without_unlabelled():
 def test_missing_tfds_dataset_says_where_and_how(name, tmp_path):
   config = _dataset_config(name, tfds_data_dir=str(tmp_path))
   with pytest.raises(errors.DataError) as error:
-    data.load_dataset(config)
+    sources.load_dataset(config)
   message = str(error.value)
   assert str(tmp_path) in message and 'is not prepared' in message
   assert 'npz' in message and 'folder' in message
@@ -82,13 +86,13 @@ def test_an_unprepared_tfds_dataset_leaves_no_folder_in_system_temp(
   # used to leave one in /tmp for every such test (conftest.system_temp_dir).
   before = set(system_temp_dir.glob('tmp*tfds'))
   with pytest.raises(errors.DataError):
-    data.load_dataset(_dataset_config('cifar10', tfds_data_dir=str(tmp_path)))
+    sources.load_dataset(_dataset_config('cifar10', tfds_data_dir=str(tmp_path)))
   assert set(system_temp_dir.glob('tmp*tfds')) == before
 
 
 def test_every_registry_entry_has_a_config_or_a_test():
   tested = set(TFDS_SOURCES) | {'digits', 'npz', 'folder', 'tiny_imagenet'}
-  assert set(data.DATASETS) == tested == set(data.NUM_CLASSES)
+  assert set(sources.DATASETS) == tested == set(sources.NUM_CLASSES)
 
 
 def _write_jpeg(path, rng, size=20, mode='RGB'):
@@ -106,7 +110,7 @@ def test_tiny_imagenet_folder_layout(tmp_path):
       _write_jpeg(folder / f'{wnid}_{i}.JPEG', rng,
                   mode='L' if i == 0 else 'RGB')  # some are grayscale
   (tmp_path / 'train' / 'n01' / 'images' / 'broken.JPEG').write_bytes(b'no')
-  ds = data.load_dataset(_dataset_config('tiny_imagenet', 12,
+  ds = sources.load_dataset(_dataset_config('tiny_imagenet', 12,
                                          path=str(tmp_path)))
   assert ds.images.shape == (9, 12, 12, 3) and ds.images.dtype == np.uint8
   np.testing.assert_array_equal(np.bincount(ds.labels), [2, 3, 4])
@@ -114,24 +118,24 @@ def test_tiny_imagenet_folder_layout(tmp_path):
 
 def test_tiny_imagenet_missing_folder_names_the_download(tmp_path):
   with pytest.raises(errors.DataError, match='tiny-imagenet-200'):
-    data.load_dataset(_dataset_config('tiny_imagenet', path=str(tmp_path)))
+    sources.load_dataset(_dataset_config('tiny_imagenet', path=str(tmp_path)))
 
 
 def test_imagenet_subset_from_an_ilsvrc_train_folder(tmp_path):
   rng = np.random.default_rng(0)
-  wnids = (data.importlib.resources.files('jcc') / 'wnids' /
+  wnids = (importlib.resources.files('jcc') / 'wnids' /
            'imagenet10.txt').read_text().split()
   for wnid in wnids + ['n99999999']:  # one class outside the subset
     (tmp_path / wnid).mkdir()
     _write_jpeg(tmp_path / wnid / 'a.JPEG', rng, size=30)
-  ds = data.load_dataset(_dataset_config('imagenet10', 16,
+  ds = sources.load_dataset(_dataset_config('imagenet10', 16,
                                          path=str(tmp_path)))
   assert ds.images.shape == (10, 16, 16, 3)
   np.testing.assert_array_equal(ds.labels, np.arange(10))  # published order
   (tmp_path / wnids[3] / 'a.JPEG').unlink()
   os.rmdir(tmp_path / wnids[3])
   with pytest.raises(errors.DataError, match=wnids[3]):
-    data.load_dataset(_dataset_config('imagenet10', 16, path=str(tmp_path)))
+    sources.load_dataset(_dataset_config('imagenet10', 16, path=str(tmp_path)))
 
 
 def _write_idx(path, array):
@@ -149,13 +153,13 @@ def test_mnist_from_idx_files(tmp_path):
   _write_idx(tmp_path / 'train-labels-idx1-ubyte.gz', np.arange(5))
   _write_idx(tmp_path / 't10k-images-idx3-ubyte.gz', test_images)
   _write_idx(tmp_path / 't10k-labels-idx1-ubyte.gz', np.arange(3) + 5)
-  ds = data.load_dataset(_dataset_config('mnist', 28, path=str(tmp_path)))
+  ds = sources.load_dataset(_dataset_config('mnist', 28, path=str(tmp_path)))
   np.testing.assert_array_equal(
       ds.images[..., 0], np.concatenate([train_images, test_images]))
   np.testing.assert_array_equal(ds.labels, np.arange(8))
   (tmp_path / 'bad-idx').write_bytes(b'\x01\x02\x03\x04')
   with pytest.raises(errors.DataError, match='magic'):
-    data.read_idx(str(tmp_path / 'bad-idx'))
+    sources.read_idx(str(tmp_path / 'bad-idx'))
 
 
 FASHION_MNIST = '/usr/share/datasets/fashion-mnist'
@@ -165,7 +169,7 @@ def test_real_fashion_mnist_idx_files():
   if not os.path.isdir(FASHION_MNIST):
     pytest.skip(f'{FASHION_MNIST} absent (apt-get install '
                 'dataset-fashion-mnist)')
-  ds = data.load_dataset(_dataset_config('fashion_mnist', 28,
+  ds = sources.load_dataset(_dataset_config('fashion_mnist', 28,
                                          path=FASHION_MNIST))
   assert ds.images.shape == (70000, 28, 28, 1)
   np.testing.assert_array_equal(np.bincount(ds.labels), [7000] * 10)
@@ -178,18 +182,18 @@ def _numbered_dataset(n):
   """Image i is filled with the value i % 256, so a batch shows its indices."""
   images = np.broadcast_to((np.arange(n) % 256).astype(np.uint8)[
       :, None, None, None], (n, 2, 2, 1)).copy()
-  return data.ImageDataset('numbered', images, None)
+  return sources.ImageDataset('numbered', images, None)
 
 
 def test_train_batches_follow_the_seed_epoch_order_and_split_per_host():
   ds = _numbered_dataset(100)
-  steps = list(zip(range(7), data.train_batches(ds, 30, 0, 0, 7)))
-  for step, (images, indices) in steps:
+  steps = list(zip(range(7), pipeline.train_batches(ds, 30, 0, 0, 7)))
+  for step_index, (images, indices) in steps:
     np.testing.assert_array_equal(
-        indices, data.train_batch_indices(100, 30, 0, step))
+        indices, pipeline.train_batch_indices(100, 30, 0, step_index))
     np.testing.assert_array_equal(images[:, 0, 0, 0], indices % 256)
   # Two hosts: each gets its half of every global batch.
-  halves = [list(data.train_batches(ds, 30, 0, 2, 5, process_index=i,
+  halves = [list(pipeline.train_batches(ds, 30, 0, 2, 5, process_index=i,
                                     process_count=2)) for i in range(2)]
   for (a_images, a_idx), (b_images, b_idx), (_, (images, idx)) in zip(
       halves[0], halves[1], steps[2:5]):
@@ -201,8 +205,8 @@ def test_train_batches_follow_the_seed_epoch_order_and_split_per_host():
 
 def test_train_batches_resume_mid_epoch():
   ds = _numbered_dataset(100)
-  whole = [idx for _, idx in data.train_batches(ds, 30, 3, 0, 8)]
-  resumed = [idx for _, idx in data.train_batches(ds, 30, 3, 4, 8)]
+  whole = [idx for _, idx in pipeline.train_batches(ds, 30, 3, 0, 8)]
+  resumed = [idx for _, idx in pipeline.train_batches(ds, 30, 3, 4, 8)]
   for a, b in zip(whole[4:], resumed, strict=True):
     np.testing.assert_array_equal(a, b)
 
@@ -211,7 +215,7 @@ def test_train_batches_resume_mid_epoch():
 def test_eval_batches_visit_every_example_once(num, batch):
   images = _numbered_dataset(num).images
   seen = []
-  for padded, mask in data.eval_batches(images, batch):
+  for padded, mask in pipeline.eval_batches(images, batch):
     assert padded.shape == (batch, 2, 2, 1) and mask.shape == (batch,)
     assert not padded[~mask].any()
     seen.append(padded[mask][:, 0, 0, 0])
@@ -219,7 +223,7 @@ def test_eval_batches_visit_every_example_once(num, batch):
 
 
 def test_prefetch_to_device_keeps_order_and_items():
-  out = list(data.prefetch_to_device(iter(range(5)), lambda x: x * 10, 2))
+  out = list(pipeline.prefetch_to_device(iter(range(5)), lambda x: x * 10, 2))
   assert out == [0, 10, 20, 30, 40]
 
 
@@ -240,15 +244,15 @@ def test_instance_only_rows_leave_the_clustering_terms_unchanged():
 
   probs, q = outputs(b)
   target = jax.nn.softmax(jnp.asarray(rng.normal(size=(b, k))))
-  fake = train.models.ModelOutputs(
+  fake = models.ModelOutputs(
       embedding=None, projection=jnp.asarray(rng.normal(size=(2 * b, 4))),
       cluster_probs=probs, student_t=q,
       reconstruction=jnp.zeros((2 * b, 1)))
   views = jnp.zeros((2 * b, 1))
-  masked = train.compute_loss_terms(fake, views, target, config.loss,
+  masked = step.compute_loss_terms(fake, views, target, config.loss,
                                     jnp.asarray(keep))
   rows = np.concatenate([np.flatnonzero(keep), b + np.flatnonzero(keep)])
-  kept = train.compute_loss_terms(
+  kept = step.compute_loss_terms(
       jax.tree.map(lambda x: x[rows], fake),
       views[rows], target[keep], config.loss)
   for name in ('cluster', 'entropy', 'kl'):
@@ -268,7 +272,7 @@ def test_stl10_like_run_clusters_and_evaluates_the_labelled_part(tmp_path):
   config.model.backbone = 'convnet'
   config.train.batch_size = 64
   with tfds.testing.mock_data(num_examples=80):
-    results = train.train_and_evaluate(config, str(tmp_path))
+    results = workflows.train_and_evaluate(config, str(tmp_path))
   assert results['num_examples'] == 80  # the unlabelled 80 are not evaluated
   assert 0.0 <= results['cluster_head']['acc'] <= 1.0
 
@@ -276,15 +280,15 @@ def test_stl10_like_run_clusters_and_evaluates_the_labelled_part(tmp_path):
 def test_pipelines_without_tensorflow(monkeypatch):
   """Where TensorFlow is missing, a thread serves the same batches."""
   ds = _numbered_dataset(50)
-  with_tf = [idx for _, idx in data.train_batches(ds, 20, 1, 0, 6)]
-  evaluated = [m for _, m in data.eval_batches(ds.images, 16)]
+  with_tf = [idx for _, idx in pipeline.train_batches(ds, 20, 1, 0, 6)]
+  evaluated = [m for _, m in pipeline.eval_batches(ds.images, 16)]
 
   def no_tensorflow():
     raise ImportError('No module named tensorflow')
-  monkeypatch.setattr(data, 'tensorflow', no_tensorflow)
-  without = [idx for _, idx in data.train_batches(ds, 20, 1, 0, 6)]
+  monkeypatch.setattr(pipeline, 'tensorflow', no_tensorflow)
+  without = [idx for _, idx in pipeline.train_batches(ds, 20, 1, 0, 6)]
   for a, b in zip(with_tf, without, strict=True):
     np.testing.assert_array_equal(a, b)
-  masks = [m for _, m in data.eval_batches(ds.images, 16)]
+  masks = [m for _, m in pipeline.eval_batches(ds.images, 16)]
   np.testing.assert_array_equal(np.concatenate(masks),
                                 np.concatenate(evaluated))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from benchmarks import quality
-from jcc import data
+from jcc import sources
 
 
 def test_overrides_reach_the_config_with_the_field_type():
@@ -37,7 +37,7 @@ def test_fashion_mnist_test_set_is_the_10000_test_images():
   config = quality.dataset_config('fashion_mnist_test', [])
   assert all(name.startswith('t10k-')
              for name in os.listdir(config.dataset.path))
-  ds = data.load_dataset(config.dataset)
+  ds = sources.load_dataset(config.dataset)
   size = config.dataset.image_size
   assert ds.images.shape == (10000, size, size, 1)
   np.testing.assert_array_equal(np.bincount(ds.labels), [1000] * 10)

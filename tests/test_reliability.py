@@ -14,11 +14,11 @@ import orbax.checkpoint as ocp
 import pytest
 from PIL import Image
 
-from jcc import data
+from jcc import sources
 from jcc import train
+from jcc import workflows
 from jcc.errors import CheckpointError, ConfigError, DataError
-from tests.conftest import REPO_ROOT
-from tests.test_train import tiny_config
+from tests.conftest import REPO_ROOT, tiny_config
 
 # The command line with tiny_config()'s settings.
 TINY_FLAGS = [
@@ -244,7 +244,7 @@ def test_evaluate_with_another_architecture_or_k_is_refused(tmp_path):
   other_k = tiny_config()
   other_k.dataset.num_clusters = 12
   with pytest.raises(CheckpointError, match='num_clusters: 10 there, 12 now'):
-    train.evaluate_workdir(other_k, str(workdir))
+    workflows.evaluate_workdir(other_k, str(workdir))
   other_net = tiny_config()
   other_net.model.convnet_widths = (8, 16, 32)
   with pytest.raises(CheckpointError, match='convnet_widths'):
@@ -296,7 +296,7 @@ def test_folder_with_class_subfolders_and_mixed_modes(tmp_path):
     (tmp_path / cls).mkdir()
     for i, mode in enumerate(modes):
       _write(tmp_path / cls / f'{i}.png', mode)
-  ds = data.load_dataset(_folder_config(tmp_path))
+  ds = sources.load_dataset(_folder_config(tmp_path))
   assert ds.images.shape == (4, 8, 8, 3) and ds.images.dtype == np.uint8
   np.testing.assert_array_equal(ds.labels, [0, 0, 1, 1])
   # The grayscale file became RGB with equal channels.
@@ -307,7 +307,7 @@ def test_folder_with_class_subfolders_and_mixed_modes(tmp_path):
 def test_flat_grayscale_folder_has_no_labels(tmp_path):
   for i in range(3):
     _write(tmp_path / f'{i}.jpg', 'L')
-  ds = data.load_dataset(_folder_config(tmp_path))
+  ds = sources.load_dataset(_folder_config(tmp_path))
   assert ds.images.shape == (3, 8, 8, 1) and ds.labels is None
 
 
@@ -319,21 +319,21 @@ def test_unreadable_images_are_skipped_with_a_warning_or_refused(
   good = (tmp_path / '0.png').read_bytes()
   (tmp_path / 'truncated.png').write_bytes(good[: len(good) // 2])
   with caplog.at_level('WARNING'):
-    ds = data.load_dataset(_folder_config(tmp_path))
+    ds = sources.load_dataset(_folder_config(tmp_path))
   assert len(ds) == 3
   assert 'broken.png' in caplog.text and 'truncated.png' in caplog.text
   with pytest.raises(DataError, match='broken.png.*skip_bad_images'):
-    data.load_dataset(_folder_config(tmp_path, skip_bad_images=False))
+    sources.load_dataset(_folder_config(tmp_path, skip_bad_images=False))
 
 
 def test_empty_missing_or_all_bad_folders_are_clear_errors(tmp_path):
   with pytest.raises(DataError, match='no images found'):
-    data.load_dataset(_folder_config(tmp_path))
+    sources.load_dataset(_folder_config(tmp_path))
   with pytest.raises(DataError, match='no directory'):
-    data.load_dataset(_folder_config(tmp_path / 'absent'))
+    sources.load_dataset(_folder_config(tmp_path / 'absent'))
   (tmp_path / 'a.png').write_bytes(b'junk')
   with pytest.raises(DataError, match='none of the 1 image files'):
-    data.load_dataset(_folder_config(tmp_path))
+    sources.load_dataset(_folder_config(tmp_path))
 
 
 def test_npz_is_read_without_pickle(tmp_path):
@@ -341,4 +341,4 @@ def test_npz_is_read_without_pickle(tmp_path):
   np.savez(path, images=np.array([np.zeros((2, 2), np.uint8), None],
                                  dtype=object))
   with pytest.raises(DataError, match='not a readable .npz'):
-    data.load_dataset(_folder_config(path, name='npz'))
+    sources.load_dataset(_folder_config(path, name='npz'))

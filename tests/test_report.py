@@ -10,8 +10,8 @@ from sklearn import datasets
 
 from jcc import errors
 from jcc import report
-from jcc import train
-from tests.test_train import tiny_config
+from jcc import workflows
+from tests.conftest import tiny_config
 
 NUM_IMAGES = 300
 
@@ -41,7 +41,7 @@ def _folder_config(root):
 def trained(digits_folder, tmp_path_factory):
   workdir = tmp_path_factory.mktemp('run')
   config = _folder_config(digits_folder)
-  results = train.train_and_evaluate(config, str(workdir))
+  results = workflows.train_and_evaluate(config, str(workdir))
   return config, workdir, results
 
 
@@ -101,7 +101,7 @@ def test_predict_on_a_folder_matches_evaluate(trained, digits_folder):
   config, workdir, _ = trained
   config = config.copy_and_resolve_references()
   config.predict.input = str(digits_folder)
-  rows = train.predict_workdir(config, str(workdir))
+  rows = workflows.predict_workdir(config, str(workdir))
   assert len(rows) == NUM_IMAGES
   names = [r['image'] for r in rows]
   assert names == sorted(names)  # class folders, then files, sorted
@@ -118,7 +118,7 @@ def test_predict_on_a_folder_matches_evaluate(trained, digits_folder):
   confidence = np.array([float(r['confidence']) for r in written])
   assert (confidence >= 1 / config.dataset.num_clusters - 1e-4).all()
   # Stable: a second prediction gives the same rows.
-  assert train.predict_workdir(config, str(workdir)) == rows
+  assert workflows.predict_workdir(config, str(workdir)) == rows
 
 
 def test_predict_on_an_npz_and_its_errors(trained, tmp_path):
@@ -127,14 +127,14 @@ def test_predict_on_an_npz_and_its_errors(trained, tmp_path):
   rgb = np.random.default_rng(0).integers(0, 256, (7, 16, 16, 3), np.uint8)
   np.savez(tmp_path / 'new.npz', images=rgb)  # other size and channels
   config.predict.input = str(tmp_path / 'new.npz')
-  rows = train.predict_workdir(config, str(workdir))
+  rows = workflows.predict_workdir(config, str(workdir))
   assert [r['image'] for r in rows] == [str(i) for i in range(7)]
   config.predict.input = ''
   with pytest.raises(errors.ConfigError, match='predict.input'):
-    train.predict_workdir(config, str(workdir))
+    workflows.predict_workdir(config, str(workdir))
   config.predict.input = str(tmp_path / 'absent')
   with pytest.raises(errors.DataError, match='absent'):
-    train.predict_workdir(config, str(workdir))
+    workflows.predict_workdir(config, str(workdir))
   with pytest.raises(errors.CheckpointError):
     config.predict.input = str(tmp_path / 'new.npz')
-    train.predict_workdir(config, str(tmp_path / 'untrained'))
+    workflows.predict_workdir(config, str(tmp_path / 'untrained'))

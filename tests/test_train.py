@@ -10,29 +10,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import digits
+from jcc import errors
 from jcc import models
+from jcc import step
 from jcc import train
-from tests.conftest import REPO_ROOT
-
-
-def tiny_config(**train_overrides):
-  """Digits at 8×8 with a tiny ConvNet: seconds per epoch on a CPU."""
-  config = digits.get_config()
-  config.dataset.image_size = 8
-  config.model.convnet_widths = (8, 16)
-  config.model.head_hidden = 32
-  config.model.projection_dim = 16
-  config.model.decoder_width = 8
-  config.train.batch_size = 256
-  config.train.num_epochs = 2
-  config.train.warmup_epochs = 1
-  config.train.target_update_interval = 3
-  config.train.kmeans_n_init = 2
-  config.train.eval_batch_size = 512
-  config.train.log_every_steps = 1
-  config.train.update(train_overrides)
-  return config
+from jcc import validate
+from jcc import workflows
+from tests.conftest import REPO_ROOT, tiny_config
 
 
 def test_zero_weight_removes_the_term():
@@ -43,7 +27,7 @@ def test_zero_weight_removes_the_term():
   x = jnp.asarray(np.random.default_rng(0).uniform(size=(8, 8, 8, 1)))
   variables = model.init(jax.random.key(0), x)
   outputs = model.apply(variables, x, decode=False)
-  terms = train.compute_loss_terms(
+  terms = step.compute_loss_terms(
       outputs, x, jnp.full((4, 10), 0.1), config.loss)
   assert set(terms) == {'instance', 'cluster', 'entropy'}
   assert all(np.isfinite(v) for v in terms.values())
@@ -52,19 +36,19 @@ def test_zero_weight_removes_the_term():
 def test_config_errors_name_the_field():
   config = tiny_config()
   config.dataset.num_clusters = 1
-  with pytest.raises(train.ConfigError, match='num_clusters=1'):
-    train.check_config(config, 100, 1)
+  with pytest.raises(errors.ConfigError, match='num_clusters=1'):
+    validate.check_config(config, 100, 1)
   config.dataset.num_clusters = 10
-  with pytest.raises(train.ConfigError, match='divide over the 8 devices'):
-    train.check_config(tiny_config(batch_size=100), 1000, 8)
-  with pytest.raises(train.ConfigError, match='exceeds the 50 examples'):
-    train.check_config(config, 50, 1)
+  with pytest.raises(errors.ConfigError, match='divide over the 8 devices'):
+    validate.check_config(tiny_config(batch_size=100), 1000, 8)
+  with pytest.raises(errors.ConfigError, match='exceeds the 50 examples'):
+    validate.check_config(config, 50, 1)
 
 
 def test_train_evaluate_and_resume(tmp_path):
   workdir = str(tmp_path / 'run')
   # 2 epochs of 7 steps: warm-up (7), centroid init at step 7, joint (7).
-  results = train.train_and_evaluate(tiny_config(), workdir)
+  results = workflows.train_and_evaluate(tiny_config(), workdir)
   with open(os.path.join(workdir, 'results.json')) as f:
     on_disk = json.load(f)
   assert on_disk == results
@@ -136,23 +120,23 @@ def test_command_line_trains_and_evaluates(tmp_path):
 
 def test_learning_rate_schedules():
   config = tiny_config(learning_rate=1e-3)
-  constant = train.learning_rate_schedule(config.train, 100)
+  constant = step.learning_rate_schedule(config.train, 100)
   assert float(constant(0)) == float(constant(99)) == 1e-3
   config.train.lr_schedule = 'cosine'
-  cosine = train.learning_rate_schedule(config.train, 100)
+  cosine = step.learning_rate_schedule(config.train, 100)
   np.testing.assert_allclose(float(cosine(0)), 1e-3)
   np.testing.assert_allclose(float(cosine(50)), 0.5e-3, rtol=1e-6)
   np.testing.assert_allclose(float(cosine(100)), 0.0, atol=1e-12)
   config.train.lr_schedule = 'linear'
-  with pytest.raises(train.ConfigError, match="lr_schedule='linear'"):
-    train.check_config(config, 1797, 1)
+  with pytest.raises(errors.ConfigError, match="lr_schedule='linear'"):
+    validate.check_config(config, 1797, 1)
 
 
 def test_cosine_run_logs_the_decaying_learning_rate(tmp_path):
   workdir = str(tmp_path / 'run')
   config = tiny_config(lr_schedule='cosine', learning_rate=1e-3,
                        num_epochs=2, warmup_epochs=1)
-  train.train_and_evaluate(config, workdir)
+  workflows.train_and_evaluate(config, workdir)
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
     logged = [json.loads(line) for line in f]
   rates = [(r['step'], r['learning_rate']) for r in logged
@@ -161,7 +145,7 @@ def test_cosine_run_logs_the_decaying_learning_rate(tmp_path):
   # timed, so not logged).
   assert [step for step, _ in rates] == list(range(2, 15))
   # Each is the rate the step used: step s ran with the schedule at s − 1.
-  schedule = train.learning_rate_schedule(config.train, 14)
+  schedule = step.learning_rate_schedule(config.train, 14)
   np.testing.assert_allclose([v for _, v in rates],
                              [float(schedule(s - 1)) for s, _ in rates],
                              rtol=1e-6)

@@ -1,0 +1,154 @@
+"""The workdir: checks, the model signature, and orbax checkpoints.
+
+``WORKDIR/model.json`` records what a checkpoint's shapes depend on, so that a
+workdir trained with another architecture or K is refused with one line
+rather than a shape error. ``WORKDIR/checkpoints`` holds the orbax
+checkpoints; one that cannot be read is moved to
+``WORKDIR/damaged_checkpoints`` and the one before it is used.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+from absl import logging
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+from jcc.errors import CheckpointError, ConfigError
+
+
+SIGNATURE_FILE = 'model.json'
+
+
+def model_signature(config: ml_collections.ConfigDict, channels: int) -> dict:
+  """What a checkpoint's shapes depend on; must match to restore it."""
+  return {
+      'backbone': config.model.backbone,
+      'num_clusters': config.dataset.num_clusters,
+      'image_size': config.dataset.image_size,
+      'channels': channels,
+      'convnet_widths': list(config.model.convnet_widths),
+      'head_hidden': config.model.head_hidden,
+      'projection_dim': config.model.projection_dim,
+      'decoder_width': config.model.decoder_width,
+  }
+
+
+def write_model_signature(workdir: str, signature: dict) -> None:
+  path = os.path.join(workdir, SIGNATURE_FILE)
+  if not os.path.exists(path):
+    with open(path, 'w') as f:
+      json.dump(signature, f, indent=2)
+
+
+def check_model_signature(workdir: str, signature: dict) -> None:
+  """Raises if WORKDIR holds checkpoints of a differently shaped model."""
+  path = os.path.join(workdir, SIGNATURE_FILE)
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    saved = json.load(f)
+  differ = [f'{key}: {saved.get(key)!r} there, {value!r} now'
+            for key, value in signature.items() if saved.get(key) != value]
+  if differ:
+    raise CheckpointError(
+        f'{workdir} holds a model of another shape ({"; ".join(differ)}). '
+        'Use the config it was trained with, or another --workdir.')
+
+
+def check_workdir(workdir: str) -> None:
+  """Creates WORKDIR if needed; raises if it cannot be written."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, f'.write_test_{os.getpid()}')
+    with open(probe, 'w') as f:
+      f.write('ok')
+    os.remove(probe)
+  except OSError as e:
+    raise ConfigError(
+        f'--workdir={workdir} cannot be written ({e.strerror or e}). Choose a '
+        'writable directory.') from e
+
+
+class Checkpoints:
+  """The orbax checkpoints of WORKDIR/checkpoints, the last few kept."""
+
+  def __init__(self, workdir: str, max_to_keep: int):
+    self.workdir = workdir
+    self.max_to_keep = max_to_keep
+    self._manager = self._open()
+
+  def _open(self) -> ocp.CheckpointManager:
+    return ocp.CheckpointManager(
+        os.path.abspath(os.path.join(self.workdir, 'checkpoints')),
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=self.max_to_keep, create=True))
+
+  def restore_latest(self, like: Any) -> Any | None:
+    """The newest readable checkpoint, shaped and sharded like ``like``.
+
+    None if there is none. A checkpoint that cannot be read (truncated,
+    files missing) is moved to WORKDIR/damaged_checkpoints with a warning,
+    and the one before it is tried. If checkpoints exist but none can be
+    read, that is an error: the run never starts silently from scratch.
+    """
+    steps = sorted(self._manager.all_steps(), reverse=True)
+    if not steps:
+      return None
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+        like)
+    damaged = []
+    for step in steps:
+      try:
+        restored = self._manager.restore(
+            step, args=ocp.args.StandardRestore(abstract))
+      except Exception as e:  # pylint: disable=broad-except
+        logging.warning('Checkpoint of step %d in %s cannot be read (%s: %s); '
+                        'trying the previous one.', step, self.workdir,
+                        type(e).__name__, str(e).splitlines()[0][:200])
+        damaged.append(step)
+        continue
+      if damaged:
+        self._set_aside(damaged)
+      logging.info('Resumed from the checkpoint of step %d in %s.', step,
+                   self.workdir)
+      return restored
+    raise CheckpointError(
+        f'None of the checkpoints in {self.workdir}/checkpoints (steps '
+        f'{sorted(steps)}) can be read. Move them away to start afresh, or '
+        'use another --workdir.')
+
+  def _set_aside(self, steps: list[int]) -> None:
+    """Moves damaged checkpoints out of the manager's way, keeping them."""
+    self._manager.close()
+    aside = os.path.join(self.workdir, 'damaged_checkpoints')
+    os.makedirs(aside, exist_ok=True)
+    for step in steps:
+      source = os.path.join(self.workdir, 'checkpoints', str(step))
+      target = os.path.join(aside, f'{step}-{int(time.time())}')
+      os.replace(source, target)
+      logging.warning('Moved the damaged checkpoint of step %d to %s.', step,
+                      target)
+    self._manager = self._open()
+
+  def save(self, step: int, tree: Any, force: bool = False) -> None:
+    """Saves ``tree`` as the checkpoint of ``step``, unless it already is."""
+    if step == self._manager.latest_step():
+      return  # already saved (a periodic save at the last or a stop step)
+    self._manager.save(step, args=ocp.args.StandardSave(tree), force=force)
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def wait(self) -> None:
+    """Blocks until the asynchronous saves are on disk."""
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.close()

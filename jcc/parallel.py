@@ -1,0 +1,49 @@
+"""Devices: the mesh, shardings, global arrays, and jax.distributed set-up.
+
+One 1-D mesh over every device of every process, with the batch on axis
+'data' and everything else replicated.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+from jax.sharding import AxisType, NamedSharding
+import ml_collections
+import numpy as np
+
+
+def make_mesh(devices: list[jax.Device] | None = None) -> jax.sharding.Mesh:
+  """A 1-D mesh over ``devices`` (default: all devices of all hosts).
+
+  The batch is split on its axis 'data'; parameters are replicated. Under
+  ``jax.jit`` this has pmap's semantics on today's API: BatchNorm statistics
+  and the contrastive negatives come from the global batch.
+  """
+  devices = jax.devices() if devices is None else devices
+  return jax.sharding.Mesh(
+      np.asarray(devices), ('data',), axis_types=(AxisType.Auto,))
+
+
+def to_global(array: np.ndarray, sharding: NamedSharding) -> jax.Array:
+  """A global jax.Array from a host array that every process holds whole.
+
+  Each process fills only its addressable shards, so this works on one host
+  and on many (where a plain ``device_put`` would need all devices local).
+  """
+  return jax.make_array_from_callback(
+      array.shape, sharding, lambda index: array[index])
+
+
+def maybe_initialize_distributed(config: ml_collections.ConfigDict) -> None:
+  """Starts jax.distributed for multi-host runs, once, before devices are used.
+
+  Multi-host when ``config.multihost`` is True, or when the environment names
+  a coordinator (JAX_COORDINATOR_ADDRESS; on TPU pods and SLURM JAX finds
+  the rest itself).
+  """
+  wanted = config.get('multihost', False) or os.environ.get(
+      'JAX_COORDINATOR_ADDRESS')
+  if wanted and not jax.distributed.is_initialized():
+    jax.distributed.initialize()

@@ -1,0 +1,210 @@
+"""The train step: state, loss terms, the jitted step and forward pass, the LR.
+
+Everything here runs inside compiled code or builds it; nothing does I/O.
+The step takes the global batch of uint8 images, makes two augmented views on
+the device, runs both through the model in one pass, and applies one Adam
+update of the weighted terms (:data:`TERMS`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec as P
+import ml_collections
+import optax
+
+from jcc import augment
+from jcc import losses
+from jcc import models
+from jcc.errors import ConfigError
+
+
+# Loss terms, in the order they are reported.
+TERMS = ('instance', 'cluster', 'entropy', 'reconstruction', 'kl')
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  # First step whose loss or gradient was not finite (-1: none yet), and a
+  # bit per TERMS entry (bit len(TERMS): the total or the gradient) saying
+  # which. From that step on the update is skipped, so the state stays the
+  # last good one.
+  nonfinite_step: jax.Array
+  nonfinite_terms: jax.Array
+
+
+def compute_dtype(config: ml_collections.ConfigDict) -> jnp.dtype:
+  """config.train.compute_dtype as a dtype (float32 or bfloat16)."""
+  name = config.train.get('compute_dtype', 'float32')
+  if name not in ('float32', 'bfloat16'):
+    raise ConfigError(
+        f"config.train.compute_dtype={name!r}: use 'float32' or 'bfloat16'.")
+  return jnp.dtype(name)
+
+
+LR_SCHEDULES = ('constant', 'cosine')
+
+
+def learning_rate_schedule(train_config: ml_collections.ConfigDict,
+                           total_steps: int) -> optax.Schedule:
+  """config.train's learning rate as a function of the step.
+
+  'constant': CC's recipe. 'cosine': lr·½(1 + cos(π·t/T)) over the T steps of
+  the whole run, ending at 0.
+  """
+  name = train_config.get('lr_schedule', 'constant')
+  if name == 'constant':
+    return optax.constant_schedule(train_config.learning_rate)
+  if name == 'cosine':
+    return optax.cosine_decay_schedule(train_config.learning_rate,
+                                       max(total_steps, 1))
+  raise ConfigError(f'config.train.lr_schedule={name!r}: use one of '
+                    f'{", ".join(map(repr, LR_SCHEDULES))}.')
+
+
+def create_train_state(
+    model: models.ClusteringModel,
+    tx: optax.GradientTransformation,
+    key: jax.Array,
+    image_shape: tuple[int, int, int],
+) -> TrainState:
+  variables = model.init(key, jnp.zeros((2,) + image_shape), train=False)
+  return TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=variables['params'],
+      batch_stats=variables.get('batch_stats', {}),
+      opt_state=tx.init(variables['params']),
+      nonfinite_step=jnp.full((), -1, jnp.int32),
+      nonfinite_terms=jnp.zeros((), jnp.int32))
+
+
+def compute_loss_terms(
+    outputs: models.ModelOutputs,
+    views: jax.Array,
+    target: jax.Array,
+    loss_config: ml_collections.ConfigDict,
+    clustered: jax.Array | None = None,
+) -> dict[str, jax.Array]:
+  """The active (non-zero weight) terms, unweighted, for a 2B batch of views.
+
+  Rows [0, B) of ``outputs`` are view a, rows [B, 2B) view b of the same
+  images; ``target`` is DEC's P for the B images. ``clustered`` (B,) bool
+  limits the cluster, entropy and KL terms to the rows where it is True
+  (the others train the instance objective alone); None: all rows.
+  """
+  half = views.shape[0] // 2
+  a = jax.tree.map(lambda x: x[:half], outputs)
+  b = jax.tree.map(lambda x: x[half:], outputs)
+  probs_a, probs_b, kl_scale = a.cluster_probs, b.cluster_probs, 1.0
+  if clustered is not None:
+    # A zero row adds nothing to the column dot products, the marginal's
+    # mass or the KL sum; the KL mean is rescaled to the clustered rows.
+    keep = clustered.astype(jnp.float32)[:, None]
+    probs_a, probs_b, target = probs_a * keep, probs_b * keep, target * keep
+    kl_scale = half / jnp.maximum(jnp.sum(keep), 1.0)
+  terms = {}
+  if loss_config.instance:
+    terms['instance'] = losses.instance_contrastive_loss(
+        a.projection, b.projection, loss_config.instance_temperature)
+  if loss_config.cluster:
+    terms['cluster'] = losses.cluster_contrastive_loss(
+        probs_a, probs_b, loss_config.cluster_temperature)
+  if loss_config.entropy:
+    terms['entropy'] = (losses.cluster_entropy(probs_a) +
+                        losses.cluster_entropy(probs_b))
+  if loss_config.reconstruction:
+    terms['reconstruction'] = losses.reconstruction_loss(
+        views, outputs.reconstruction)
+  if loss_config.kl:
+    terms['kl'] = 0.5 * kl_scale * (
+        losses.kl_clustering_loss(target, a.student_t) +
+        losses.kl_clustering_loss(target, b.student_t))
+  return terms
+
+
+def make_train_step(model, tx, config, mesh, instance_only: bool = False):
+  """The jitted step: (state, target, images, indices, kl_scale) → (state, metrics).
+
+  ``images`` (uint8) and ``indices`` (their rows in the dataset, to look up
+  P in ``target``) are the global batch, sharded over 'data'; the state and
+  ``target`` are replicated. ``kl_scale`` is 0 in the warm-up, 1 after.
+  With ``instance_only``, rows of ``target`` that sum to 0 mark examples
+  that train the instance objective alone.
+  """
+  loss_config = config.loss
+  aug_config = config.augment
+  aug_key = jax.random.fold_in(jax.random.key(config.seed), 1)
+  decode = bool(loss_config.reconstruction)
+
+  def step_fn(state, target, images, indices, kl_scale):
+    key = jax.random.fold_in(aug_key, state.step)
+    x = images.astype(jnp.float32) / 255.0
+    views = jnp.concatenate(augment.two_views(key, x, aug_config))
+    p = target[indices]
+    clustered = jnp.sum(p, axis=1) > 0 if instance_only else None
+
+    def loss_fn(params):
+      outputs, updates = model.apply(
+          {'params': params, 'batch_stats': state.batch_stats}, views,
+          train=True, decode=decode, mutable=['batch_stats'])
+      terms = compute_loss_terms(outputs, views, p, loss_config, clustered)
+      total = sum(loss_config[name] * value * (kl_scale if name == 'kl' else 1)
+                  for name, value in terms.items())
+      return total, (terms, updates['batch_stats'])
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    (total, (terms, batch_stats)), grads = grad_fn(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    updated = state.replace(
+        params=optax.apply_updates(state.params, updates),
+        batch_stats=batch_stats,
+        opt_state=opt_state)
+    # A non-finite loss or gradient freezes the state at the last good one
+    # and records where and which; the host stops at its next check.
+    bits = [jnp.logical_not(jnp.isfinite(terms[name])) if name in terms
+            else jnp.bool_(False) for name in TERMS]
+    grads_finite = jnp.all(jnp.stack(
+        [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+    bits.append(jnp.logical_not(jnp.isfinite(total) & grads_finite))
+    mask = sum(b.astype(jnp.int32) << i for i, b in enumerate(bits))
+    healthy = (mask == 0) & (state.nonfinite_step < 0)
+    new_state = jax.tree.map(
+        lambda new, old: jnp.where(healthy, new, old), updated, state)
+    first_bad = (state.nonfinite_step < 0) & (mask != 0)
+    new_state = new_state.replace(
+        step=state.step + 1,
+        nonfinite_step=jnp.where(first_bad, state.step + 1,
+                                 state.nonfinite_step),
+        nonfinite_terms=jnp.where(first_bad, mask, state.nonfinite_terms))
+    return new_state, dict(terms, total=total)
+
+  replicated = NamedSharding(mesh, P())
+  batch = NamedSharding(mesh, P('data'))
+  return jax.jit(
+      step_fn,
+      in_shardings=(replicated, replicated, batch, batch, replicated),
+      out_shardings=(replicated, replicated),
+      donate_argnums=0)
+
+
+def make_forward(model, mesh):
+  """Jitted evaluation forward: variables, uint8 images → dict of outputs."""
+
+  def forward(variables, images):
+    out = model.apply(variables, images.astype(jnp.float32) / 255.0,
+                      train=False, decode=False)
+    return {'embedding': out.embedding, 'cluster_probs': out.cluster_probs,
+            'student_t': out.student_t}
+
+  return jax.jit(
+      forward,
+      in_shardings=(NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))),
+      out_shardings=NamedSharding(mesh, P()))

@@ -1,0 +1,103 @@
+"""The three modes of the command line, as functions of (config, workdir).
+
+* :func:`train_and_evaluate`: train (resuming from WORKDIR's latest
+  checkpoint), then evaluate, write ``results.json`` and the report;
+* :func:`evaluate_workdir`: evaluate the latest checkpoint only;
+* :func:`predict_workdir`: assign new images to the trained clusters.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+
+import jax
+import ml_collections
+import numpy as np
+
+from jcc import sources
+from jcc.errors import CheckpointError, ConfigError, DataError
+from jcc.train import Trainer
+
+
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str) -> dict | None:
+  """Trains (resuming from WORKDIR's latest checkpoint), then evaluates.
+
+  Returns:
+    The results dict also written to WORKDIR/results.json, or None when a
+    SIGTERM stopped training early (after writing a checkpoint).
+  """
+  trainer = Trainer(config, workdir)
+  try:
+    trainer.restore_latest()
+    if not trainer.train():
+      return None
+    return trainer.evaluate()
+  finally:
+    trainer.close()
+
+
+def _trained(config: ml_collections.ConfigDict, workdir: str) -> Trainer:
+  """A Trainer restored from WORKDIR's latest checkpoint (error if none)."""
+  missing = CheckpointError(
+      f'No checkpoint in {workdir}/checkpoints: train first (--mode=train) '
+      'with this --workdir.')
+  if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
+    raise missing
+  trainer = Trainer(config, workdir)
+  if not trainer.restore_latest():
+    trainer.close()
+    raise missing
+  return trainer
+
+
+def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Evaluates the latest checkpoint of WORKDIR without training."""
+  trainer = _trained(config, workdir)
+  try:
+    return trainer.evaluate()
+  finally:
+    trainer.close()
+
+
+def predict_workdir(config: ml_collections.ConfigDict,
+                    workdir: str) -> list[dict]:
+  """Assigns config.predict.input's images with WORKDIR's latest checkpoint.
+
+  Writes WORKDIR/predictions.csv (image, cluster, confidence, dec_cluster;
+  one row per image in a stable order) and prints the images per cluster.
+  """
+  source = config.predict.input
+  if not source:
+    raise ConfigError('--mode=predict needs images: set '
+                      '--config.predict.input=FOLDER or FILE.npz.')
+  if not os.path.exists(source):
+    raise DataError(f'config.predict.input={source!r}: no such file or '
+                    'folder.')
+  trainer = _trained(config, workdir)
+  try:
+    names, images = sources.load_predict_images(
+        source, config.dataset.image_size, trainer.dataset.channels,
+        config.dataset.skip_bad_images)
+    trainer.finish_dec_assignment()
+    outputs = trainer.predict(images)
+  finally:
+    trainer.close()
+  probs = outputs['cluster_probs']
+  rows = [{'image': name, 'cluster': int(p.argmax()),
+           'confidence': float(p.max()), 'dec_cluster': int(q.argmax())}
+          for name, p, q in zip(names, probs, outputs['student_t'])]
+  if jax.process_index() == 0:
+    path = os.path.join(workdir, 'predictions.csv')
+    with open(path, 'w', newline='') as f:
+      writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+      writer.writeheader()
+      writer.writerows(
+          dict(row, confidence=f'{row["confidence"]:.4f}') for row in rows)
+    sizes = np.bincount([r['cluster'] for r in rows],
+                        minlength=config.dataset.num_clusters)
+    print(f'{len(rows)} images from {source} -> {path}\n'
+          'cluster  images\n' + '\n'.join(
+              f'{c:7d}  {n:6d}' for c, n in enumerate(sizes)), flush=True)
+  return rows

@@ -1,0 +1,38 @@
+"""Every benchmark script starts from its documented command, either form."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+
+SCRIPTS = sorted(
+    p.stem for p in (REPO_ROOT / 'benchmarks').glob('*.py')
+    if "if __name__ == '__main__':" in p.read_text())
+
+
+def test_the_scripts_are_found():
+  assert {'input_pipeline', 'losses', 'quality', 'train_step'} <= set(SCRIPTS)
+
+
+@pytest.mark.parametrize('form', ['script', 'module'])
+def test_help_runs_as_a_script_and_as_a_module(form):
+  # `python benchmarks/train_step.py` used to fail with "No module named
+  # 'benchmarks'"; only `python -m benchmarks.train_step` worked.
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  runs = {name: subprocess.Popen(
+      [sys.executable, f'benchmarks/{name}.py', '--help'] if form == 'script'
+      else [sys.executable, '-m', f'benchmarks.{name}', '--help'],
+      cwd=REPO_ROOT, env=env, text=True, stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE) for name in SCRIPTS}
+  for name, run in runs.items():
+    out, err = run.communicate(timeout=300)
+    assert 'Traceback' not in err, (name, err[-2000:])
+    if run.returncode:
+      # Only the PyTorch comparisons may stop, and then with the install
+      # command of the extra that brings PyTorch.
+      assert "pip install -e '.[bench]'" in err, (name, err[-2000:])
+    else:
+      assert out.startswith('usage:'), (name, out[:500])
