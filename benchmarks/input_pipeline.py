@@ -29,7 +29,6 @@ if __package__ in (None, ''):  # run as `python benchmarks/NAME.py`
 
 import jax  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp
-from jax.sharding import NamedSharding, PartitionSpec as P
 import numpy as np
 
 from benchmarks import timing
@@ -43,7 +42,7 @@ from jcc import sources
 def input_rate(dataset, config, steps: int, augment_too: bool) -> float:
   """Images/s of `steps` batches through the pipeline (and augmentation)."""
   mesh = parallel.make_mesh()
-  sharding = NamedSharding(mesh, P('data'))
+  sharding = parallel.shardings(mesh).batch
   put = lambda batch: tuple(  # noqa: E731
       jax.make_array_from_process_local_data(sharding, x) for x in batch)
   key = jax.random.key(0)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import jax
-from jax.sharding import NamedSharding, PartitionSpec as P
 import numpy as np
 import optax
 
@@ -20,15 +19,14 @@ def step_runner(config, channels: int):
   tx = optax.adam(config.train.learning_rate)
   shape = (config.dataset.image_size,) * 2 + (channels,)
   state = jax.jit(lambda key: step.create_train_state(model, tx, key, shape),
-                  out_shardings=NamedSharding(mesh, P()))(
+                  out_shardings=parallel.shardings(mesh).replicated)(
                       jax.random.key(0))
   train_step = step.make_train_step(model, tx, config, mesh)
   rng = np.random.default_rng(0)
   batch = config.train.batch_size
   images = rng.integers(0, 256, (batch,) + shape, dtype=np.uint8)
   target = rng.dirichlet(np.ones(k), size=batch).astype(np.float32)
-  rep = NamedSharding(mesh, P())
-  shard = NamedSharding(mesh, P('data'))
+  rep, shard = parallel.shardings(mesh)
   args = (parallel.to_global(target, rep), parallel.to_global(images, shard),
           parallel.to_global(np.arange(batch, dtype=np.int32), shard),
           np.float32(1.0))

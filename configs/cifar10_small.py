@@ -30,6 +30,6 @@ def get_config():
   # schedule was worse.
   config.train.num_epochs = 20
   config.train.warmup_epochs = 10
-  config.train.target_update_interval = 200
+  config.train.target_update_every_steps = 200
   config.train.log_every_steps = 20  # about 5 s on 2 CPU cores
   return config

@@ -35,8 +35,9 @@ def get_config() -> ml_collections.ConfigDict:
   # STL-10: also train the instance objective on its 100,000 unlabelled
   # images (they take no part in clustering or evaluation), as CC does.
   dataset.use_unlabelled = True
-  # 'folder': skip unreadable or truncated image files with a warning that
-  # lists them (True), or stop with an error that lists them (False).
+  # Image files (folders, and --mode=predict's input): skip unreadable or
+  # truncated ones with a warning that lists them (True), or stop with an
+  # error that lists them (False).
   dataset.skip_bad_images = True
   # Images are resized to image_size × image_size before training.
   dataset.image_size = 8
@@ -126,7 +127,7 @@ def get_config() -> ml_collections.ConfigDict:
   train.kmeans_n_init = 20
   # Steps between recomputations of the target distribution P over the whole
   # training set, during joint training.
-  train.target_update_interval = 100
+  train.target_update_every_steps = 100
   # Steps between progress lines and metric writes: the only host sync in the
   # step loop, so the host runs at most this many steps ahead.
   train.log_every_steps = 50

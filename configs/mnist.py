@@ -24,5 +24,5 @@ def get_config():
   # 80 epochs were no better across seeds.
   config.train.num_epochs = 60
   config.train.warmup_epochs = 30
-  config.train.target_update_interval = 140  # IDEC's MNIST value
+  config.train.target_update_every_steps = 140  # IDEC's MNIST value
   return config

@@ -162,12 +162,6 @@ def color_jitter(
   return image
 
 
-def brightness_contrast(
-    key: Array, image: Array, brightness: float, contrast: float) -> Array:
-  """Scales brightness by U[1−b, 1+b], then contrast by U[1−c, 1+c]; in [0, 1]."""
-  return color_jitter(key, image, brightness, contrast, random_order=False)
-
-
 def to_grayscale(image: Array) -> Array:
   """Luma (Rec. 601) in every channel; 1-channel images are returned as they are."""
   if image.shape[-1] != 3:

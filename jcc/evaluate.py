@@ -15,15 +15,31 @@ from sklearn import metrics as sk_metrics
 ASSIGNMENTS = ('cluster_head', 'dec', 'kmeans')
 
 
+def hungarian_match(
+    labels: np.ndarray, assigned: np.ndarray, num_clusters: int | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """The best one-to-one map of classes to clusters (Hungarian).
+
+  Returns:
+    (counts, classes, clusters): counts[c, k] images of class c in cluster k
+    (num_clusters columns; default: the largest cluster index + 1), and the
+    matched pairs, class ``classes[i]`` to cluster ``clusters[i]``, that
+    maximise the images on them.
+  """
+  labels = np.asarray(labels, np.int64)
+  assigned = np.asarray(assigned, np.int64)
+  if num_clusters is None:
+    num_clusters = int(assigned.max()) + 1
+  counts = np.zeros((int(labels.max()) + 1, num_clusters), np.int64)
+  np.add.at(counts, (labels, assigned), 1)
+  classes, clusters = optimize.linear_sum_assignment(counts, maximize=True)
+  return counts, classes, clusters
+
+
 def cluster_accuracy(labels: np.ndarray, predictions: np.ndarray) -> float:
   """Accuracy after the best one-to-one map of clusters to labels (Hungarian)."""
-  labels = np.asarray(labels, np.int64)
-  predictions = np.asarray(predictions, np.int64)
-  size = max(labels.max(), predictions.max()) + 1
-  counts = np.zeros((size, size), np.int64)
-  np.add.at(counts, (predictions, labels), 1)
-  rows, cols = optimize.linear_sum_assignment(counts, maximize=True)
-  return float(counts[rows, cols].sum() / labels.size)
+  counts, classes, clusters = hungarian_match(labels, predictions)
+  return float(counts[classes, clusters].sum() / len(labels))
 
 
 def clustering_metrics(

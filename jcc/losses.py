@@ -65,7 +65,7 @@ def _upcast(*xs: Array) -> tuple[Array, ...]:
       _replicate_if_explicit(jnp.asarray(x).astype(dtype)) for x in xs)
 
 
-def _l2_normalize(x: Array, axis: int = -1) -> Array:
+def l2_normalize(x: Array, axis: int = -1) -> Array:
   """x / max(‖x‖, eps): a zero vector stays zero with a finite gradient."""
   sq = jnp.sum(x * x, axis=axis, keepdims=True)
   return x * jax.lax.rsqrt(jnp.maximum(sq, _NORM_EPS**2))
@@ -122,6 +122,7 @@ def instance_contrastive_loss(
     z_b: Array,
     temperature: float = 0.5,
     axis_name: AxisName = None,
+    normalized: bool = False,
 ) -> Array:
   r"""NT-Xent between two views of a batch (SimCLR; CC's instance loss).
 
@@ -138,6 +139,8 @@ def instance_contrastive_loss(
     temperature: τ (CC uses 0.5).
     axis_name: mesh axis when called per device (see the module docstring);
       each device's rows are contrasted against all devices' rows.
+    normalized: True when the rows are unit vectors already (jcc's model
+      outputs them so): the normalisation is then skipped.
 
   Returns:
     A float32 scalar: the mean over all 2B (global) rows.
@@ -146,7 +149,8 @@ def instance_contrastive_loss(
   if z_a.shape != z_b.shape or z_a.ndim != 2:
     raise ValueError(
         f'z_a and z_b must both be (B, d); got {z_a.shape} and {z_b.shape}.')
-  z_a, z_b = _l2_normalize(z_a), _l2_normalize(z_b)
+  if not normalized:
+    z_a, z_b = l2_normalize(z_a), l2_normalize(z_b)
   local_n = z_a.shape[0]
   if axis_name is None:
     all_a, all_b, offset = z_a, z_b, 0

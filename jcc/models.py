@@ -216,7 +216,7 @@ class ClusteringModel(nn.Module):
   ) -> ModelOutputs:
     h = self.encoder(x.astype(self.dtype), train).astype(jnp.float32)
     z = self.instance_head(h)
-    z = z * jax.lax.rsqrt(jnp.maximum(jnp.sum(z * z, -1, keepdims=True), 1e-16))
+    z = losses.l2_normalize(z)  # once: the instance loss is told so
     return ModelOutputs(
         embedding=h,
         projection=z,

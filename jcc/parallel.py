@@ -7,9 +7,10 @@ One 1-D mesh over every device of every process, with the batch on axis
 from __future__ import annotations
 
 import os
+from typing import NamedTuple
 
 import jax
-from jax.sharding import AxisType, NamedSharding
+from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 import ml_collections
 import numpy as np
 
@@ -26,6 +27,17 @@ def make_mesh(devices: list[jax.Device] | None = None) -> jax.sharding.Mesh:
       np.asarray(devices), ('data',), axis_types=(AxisType.Auto,))
 
 
+class Shardings(NamedTuple):
+  """The two placements of the data-parallel step."""
+  replicated: NamedSharding  # whole on every device: state, P, scalars
+  batch: NamedSharding  # rows split over the mesh axis 'data'
+
+
+def shardings(mesh: jax.sharding.Mesh) -> Shardings:
+  """The replicated and the row-split sharding of ``mesh``."""
+  return Shardings(NamedSharding(mesh, P()), NamedSharding(mesh, P('data')))
+
+
 def to_global(array: np.ndarray, sharding: NamedSharding) -> jax.Array:
   """A global jax.Array from a host array that every process holds whole.
 
@@ -34,6 +46,13 @@ def to_global(array: np.ndarray, sharding: NamedSharding) -> jax.Array:
   """
   return jax.make_array_from_callback(
       array.shape, sharding, lambda index: array[index])
+
+
+def from_process_local(
+    sharding: NamedSharding, *arrays: np.ndarray) -> tuple[jax.Array, ...]:
+  """This process's rows of global arrays → global arrays split on 'data'."""
+  return tuple(jax.make_array_from_process_local_data(sharding, x)
+               for x in arrays)
 
 
 def maybe_initialize_distributed(config: ml_collections.ConfigDict) -> None:

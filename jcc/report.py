@@ -9,6 +9,9 @@
 * ``metrics.txt``: the results table;
 * ``cluster_sizes.csv``: images per cluster, by the cluster head and by DEC;
 * ``assignments.csv``: every image's cluster, confidence and DEC cluster.
+
+``--mode=predict`` writes its ``predictions.csv`` with the same columns
+(:func:`assignment_rows`, :func:`write_assignments`).
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ import os
 from collections.abc import Sequence
 
 import numpy as np
-from scipy import optimize
 
 from jcc import evaluate
 
@@ -84,11 +86,9 @@ def matched_confusion(labels: np.ndarray, assigned: np.ndarray,
   Columns are the clusters, the one matched to class c at position c; the
   unmatched clusters (K > classes) follow.
   """
-  num_classes = int(labels.max()) + 1
-  counts = np.zeros((num_classes, num_clusters), np.int64)
-  np.add.at(counts, (labels, assigned), 1)
-  rows, cols = optimize.linear_sum_assignment(-counts)
-  order = list(cols[np.argsort(rows)])
+  counts, classes, clusters = evaluate.hungarian_match(
+      labels, assigned, num_clusters)
+  order = list(clusters[np.argsort(classes)])
   order += [c for c in range(num_clusters) if c not in order]
   return counts[:, order], np.asarray(order)
 
@@ -150,10 +150,33 @@ def write_report(
     writer = csv.writer(f)
     writer.writerow(['cluster', 'images_cluster_head', 'images_dec'])
     writer.writerows(zip(range(k), sizes.tolist(), dec_sizes.tolist()))
-  with open(os.path.join(out, 'assignments.csv'), 'w', newline='') as f:
-    writer = csv.writer(f)
-    writer.writerow(['index', 'label', 'cluster', 'confidence', 'dec_cluster'])
-    for i in range(len(assigned)):
-      writer.writerow([i, '' if labels is None else int(labels[i]),
-                       int(assigned[i]), f'{confidence[i]:.4f}', int(dec[i])])
+  write_assignments(
+      os.path.join(out, 'assignments.csv'),
+      assignment_rows({'index': range(len(assigned)),
+                       'label': [''] * len(assigned) if labels is None
+                                else labels.tolist()},
+                      cluster_probs, student_t))
   return out
+
+
+def assignment_rows(leading: dict[str, Sequence], cluster_probs: np.ndarray,
+                    student_t: np.ndarray) -> list[dict]:
+  """One dict per image: the ``leading`` columns, then its assignments.
+
+  ``cluster`` is the cluster head's argmax, ``confidence`` its probability,
+  ``dec_cluster`` DEC's (the nearest centroid).
+  """
+  columns = {name: list(values) for name, values in leading.items()}
+  return [{**{name: values[i] for name, values in columns.items()},
+           'cluster': int(p.argmax()), 'confidence': float(p.max()),
+           'dec_cluster': int(q.argmax())}
+          for i, (p, q) in enumerate(zip(cluster_probs, student_t))]
+
+
+def write_assignments(path: str, rows: list[dict]) -> None:
+  """:func:`assignment_rows` as a CSV, confidences to 4 decimals."""
+  with open(path, 'w', newline='') as f:
+    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(
+        dict(row, confidence=f'{row["confidence"]:.4f}') for row in rows)

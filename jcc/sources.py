@@ -1,21 +1,24 @@
 """Image sources: the dataset registry and the loaders behind it.
 
-A source (``DATASETS[name](config.dataset)``) decodes its images, resizes them
+A source (``DATASETS[name].load(config.dataset)``) decodes its images, resizes them
 to ``config.dataset.image_size`` and caches them in host memory as an
 :class:`ImageDataset`: uint8 NHWC images, and labels where they exist (used
-only for evaluation). TFDS sources and image folders of the benchmark layouts
-decode and resize with tf.data; scikit-learn's digits, .npz files and the
-user's own folders are read by NumPy and PIL.
+only for evaluation). TFDS sources decode and resize with tf.data; every
+source of image files (the user's folders, the ImageNet and Tiny-ImageNet
+folder layouts, predict's inputs) goes through :func:`decode_images`, one
+decode path with one bad-file policy; digits and .npz files are arrays.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import gzip
 import importlib.resources
 import os
 import time
 from collections.abc import Callable
+from typing import NamedTuple
 
 from absl import logging
 import ml_collections
@@ -120,23 +123,31 @@ IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.webp', '.tif',
                     '.tiff')
 
 
-def _list_images(root: str) -> tuple[list[str], list[int] | None, list[str]]:
-  """(files, labels or None, class names): class subfolders, else flat."""
-  def images_in(folder):
-    return sorted(os.path.join(folder, f) for f in os.listdir(folder)
-                  if f.lower().endswith(IMAGE_EXTENSIONS) and
-                  os.path.isfile(os.path.join(folder, f)))
+def _images_in(folder: str) -> list[str]:
+  """The image files directly in ``folder``, sorted."""
+  return sorted(os.path.join(folder, f) for f in os.listdir(folder)
+                if f.lower().endswith(IMAGE_EXTENSIONS) and
+                os.path.isfile(os.path.join(folder, f)))
 
-  classes = sorted(d for d in os.listdir(root)
-                   if os.path.isdir(os.path.join(root, d)) and
-                   images_in(os.path.join(root, d)))
-  if not classes:
-    return images_in(root), None, []
+
+def _class_files(folders: list[str]) -> tuple[list[str], list[int]]:
+  """The image files of each folder (sorted), labelled by its position."""
   files, labels = [], []
-  for label, name in enumerate(classes):
-    found = images_in(os.path.join(root, name))
+  for label, folder in enumerate(folders):
+    found = _images_in(folder)
     files += found
     labels += [label] * len(found)
+  return files, labels
+
+
+def _list_images(root: str) -> tuple[list[str], list[int] | None, list[str]]:
+  """(files, labels or None, class names): class subfolders, else flat."""
+  classes = sorted(d for d in os.listdir(root)
+                   if os.path.isdir(os.path.join(root, d)) and
+                   _images_in(os.path.join(root, d)))
+  if not classes:
+    return _images_in(root), None, []
+  files, labels = _class_files([os.path.join(root, c) for c in classes])
   return files, labels, classes
 
 
@@ -155,6 +166,43 @@ def _read_image(path: str, size: int, mode: str | None = None):
       return np.asarray(image, np.uint8), gray
   except (OSError, ValueError, Image.DecompressionBombError):
     return None
+
+
+def decode_images(files: list[str], size: int, skip_bad_images: bool,
+                  where: str, mode: str | None = None,
+                  ) -> tuple[np.ndarray, np.ndarray]:
+  """Image files → (uint8 NHWC at size × size, indices of the files kept).
+
+  Every source that reads image files decodes them here: PIL, on a pool of
+  threads (decoding and resizing release the GIL). ``mode`` 'L' or 'RGB'
+  forces the channels; None makes all RGB if any file is colour, else keeps
+  them gray. One bad-file policy: unreadable or truncated files are skipped
+  with a warning that lists them when ``skip_bad_images``, else they are an
+  error; no readable file at all is always an error.
+  """
+  with concurrent.futures.ThreadPoolExecutor(
+      max_workers=min(32, (os.cpu_count() or 1) + 4)) as pool:
+    decoded = list(pool.map(lambda f: _read_image(f, size, mode), files))
+  bad = [f for f, d in zip(files, decoded) if d is None]
+  if len(bad) == len(files):
+    raise DataError(f'{where}: none of the {len(files)} image files could be '
+                    f'read (first: {bad[0]}).')
+  if bad and not skip_bad_images:
+    raise DataError(
+        f'{where}: {len(bad)} unreadable image file(s): {", ".join(bad)}. '
+        'Remove them, or set --config.dataset.skip_bad_images=True.')
+  if bad:
+    logging.warning('Skipped %d unreadable image file(s) in %s: %s', len(bad),
+                    where, ', '.join(bad))
+  kept = np.asarray([i for i, d in enumerate(decoded) if d is not None])
+  any_colour = any(not decoded[i][1] for i in kept)
+  images = []
+  for i in kept:
+    image, gray = decoded[i]
+    if any_colour and gray and mode is None:
+      image = np.repeat(image[..., None], 3, axis=-1)
+    images.append(image if image.ndim == 3 else image[..., None])
+  return np.stack(images), kept
 
 
 def load_folder(dataset_config) -> ImageDataset:
@@ -179,29 +227,10 @@ def load_folder(dataset_config) -> ImageDataset:
     raise DataError(
         f'{root}: no images found (looked for {", ".join(IMAGE_EXTENSIONS)} '
         'directly inside it and in its class subfolders).')
-  decoded = [_read_image(f, dataset_config.image_size) for f in files]
-  bad = [f for f, d in zip(files, decoded) if d is None]
-  if len(bad) == len(files):
-    raise DataError(f'{root}: none of the {len(files)} image files could be '
-                    f'read (first: {bad[0]}).')
-  if bad and not dataset_config.skip_bad_images:
-    raise DataError(
-        f'{root}: {len(bad)} unreadable image file(s): {", ".join(bad)}. '
-        'Remove them, or set --config.dataset.skip_bad_images=True.')
-  if bad:
-    logging.warning('Skipped %d unreadable image file(s) in %s: %s', len(bad),
-                    root, ', '.join(bad))
-  good = [i for i, d in enumerate(decoded) if d is not None]
-  any_colour = any(not decoded[i][1] for i in good)
-  images = []
-  for i in good:
-    image, gray = decoded[i]
-    if any_colour and gray:
-      image = np.repeat(image[..., None], 3, axis=-1)
-    images.append(image if image.ndim == 3 else image[..., None])
-  label_array = None if labels is None else np.asarray(
-      [labels[i] for i in good], np.int64)
-  return ImageDataset('folder', np.stack(images), label_array,
+  images, kept = decode_images(files, dataset_config.image_size,
+                                dataset_config.skip_bad_images, root)
+  label_array = None if labels is None else np.asarray(labels, np.int64)[kept]
+  return ImageDataset('folder', images, label_array,
                       class_names=tuple(classes) or None)
 
 
@@ -313,41 +342,6 @@ def _wnids(subset: str) -> list[str]:
   return text.split()
 
 
-def _class_files(folders: list[str]) -> tuple[list[str], list[int]]:
-  """The image files of each folder (sorted), labelled by its position."""
-  files, labels = [], []
-  for label, folder in enumerate(folders):
-    names = sorted(f for f in os.listdir(folder)
-                   if f.lower().endswith(IMAGE_EXTENSIONS))
-    files += [os.path.join(folder, f) for f in names]
-    labels += [label] * len(names)
-  return files, labels
-
-
-def _decode_files(files: list[str], labels: list[int], image_size: int,
-                  what: str) -> tuple[np.ndarray, np.ndarray]:
-  """JPEG/PNG files → RGB uint8 at image_size, decoded in parallel by tf.data.
-
-  Files that cannot be decoded are dropped with a warning.
-  """
-  tf = tensorflow()
-
-  def decode(path, label):
-    image = tf.io.decode_image(tf.io.read_file(path), channels=3,
-                               expand_animations=False)
-    image.set_shape((None, None, 3))
-    return image, label
-
-  examples = tf.data.Dataset.from_tensor_slices(
-      (files, np.asarray(labels, np.int64))).map(
-          decode, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors()
-  images, labels_out = _materialize(examples, image_size, what)
-  if len(images) < len(files):
-    logging.warning('%s: skipped %d of %d files that could not be decoded.',
-                    what, len(files) - len(images), len(files))
-  return images, labels_out
-
-
 def _subset_source(subset: str):
   """ImageNet-10 / ImageNet-Dogs: ILSVRC2012 train images of the subset's wnids.
 
@@ -370,9 +364,11 @@ def _subset_source(subset: str):
             f'{", ".join(missing)} (expected an ILSVRC2012 train folder, '
             'DIR/<wnid>/*.JPEG).')
       files, labels = _class_files([os.path.join(root, w) for w in wnids])
-      images, labels = _decode_files(files, labels, dataset_config.image_size,
-                                     f'{subset} ({root})')
-      return ImageDataset(subset, images, labels, class_names=tuple(wnids))
+      images, kept = decode_images(
+          files, dataset_config.image_size, dataset_config.skip_bad_images,
+          f'{subset} ({root})', mode='RGB')
+      return ImageDataset(subset, images, np.asarray(labels, np.int64)[kept],
+                          class_names=tuple(wnids))
 
     tf = tensorflow()
     examples, builder = _tfds_split(dataset_config, 'imagenet2012', 'train',
@@ -415,9 +411,11 @@ def load_tiny_imagenet(dataset_config) -> ImageDataset:
       [os.path.join(train, wnid, 'images') for wnid in wnids])
   if not files:
     raise DataError(f'{train}: no images in train/<wnid>/images/.')
-  images, labels = _decode_files(files, labels, dataset_config.image_size,
-                                 f'tiny_imagenet ({root})')
-  return ImageDataset('tiny_imagenet', images, labels,
+  images, kept = decode_images(
+      files, dataset_config.image_size, dataset_config.skip_bad_images,
+      f'tiny_imagenet ({root})', mode='RGB')
+  return ImageDataset('tiny_imagenet', images,
+                      np.asarray(labels, np.int64)[kept],
                       class_names=tuple(wnids))
 
 
@@ -515,45 +513,31 @@ def load_predict_images(path: str, image_size: int, channels: int,
   files, _, _ = _list_images(path)
   if not files:
     raise DataError(f'{path}: no images found (config.predict.input).')
-  mode = 'L' if channels == 1 else 'RGB'
-  names, images, bad = [], [], []
-  for file in files:
-    decoded = _read_image(file, image_size, mode)
-    if decoded is None:
-      bad.append(file)
-      continue
-    image = decoded[0]
-    names.append(os.path.relpath(file, path))
-    images.append(image[..., None] if image.ndim == 2 else image)
-  if bad and (not skip_bad_images or len(bad) == len(files)):
-    raise DataError(f'{path}: {len(bad)} unreadable image file(s): '
-                    f'{", ".join(bad)}.')
-  if bad:
-    logging.warning('Skipped %d unreadable image file(s): %s', len(bad),
-                    ', '.join(bad))
-  return names, np.stack(images)
+  images, kept = decode_images(files, image_size, skip_bad_images, path,
+                               mode='L' if channels == 1 else 'RGB')
+  return [os.path.relpath(files[i], path) for i in kept], images
 
 
-DATASETS: dict[str, Callable[..., ImageDataset]] = {
-    'digits': load_digits,
-    'npz': load_npz,
-    'folder': load_folder,
-    'cifar10': _tfds_source('cifar10', 'train+test'),
-    'cifar100': _tfds_source('cifar100', 'train+test', 'coarse_label'),
-    'stl10': _tfds_source('stl10', 'train+test', unlabelled_split='unlabelled'),
-    'imagenet10': _subset_source('imagenet10'),
-    'imagenet_dogs': _subset_source('imagenet_dogs'),
-    'tiny_imagenet': load_tiny_imagenet,
-    'mnist': _mnist_like_source('mnist'),
-    'fashion_mnist': _mnist_like_source('fashion_mnist'),
-}
+class Source(NamedTuple):
+  """A registry entry: its loader and the benchmark's number of classes."""
+  load: Callable[[ml_collections.ConfigDict], ImageDataset]
+  num_classes: int | None  # None: the user's data; K comes from the config
 
 
-# The number of classes of each benchmark (None: from the config).
-NUM_CLASSES: dict[str, int | None] = {
-    'digits': 10, 'npz': None, 'folder': None, 'cifar10': 10, 'cifar100': 20,
-    'stl10': 10, 'imagenet10': 10, 'imagenet_dogs': 15, 'tiny_imagenet': 200,
-    'mnist': 10, 'fashion_mnist': 10,
+DATASETS: dict[str, Source] = {
+    'digits': Source(load_digits, 10),
+    'npz': Source(load_npz, None),
+    'folder': Source(load_folder, None),
+    'cifar10': Source(_tfds_source('cifar10', 'train+test'), 10),
+    'cifar100': Source(
+        _tfds_source('cifar100', 'train+test', 'coarse_label'), 20),
+    'stl10': Source(
+        _tfds_source('stl10', 'train+test', unlabelled_split='unlabelled'), 10),
+    'imagenet10': Source(_subset_source('imagenet10'), 10),
+    'imagenet_dogs': Source(_subset_source('imagenet_dogs'), 15),
+    'tiny_imagenet': Source(load_tiny_imagenet, 200),
+    'mnist': Source(_mnist_like_source('mnist'), 10),
+    'fashion_mnist': Source(_mnist_like_source('fashion_mnist'), 10),
 }
 
 
@@ -581,7 +565,7 @@ def load_dataset(dataset_config) -> ImageDataset:
         f'Unknown dataset {name!r} (config.dataset.name); choose one of '
         f'{sorted(DATASETS)}.')
   start = time.time()
-  dataset = DATASETS[name](dataset_config)
+  dataset = DATASETS[name].load(dataset_config)
   images = resize_images(dataset.images, dataset_config.image_size)
   logging.info('Loaded %s: %d images of %s in %.1f s.', name, len(images),
                'x'.join(map(str, images.shape[1:])), time.time() - start)

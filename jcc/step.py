@@ -8,23 +8,26 @@ update of the weighted terms (:data:`TERMS`).
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax
 import jax
 import jax.numpy as jnp
-from jax.sharding import NamedSharding, PartitionSpec as P
 import ml_collections
 import optax
 
 from jcc import augment
 from jcc import losses
 from jcc import models
-from jcc.errors import ConfigError
+from jcc import parallel
+from jcc import validate
 
 
-# Loss terms, in the order they are reported.
-TERMS = ('instance', 'cluster', 'entropy', 'reconstruction', 'kl')
+# Loss terms, in the order they are reported: one per weight in config.loss.
+TERMS = validate.LOSS_WEIGHTS
+# What a step checks for finiteness: each term, then the total and gradient.
+FINITE_CHECKS = TERMS + ('total or gradient',)
 
 
 @flax.struct.dataclass
@@ -33,24 +36,25 @@ class TrainState:
   params: Any
   batch_stats: Any
   opt_state: Any
-  # First step whose loss or gradient was not finite (-1: none yet), and a
-  # bit per TERMS entry (bit len(TERMS): the total or the gradient) saying
-  # which. From that step on the update is skipped, so the state stays the
-  # last good one.
+  # First step whose loss or gradient was not finite (-1: none yet), and
+  # which of FINITE_CHECKS failed there, bit i for entry i (read it with
+  # nonfinite_names). From that step on the update is skipped, so the state
+  # stays the last good one.
   nonfinite_step: jax.Array
   nonfinite_terms: jax.Array
+
+
+def nonfinite_names(nonfinite_terms: int) -> list[str]:
+  """The FINITE_CHECKS entries that TrainState.nonfinite_terms marks."""
+  return [name for i, name in enumerate(FINITE_CHECKS)
+          if int(nonfinite_terms) >> i & 1]
 
 
 def compute_dtype(config: ml_collections.ConfigDict) -> jnp.dtype:
   """config.train.compute_dtype as a dtype (float32 or bfloat16)."""
   name = config.train.get('compute_dtype', 'float32')
-  if name not in ('float32', 'bfloat16'):
-    raise ConfigError(
-        f"config.train.compute_dtype={name!r}: use 'float32' or 'bfloat16'.")
+  validate.check_choice('train.compute_dtype', name, validate.COMPUTE_DTYPES)
   return jnp.dtype(name)
-
-
-LR_SCHEDULES = ('constant', 'cosine')
 
 
 def learning_rate_schedule(train_config: ml_collections.ConfigDict,
@@ -61,13 +65,11 @@ def learning_rate_schedule(train_config: ml_collections.ConfigDict,
   the whole run, ending at 0.
   """
   name = train_config.get('lr_schedule', 'constant')
-  if name == 'constant':
-    return optax.constant_schedule(train_config.learning_rate)
+  validate.check_choice('train.lr_schedule', name, validate.LR_SCHEDULES)
   if name == 'cosine':
     return optax.cosine_decay_schedule(train_config.learning_rate,
                                        max(total_steps, 1))
-  raise ConfigError(f'config.train.lr_schedule={name!r}: use one of '
-                    f'{", ".join(map(repr, LR_SCHEDULES))}.')
+  return optax.constant_schedule(train_config.learning_rate)
 
 
 def create_train_state(
@@ -113,7 +115,8 @@ def compute_loss_terms(
   terms = {}
   if loss_config.instance:
     terms['instance'] = losses.instance_contrastive_loss(
-        a.projection, b.projection, loss_config.instance_temperature)
+        a.projection, b.projection, loss_config.instance_temperature,
+        normalized=True)
   if loss_config.cluster:
     terms['cluster'] = losses.cluster_contrastive_loss(
         probs_a, probs_b, loss_config.cluster_temperature)
@@ -136,20 +139,22 @@ def make_train_step(model, tx, config, mesh, instance_only: bool = False):
   ``images`` (uint8) and ``indices`` (their rows in the dataset, to look up
   P in ``target``) are the global batch, sharded over 'data'; the state and
   ``target`` are replicated. ``kl_scale`` is 0 in the warm-up, 1 after.
-  With ``instance_only``, rows of ``target`` that sum to 0 mark examples
-  that train the instance objective alone.
+  With ``instance_only``, the step takes a sixth argument, ``clustered``:
+  (N,) bool, replicated, False for the examples that train the instance
+  objective alone.
   """
   loss_config = config.loss
   aug_config = config.augment
   aug_key = jax.random.fold_in(jax.random.key(config.seed), 1)
   decode = bool(loss_config.reconstruction)
 
-  def step_fn(state, target, images, indices, kl_scale):
+  def step_fn(state, target, images, indices, kl_scale, clustered=None):
     key = jax.random.fold_in(aug_key, state.step)
     x = images.astype(jnp.float32) / 255.0
     views = jnp.concatenate(augment.two_views(key, x, aug_config))
     p = target[indices]
-    clustered = jnp.sum(p, axis=1) > 0 if instance_only else None
+    if clustered is not None:
+      clustered = clustered[indices]
 
     def loss_fn(params):
       outputs, updates = model.apply(
@@ -169,15 +174,15 @@ def make_train_step(model, tx, config, mesh, instance_only: bool = False):
         opt_state=opt_state)
     # A non-finite loss or gradient freezes the state at the last good one
     # and records where and which; the host stops at its next check.
-    bits = [jnp.logical_not(jnp.isfinite(terms[name])) if name in terms
-            else jnp.bool_(False) for name in TERMS]
     grads_finite = jnp.all(jnp.stack(
         [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
-    bits.append(jnp.logical_not(jnp.isfinite(total) & grads_finite))
-    mask = sum(b.astype(jnp.int32) << i for i, b in enumerate(bits))
-    healthy = (mask == 0) & (state.nonfinite_step < 0)
-    new_state = jax.tree.map(
-        lambda new, old: jnp.where(healthy, new, old), updated, state)
+    finite = {name: jnp.isfinite(terms[name]) if name in terms
+              else jnp.bool_(True) for name in TERMS}
+    finite['total or gradient'] = jnp.isfinite(total) & grads_finite
+    mask = sum(jnp.logical_not(finite[name]).astype(jnp.int32) << i
+               for i, name in enumerate(FINITE_CHECKS))
+    ok = (mask == 0) & (state.nonfinite_step < 0)
+    new_state = jax.tree.map(functools.partial(jnp.where, ok), updated, state)
     first_bad = (state.nonfinite_step < 0) & (mask != 0)
     new_state = new_state.replace(
         step=state.step + 1,
@@ -186,11 +191,11 @@ def make_train_step(model, tx, config, mesh, instance_only: bool = False):
         nonfinite_terms=jnp.where(first_bad, mask, state.nonfinite_terms))
     return new_state, dict(terms, total=total)
 
-  replicated = NamedSharding(mesh, P())
-  batch = NamedSharding(mesh, P('data'))
+  replicated, batch = parallel.shardings(mesh)
   return jax.jit(
       step_fn,
-      in_shardings=(replicated, replicated, batch, batch, replicated),
+      in_shardings=(replicated, replicated, batch, batch, replicated) + (
+          (replicated,) if instance_only else ()),
       out_shardings=(replicated, replicated),
       donate_argnums=0)
 
@@ -204,7 +209,6 @@ def make_forward(model, mesh):
     return {'embedding': out.embedding, 'cluster_probs': out.cluster_probs,
             'student_t': out.student_t}
 
-  return jax.jit(
-      forward,
-      in_shardings=(NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))),
-      out_shardings=NamedSharding(mesh, P()))
+  replicated, batch = parallel.shardings(mesh)
+  return jax.jit(forward, in_shardings=(replicated, batch),
+                 out_shardings=replicated)

@@ -4,7 +4,7 @@
 2. at the end of the warm-up, the DEC centroids are initialised by k-means on
    the embeddings of the whole training set, and P is computed from them;
 3. joint training of all terms, with P recomputed over the whole training set
-   every ``config.train.target_update_interval`` steps.
+   every ``config.train.target_update_every_steps`` steps.
 
 Then it evaluates three assignments (cluster head, DEC, k-means on the
 embeddings), writes ``WORKDIR/results.json`` and prints a table. Checkpoints
@@ -22,7 +22,6 @@ import time
 from absl import logging
 import flax
 import jax
-from jax.sharding import NamedSharding, PartitionSpec as P
 import ml_collections
 import numpy as np
 import optax
@@ -48,30 +47,32 @@ class Trainer:
     self.config = config
     self.workdir = workdir
     # Everything that can be the user's mistake is checked before anything is
-    # compiled or written.
+    # compiled or written: the config alone first, then against the data.
+    validate.check_fields(config)
     self.dataset = sources.load_dataset(config.dataset)
     parallel.maybe_initialize_distributed(config)
     self.mesh = parallel.make_mesh()
     num_devices = self.mesh.size
     self.clustered = self.dataset.clustered
-    validate.check_config(config, len(self.clustered), num_devices)
-    known = sources.NUM_CLASSES.get(config.dataset.name)
+    validate.check_against_data(config, len(self.clustered), num_devices)
+    known = sources.DATASETS[config.dataset.name].num_classes
     if known and known != config.dataset.num_clusters:
       logging.warning('%s has %d classes; clustering into K=%d '
                       '(config.dataset.num_clusters).', config.dataset.name,
                       known, config.dataset.num_clusters)
     checkpoint.check_workdir(workdir)
-    self.model_signature = checkpoint.model_signature(config, self.dataset.channels)
+    self.model_signature = checkpoint.model_signature(
+        config, self.dataset.channels)
     checkpoint.check_model_signature(workdir, self.model_signature)
     n, bs = len(self.dataset), config.train.batch_size
     self.steps_per_epoch = n // bs
     self.total_steps = config.train.num_epochs * self.steps_per_epoch
     self.model = models.build_model(
         config, self.dataset.channels, step_lib.compute_dtype(config))
-    self.learning_rate = step_lib.learning_rate_schedule(config.train, self.total_steps)
+    self.learning_rate = step_lib.learning_rate_schedule(
+        config.train, self.total_steps)
     self.tx = optax.adam(self.learning_rate)
-    self.replicated = NamedSharding(self.mesh, P())
-    self.batch_sharding = NamedSharding(self.mesh, P('data'))
+    self.replicated, self.batch_sharding = parallel.shardings(self.mesh)
 
     self.warmup_steps = min(
         config.train.warmup_epochs * self.steps_per_epoch, self.total_steps)
@@ -81,15 +82,21 @@ class Trainer:
     image_shape = self.dataset.images.shape[1:]
     init_key = jax.random.fold_in(jax.random.key(config.seed), 0)
     init = jax.jit(
-        lambda key: step_lib.create_train_state(self.model, self.tx, key, image_shape),
+        lambda key: step_lib.create_train_state(
+            self.model, self.tx, key, image_shape),
         out_shardings=self.replicated)
     self.state = init(init_key)
-    # DEC's target P; rows of zeros mark instance-only examples.
+    # DEC's target P (rows of instance-only examples are 0 and unused).
     k = config.dataset.num_clusters
     self._instance_only = self.dataset.instance_only is not None
     self.target = self._target_array(np.full((len(self.clustered), k), 1 / k))
-    self.train_step = step_lib.make_train_step(self.model, self.tx, config, self.mesh,
-                                      self._instance_only)
+    # The step's arguments besides the state, target and batch, placed once.
+    self._kl_scales = [parallel.to_global(np.float32(scale), self.replicated)
+                       for scale in (0, 1)]  # warm-up, joint training
+    self._clustered_mask = () if not self._instance_only else (
+        parallel.to_global(~self.dataset.instance_only, self.replicated),)
+    self.train_step = step_lib.make_train_step(
+        self.model, self.tx, config, self.mesh, self._instance_only)
     self.forward = step_lib.make_forward(self.model, self.mesh)
 
     self.checkpoints = checkpoint.Checkpoints(
@@ -121,9 +128,7 @@ class Trainer:
     bad_step = int(self.state.nonfinite_step)
     if bad_step < 0:
       return
-    mask = int(self.state.nonfinite_terms)
-    names = [name for i, name in enumerate(step_lib.TERMS + ('total or gradient',))
-             if mask >> i & 1]
+    names = step_lib.nonfinite_names(self.state.nonfinite_terms)
     raise FloatingPointError(
         f'Non-finite loss at step {bad_step}: {", ".join(names)}. Training '
         'stopped; the checkpoints in the workdir are from before it. Lower '
@@ -184,11 +189,6 @@ class Trainer:
                     signum)
     self.stop_requested = True
 
-  def _put_host_batch(self, host_batch):
-    """This host's rows of a global batch → global arrays sharded on 'data'."""
-    return tuple(jax.make_array_from_process_local_data(self.batch_sharding, x)
-                 for x in host_batch)
-
   def train(self) -> bool:
     """Trains to the last step; False if stopped early by SIGTERM."""
     if threading.current_thread() is not threading.main_thread():
@@ -214,31 +214,33 @@ class Trainer:
         config.dataset.num_clusters, config.model.backbone, self.mesh.size,
         self.total_steps, config.train.num_epochs, self.steps_per_epoch,
         self.warmup_steps)
-    interval = config.train.target_update_interval
     last_log_time, last_log_step = time.time(), start_step
     batches = pipeline.prefetch_to_device(
         pipeline.train_batches(self.dataset, bs, config.seed, start_step,
-                           self.total_steps, jax.process_index(),
-                           jax.process_count()),
-        self._put_host_batch)
+                               self.total_steps, jax.process_index(),
+                               jax.process_count()),
+        lambda host_batch: parallel.from_process_local(
+            self.batch_sharding, *host_batch))
     for step, (images, indices) in zip(
         range(start_step, self.total_steps), batches):
+      # P is refreshed before the steps that use it: the first joint step
+      # (after k-means set the centroids), then periodically.
       if step == self.warmup_steps and kl_on:
         self.init_centroids()
-      if kl_on and step >= self.warmup_steps and (
-          (step - self.warmup_steps) % interval == 0):
+      if kl_on and is_time(step, config.train.target_update_every_steps,
+                           start=self.warmup_steps):
         self.refresh_target()
-      kl_scale = np.float32(step >= self.warmup_steps)
+      kl_scale = self._kl_scales[step >= self.warmup_steps]
       self.state, metrics = self.train_step(
-          self.state, self.target, images, indices, kl_scale)
+          self.state, self.target, images, indices, kl_scale,
+          *self._clustered_mask)
       done = step + 1
       if step == start_step:  # compilation: keep it out of the img/s figure
         jax.block_until_ready(metrics)
         logging.info('Compiled and ran the first step in %.1f s.',
                      time.time() - last_log_time)
         last_log_time, last_log_step = time.time(), done
-      elif (done % config.train.log_every_steps == 0 or
-            done == self.total_steps):
+      elif is_time(done, config.train.log_every_steps, self.total_steps):
         metrics = jax.device_get(metrics)  # waits for the step to finish
         now = time.time()
         self.check_finite()
@@ -255,10 +257,11 @@ class Trainer:
             'learning_rate': float(self.learning_rate(done - 1)),
             'images_per_second': rate})
         last_log_time, last_log_step = now, done
-      every = config.train.eval_every_steps
-      if every and done % every == 0 and done < self.total_steps:
+      # The last step's evaluation and checkpoint follow the loop.
+      if (is_time(done, config.train.eval_every_steps) and
+          done < self.total_steps):
         self.evaluate_during_training(done)
-      if done % config.train.checkpoint_every_steps == 0:
+      if is_time(done, config.train.checkpoint_every_steps):
         self.save()
       if self.stop_requested:
         self.save(force=True)
@@ -336,6 +339,19 @@ class Trainer:
   def close(self):
     self.checkpoints.close()
     self.writer.close()
+
+
+def is_time(step: int, every: int, last: int | None = None,
+            start: int = 0) -> bool:
+  """Whether a periodic action is due at ``step`` (big_vision's itstime).
+
+  Due every ``every`` steps counted from ``start`` (never when ``every`` is
+  0), and at ``last``, where given. Logging, evaluation and checkpoints ask
+  after a step (``step`` = steps done), the P refresh before one.
+  """
+  if step == last:
+    return True
+  return every > 0 and step >= start and (step - start) % every == 0
 
 
 def _format_seconds(seconds: float) -> str:

@@ -8,13 +8,13 @@
 
 from __future__ import annotations
 
-import csv
 import os
 
 import jax
 import ml_collections
 import numpy as np
 
+from jcc import report
 from jcc import sources
 from jcc.errors import CheckpointError, ConfigError, DataError
 from jcc.train import Trainer
@@ -84,17 +84,11 @@ def predict_workdir(config: ml_collections.ConfigDict,
     outputs = trainer.predict(images)
   finally:
     trainer.close()
-  probs = outputs['cluster_probs']
-  rows = [{'image': name, 'cluster': int(p.argmax()),
-           'confidence': float(p.max()), 'dec_cluster': int(q.argmax())}
-          for name, p, q in zip(names, probs, outputs['student_t'])]
+  rows = report.assignment_rows({'image': names}, outputs['cluster_probs'],
+                                outputs['student_t'])
   if jax.process_index() == 0:
     path = os.path.join(workdir, 'predictions.csv')
-    with open(path, 'w', newline='') as f:
-      writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-      writer.writeheader()
-      writer.writerows(
-          dict(row, confidence=f'{row["confidence"]:.4f}') for row in rows)
+    report.write_assignments(path, rows)
     sizes = np.bincount([r['cluster'] for r in rows],
                         minlength=config.dataset.num_clusters)
     print(f'{len(rows)} images from {source} -> {path}\n'

@@ -63,7 +63,7 @@ def tiny_config(**train_overrides):
   config.train.batch_size = 256
   config.train.num_epochs = 2
   config.train.warmup_epochs = 1
-  config.train.target_update_interval = 3
+  config.train.target_update_every_steps = 3
   config.train.kmeans_n_init = 2
   config.train.eval_batch_size = 512
   config.train.log_every_steps = 1

@@ -55,7 +55,7 @@ def test_flip_twice_is_the_identity():
 def test_jitter_and_noise_stay_in_unit_range():
   images = _images(16)
   keys = jax.random.split(jax.random.key(1), 16)
-  jittered = jax.vmap(augment.brightness_contrast, (0, 0, None, None))(
+  jittered = jax.vmap(augment.color_jitter, (0, 0, None, None))(
       keys, images, 0.9, 0.9)
   noisy = jax.vmap(augment.gaussian_noise, (0, 0, None))(keys, images, 0.5)
   for out in (jittered, noisy):

@@ -12,7 +12,7 @@ CONFIGS = sorted(p.stem for p in (REPO_ROOT / 'configs').glob('*.py')
 REQUIRED = [
     'seed', 'dataset.name', 'dataset.path', 'dataset.image_size',
     'dataset.num_clusters', 'train.batch_size', 'train.num_epochs',
-    'train.learning_rate', 'train.target_update_interval', 'loss.instance',
+    'train.learning_rate', 'train.target_update_every_steps', 'loss.instance',
     'loss.cluster', 'loss.entropy', 'loss.reconstruction', 'loss.kl',
     'loss.instance_temperature', 'loss.cluster_temperature', 'model.backbone',
 ]

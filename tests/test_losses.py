@@ -94,6 +94,19 @@ def test_instance_matches_reference(b, d, tau):
   np.testing.assert_allclose(got, np_instance(z_a, z_b, tau), **TOL)
 
 
+def test_instance_on_normalized_rows_skips_only_the_normalisation():
+  rng = np.random.default_rng(3)
+  z_a, z_b = rng.normal(size=(2, 16, 8)).astype(np.float32)
+  unit_a, unit_b = losses.l2_normalize(z_a), losses.l2_normalize(z_b)
+  np.testing.assert_allclose(
+      losses.instance_contrastive_loss(unit_a, unit_b, normalized=True),
+      np_instance(z_a, z_b, 0.5), **TOL)
+  # Told so wrongly, unnormalised rows give another value.
+  assert not np.isclose(
+      losses.instance_contrastive_loss(z_a, z_b, normalized=True),
+      np_instance(z_a, z_b, 0.5))
+
+
 @pytest.mark.parametrize('b,k', [(2, 2), (16, 10), (256, 20), (512, 200)])
 @pytest.mark.parametrize('tau', [1.0, 0.5])
 def test_cluster_matches_reference(b, k, tau):

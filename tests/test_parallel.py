@@ -5,7 +5,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jcc import errors
 from jcc import models
@@ -39,8 +38,7 @@ def _setup(config):
 
 
 def _place(mesh, state, target, images, indices):
-  replicated = NamedSharding(mesh, P())
-  batch = NamedSharding(mesh, P('data'))
+  replicated, batch = parallel.shardings(mesh)
   state = jax.tree.map(
       lambda x: parallel.to_global(np.asarray(x), replicated), state)
   return (state, parallel.to_global(target, replicated),
@@ -77,10 +75,10 @@ def test_evaluation_on_8_devices_equals_1_device(meshes):
   outputs = []
   for mesh in meshes:
     forward = step.make_forward(model, mesh)
-    batch = NamedSharding(mesh, P('data'))
+    replicated, batch = parallel.shardings(mesh)
     out = jax.device_get(forward(
         jax.tree.map(lambda x: parallel.to_global(
-            np.asarray(x), NamedSharding(mesh, P())), variables),
+            np.asarray(x), replicated), variables),
         parallel.to_global(dataset.images[:512], batch)))
     outputs.append(out)
   np.testing.assert_array_equal(outputs[0]['cluster_probs'].argmax(1),
@@ -89,6 +87,24 @@ def test_evaluation_on_8_devices_equals_1_device(meshes):
                                 outputs[1]['student_t'].argmax(1))
   np.testing.assert_allclose(outputs[0]['embedding'], outputs[1]['embedding'],
                              **TOL)
+
+
+def test_train_step_makes_no_hidden_transfers(meshes):
+  # Every argument is placed explicitly, as the trainer does; the step and
+  # its outputs then stay on the devices: a hidden host<->device copy (a
+  # NumPy argument, a value read back inside the step) fails here.
+  config = tiny_config(batch_size=64)
+  dataset, model, tx, state, indices, target = _setup(config)
+  mesh = meshes[1]
+  train_step = step.make_train_step(model, tx, config, mesh)
+  placed = _place(mesh, state, target, dataset.images[indices], indices)
+  kl_scale = parallel.to_global(np.float32(1.0),
+                                parallel.shardings(mesh).replicated)
+  with jax.transfer_guard('disallow'):
+    new_state, _ = train_step(*placed, kl_scale)
+    new_state, metrics = train_step(new_state, *placed[1:], kl_scale)
+  assert int(jax.device_get(new_state.step)) == 2
+  assert np.isfinite(jax.device_get(metrics['total']))
 
 
 def test_bfloat16_compute_keeps_float32_parameters_and_losses(meshes):

@@ -25,7 +25,7 @@ TINY_FLAGS = [
     '--config.dataset.image_size=8', '--config.model.convnet_widths=(8,16)',
     '--config.model.head_hidden=32', '--config.model.projection_dim=16',
     '--config.model.decoder_width=8', '--config.train.kmeans_n_init=2',
-    '--config.train.target_update_interval=3',
+    '--config.train.target_update_every_steps=3',
     '--config.train.log_every_steps=1',
 ]
 

@@ -132,6 +132,14 @@ def test_learning_rate_schedules():
     validate.check_config(config, 1797, 1)
 
 
+def test_is_time_for_periodic_actions():
+  due = lambda **kw: [s for s in range(13) if train.is_time(s, **kw)]
+  assert due(every=5) == [0, 5, 10]
+  assert due(every=5, last=12) == [0, 5, 10, 12]
+  assert due(every=0) == [] and due(every=0, last=12) == [12]
+  assert due(every=4, start=3) == [3, 7, 11]  # the P refresh after warm-up
+
+
 def test_cosine_run_logs_the_decaying_learning_rate(tmp_path):
   workdir = str(tmp_path / 'run')
   config = tiny_config(lr_schedule='cosine', learning_rate=1e-3,
