@@ -152,7 +152,7 @@ def _list_images(root: str) -> tuple[list[str], list[int] | None, list[str]]:
 
 
 def _read_image(path: str, size: int, mode: str | None = None):
-  """(H, W[, C]) uint8 at size × size, and whether it is grayscale; or None.
+  """(size, size, C) uint8 and whether the file is grayscale; None if unreadable.
 
   ``mode`` 'L' or 'RGB' forces the channels; None keeps gray images gray.
   """
@@ -161,9 +161,9 @@ def _read_image(path: str, size: int, mode: str | None = None):
     with Image.open(path) as image:
       image.load()
       gray = image.mode in ('1', 'L', 'I', 'I;16', 'F')
-      image = image.convert(mode or ('L' if gray else 'RGB'))
-      image = image.resize((size, size), Image.Resampling.BILINEAR)
-      return np.asarray(image, np.uint8), gray
+      image = np.asarray(image.convert(mode or ('L' if gray else 'RGB')),
+                         np.uint8)
+    return resize_image(image.reshape(image.shape[:2] + (-1,)), size), gray
   except (OSError, ValueError, Image.DecompressionBombError):
     return None
 
@@ -196,12 +196,10 @@ def decode_images(files: list[str], size: int, skip_bad_images: bool,
                     where, ', '.join(bad))
   kept = np.asarray([i for i, d in enumerate(decoded) if d is not None])
   any_colour = any(not decoded[i][1] for i in kept)
-  images = []
-  for i in kept:
-    image, gray = decoded[i]
-    if any_colour and gray and mode is None:
-      image = np.repeat(image[..., None], 3, axis=-1)
-    images.append(image if image.ndim == 3 else image[..., None])
+  images = [decoded[i][0] for i in kept]
+  if any_colour and mode is None:
+    images = [np.repeat(x, 3, axis=-1) if x.shape[-1] == 1 else x
+              for x in images]
   return np.stack(images), kept
 
 
@@ -234,31 +232,24 @@ def load_folder(dataset_config) -> ImageDataset:
                       class_names=tuple(classes) or None)
 
 
-def _resize_uint8(image, size: int):
-  """tf: one decoded image → (size, size, C) uint8, bilinear + antialias.
-
-  An image already at the size is passed through, so pixels stay exact.
-  """
-  tf = tensorflow()
-  shape = image.shape
-  if shape[0] == size and shape[1] == size:
-    return image
-  resized = tf.image.resize(image, (size, size), method='bilinear',
-                            antialias=True)
-  return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
-
-
 def _materialize(examples, image_size: int, what: str):
   """A tf.data dataset of (image, label) → cached NumPy arrays.
 
-  Decoding and resizing run in parallel; the result is held in host memory,
+  Decoding and resizing (:func:`resize_image`) run in parallel; the result
+  is held in host memory,
   which every supported dataset fits at its configured size (the largest,
   STL-10 with its unlabelled split, is 3 GB at 96×96).
   """
   tf = tensorflow()
-  examples = examples.map(
-      lambda image, label: (_resize_uint8(image, image_size), label),
-      num_parallel_calls=tf.data.AUTOTUNE)
+
+  def resize(image, label):
+    channels = image.shape[-1]
+    image = tf.numpy_function(
+        lambda x: resize_image(x, image_size), [image], tf.uint8)
+    image.set_shape((image_size, image_size, channels))
+    return image, label
+
+  examples = examples.map(resize, num_parallel_calls=tf.data.AUTOTUNE)
   images, labels = [], []
   for image_batch, label_batch in examples.batch(1024).prefetch(2):
     images.append(image_batch.numpy())
@@ -541,19 +532,28 @@ DATASETS: dict[str, Source] = {
 }
 
 
-def resize_images(images: np.ndarray, size: int) -> np.ndarray:
-  """Resizes uint8 NHWC images to size × size (PIL bilinear, antialiased).
+def resize_image(image: np.ndarray, size: int) -> np.ndarray:
+  """One uint8 HWC image at size × size: the resizer of every source.
 
-  Runs on the host with PIL, so loading data compiles nothing.
+  PIL's bilinear filter, which antialiases when it shrinks; an image already
+  at the size is passed through, so its pixels stay exact. Runs on the host,
+  so loading data compiles nothing.
   """
+  if image.shape[:2] == (size, size):
+    return image
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+  resized = np.asarray(pil.resize((size, size), Image.Resampling.BILINEAR))
+  return resized.reshape(size, size, image.shape[-1])
+
+
+def resize_images(images: np.ndarray, size: int) -> np.ndarray:
+  """Resizes uint8 NHWC images to size × size (:func:`resize_image`)."""
   if images.shape[1:3] == (size, size):
     return images
-  from PIL import Image  # pylint: disable=g-import-not-at-top
   out = np.empty((images.shape[0], size, size, images.shape[3]), np.uint8)
   for i, image in enumerate(images):
-    pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
-    resized = np.asarray(pil.resize((size, size), Image.Resampling.BILINEAR))
-    out[i] = resized.reshape(size, size, images.shape[3])
+    out[i] = resize_image(image, size)
   return out
 
 
