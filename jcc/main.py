@@ -10,8 +10,9 @@ Flags:
     the images of --config.predict.input=FOLDER|FILE.npz to the clusters).
 
 A mistake in the config, the data or the workdir ends the program with one
-line on stderr and exit status 2; a SIGTERM during training writes a
-checkpoint and exits 0.
+line on stderr and exit status 2; a SIGTERM or a Ctrl-C (SIGINT) during
+training writes a checkpoint after the current step and exits 0 (a second
+Ctrl-C aborts at once).
 """
 
 import logging as pylogging
@@ -80,6 +81,11 @@ def main(argv):
   except FloatingPointError as e:
     print(f'jcc: {e}', file=sys.stderr)
     sys.exit(1)
+  except KeyboardInterrupt:
+    # A second Ctrl-C during training, or one before it began.
+    print('jcc: interrupted; the workdir keeps its last checkpoint.',
+          file=sys.stderr)
+    sys.exit(130)
 
 
 if __name__ == '__main__':

@@ -26,8 +26,9 @@ from jcc import validate
 
 # Loss terms, in the order they are reported: one per weight in config.loss.
 TERMS = validate.LOSS_WEIGHTS
-# What a step checks for finiteness: each term, then the total and gradient.
-FINITE_CHECKS = TERMS + ('total or gradient',)
+# What a step checks for finiteness: each term, the total and the gradient,
+# and the updated parameters (a finite gradient with a NaN learning rate).
+FINITE_CHECKS = TERMS + ('total or gradient', 'update')
 
 
 @flax.struct.dataclass
@@ -179,6 +180,8 @@ def make_train_step(model, tx, config, mesh, instance_only: bool = False):
     finite = {name: jnp.isfinite(terms[name]) if name in terms
               else jnp.bool_(True) for name in TERMS}
     finite['total or gradient'] = jnp.isfinite(total) & grads_finite
+    finite['update'] = jnp.all(jnp.stack(
+        [jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(updated.params)]))
     mask = sum(jnp.logical_not(finite[name]).astype(jnp.int32) << i
                for i, name in enumerate(FINITE_CHECKS))
     ok = (mask == 0) & (state.nonfinite_step < 0)

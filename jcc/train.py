@@ -39,6 +39,10 @@ from jcc import step as step_lib
 from jcc import validate
 
 
+# Signals that make the loop checkpoint after the current step and return.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
 class Trainer:
   """Holds what a run needs; its methods are the phases of the method."""
 
@@ -130,7 +134,8 @@ class Trainer:
       return
     names = step_lib.nonfinite_names(self.state.nonfinite_terms)
     raise FloatingPointError(
-        f'Non-finite loss at step {bad_step}: {", ".join(names)}. Training '
+        f'Non-finite loss or update at step {bad_step}: {", ".join(names)}. '
+        'Training '
         'stopped; the checkpoints in the workdir are from before it. Lower '
         'config.train.learning_rate or check the data.')
 
@@ -183,21 +188,32 @@ class Trainer:
   # -- the loop ------------------------------------------------------------
 
   def request_stop(self, signum=None, frame=None) -> None:
-    """Asks the loop to checkpoint and return after the current step."""
+    """Asks the loop to checkpoint and return after the current step.
+
+    After a first Ctrl-C, a second one aborts at once (KeyboardInterrupt),
+    without the checkpoint.
+    """
     del frame
-    logging.warning('Received signal %s: saving a checkpoint and stopping.',
-                    signum)
+    if signum == signal.SIGINT:
+      signal.signal(signal.SIGINT, signal.default_int_handler)
+    logging.warning('Received %s: saving a checkpoint after this step and '
+                    'stopping%s.', signal.Signals(signum).name if signum
+                    else 'a stop request',
+                    ' (Ctrl-C again aborts without it)'
+                    if signum == signal.SIGINT else '')
     self.stop_requested = True
 
   def train(self) -> bool:
-    """Trains to the last step; False if stopped early by SIGTERM."""
+    """Trains to the last step; False if stopped early by SIGTERM or SIGINT."""
     if threading.current_thread() is not threading.main_thread():
       return self._train()
-    previous = signal.signal(signal.SIGTERM, self.request_stop)
+    previous = {signum: signal.signal(signum, self.request_stop)
+                for signum in STOP_SIGNALS}
     try:
       return self._train()
     finally:
-      signal.signal(signal.SIGTERM, previous)
+      for signum, handler in previous.items():
+        signal.signal(signum, handler)
 
   def _train(self) -> bool:
     config, n = self.config, len(self.dataset)

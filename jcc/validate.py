@@ -47,6 +47,14 @@ def check_fields(config: ml_collections.ConfigDict) -> None:
     if config.train[field] < 1:
       raise ConfigError(
           f'config.train.{field}={config.train[field]}: must be >= 1.')
+  if not config.train.max_checkpoints >= 1:
+    raise ConfigError(
+        f'config.train.max_checkpoints={config.train.max_checkpoints}: must '
+        'be >= 1, or the trained model would not be kept.')
+  if not 0 < config.train.learning_rate < float('inf'):
+    raise ConfigError(
+        f'config.train.learning_rate={config.train.learning_rate}: must be a '
+        'finite number > 0 (CC: 3e-4).')
   if config.train.eval_every_steps < 0:
     raise ConfigError(
         f'config.train.eval_every_steps={config.train.eval_every_steps}: '

@@ -107,6 +107,25 @@ def test_train_step_makes_no_hidden_transfers(meshes):
   assert np.isfinite(jax.device_get(metrics['total']))
 
 
+def test_a_non_finite_update_leaves_the_state_unchanged(meshes):
+  # A NaN learning rate gives a finite loss and gradient but NaN parameters;
+  # the step must refuse that update, as it does a non-finite loss.
+  config = tiny_config(batch_size=64)
+  dataset, model, _, state, indices, target = _setup(config)
+  tx = optax.adam(float('nan'))
+  state = state.replace(opt_state=tx.init(state.params))
+  mesh = meshes[0]
+  placed = _place(mesh, state, target, dataset.images[indices], indices)
+  new_state, metrics = jax.device_get(
+      step.make_train_step(model, tx, config, mesh)(*placed, np.float32(1.0)))
+  assert np.isfinite(metrics['total'])
+  assert int(new_state.nonfinite_step) == 1
+  assert step.nonfinite_names(new_state.nonfinite_terms) == ['update']
+  for before, after in zip(jax.tree.leaves(state.params),
+                           jax.tree.leaves(new_state.params)):
+    np.testing.assert_array_equal(after, before)
+
+
 def test_bfloat16_compute_keeps_float32_parameters_and_losses(meshes):
   config = tiny_config(batch_size=64, compute_dtype='bfloat16')
   dataset, model, tx, state, indices, target = _setup(config)

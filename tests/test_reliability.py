@@ -105,13 +105,16 @@ def test_sigkill_then_restart_ends_bitwise_like_an_uninterrupted_run(
 
 
 @pytest.mark.slow
-def test_sigterm_checkpoints_and_exits_zero(tmp_path):
+@pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_or_ctrl_c_checkpoints_and_exits_zero(tmp_path, signum):
+  # Ctrl-C (SIGINT) used to exit 130 and lose the steps since the last
+  # periodic checkpoint.
   workdir = tmp_path / 'run'
   proc = _cli(workdir, '--config.train.num_epochs=1000',
               '--config.train.checkpoint_every_steps=20', wait=False)
   _wait_for_checkpoint(workdir, 20, proc)
   sent = time.time()
-  proc.send_signal(signal.SIGTERM)
+  proc.send_signal(signum)
   _, stderr = proc.communicate(timeout=60)
   assert proc.returncode == 0, stderr[-3000:]
   assert time.time() - sent < 20

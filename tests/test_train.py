@@ -118,6 +118,16 @@ def test_command_line_trains_and_evaluates(tmp_path):
   assert 'Training' not in evaluated.stderr
 
 
+@pytest.mark.parametrize('field,value', [
+    ('max_checkpoints', 0), ('learning_rate', float('nan')),
+    ('learning_rate', -1e-3), ('learning_rate', 0.0)])
+def test_settings_that_would_lose_the_model_are_refused(field, value):
+  # max_checkpoints=0 used to finish with an empty checkpoints/; a NaN
+  # learning rate wrote NaN parameters.
+  with pytest.raises(errors.ConfigError, match=f'config.train.{field}='):
+    validate.check_fields(tiny_config(**{field: value}))
+
+
 def test_learning_rate_schedules():
   config = tiny_config(learning_rate=1e-3)
   constant = step.learning_rate_schedule(config.train, 100)
