@@ -1,15 +1,19 @@
 """The config check: settings that cannot train are refused before any work.
 
-:func:`check_fields` needs the config alone and runs first, before any data
-is read or the workdir is touched; :func:`check_against_data` needs the
-number of examples and devices. Each raises :class:`jcc.errors.ConfigError`
-with one line naming the field and the fix. No JAX here: the check must be
-cheap and come first.
+Every field of ``configs/default.py`` has one rule in :data:`FIELDS` (its type
+and range); :func:`check_fields` applies them and the checks between fields.
+It needs the config alone and runs first, before any data is read or the
+workdir is touched. :func:`check_against_data` needs the number of examples
+and devices. Each raises :class:`jcc.errors.ConfigError` with one line naming
+the field and what it must be. No JAX at import: the check is cheap.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+import math
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import ml_collections
 
@@ -19,51 +23,170 @@ from jcc.errors import ConfigError
 LOSS_WEIGHTS = ('instance', 'cluster', 'entropy', 'reconstruction', 'kl')
 COMPUTE_DTYPES = ('float32', 'bfloat16')
 LR_SCHEDULES = ('constant', 'cosine')
+# Pixels per side: the ConvNet needs a few to pool; above this, one image's
+# activations no longer fit an accelerator's memory at any useful batch.
+IMAGE_SIZES = (8, 512)
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+  """What one field must be: ``ok(value)``, described for the error."""
+  describe: Callable[[], str]
+  ok: Callable[[Any], bool]
+
+
+def _is_int(v) -> bool:
+  return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+  return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
+
+
+def integer(lo: int, hi: int | None = None) -> Rule:
+  return Rule(
+      lambda: f'an integer >= {lo}' if hi is None else
+      f'an integer from {lo} to {hi}',
+      lambda v: _is_int(v) and lo <= v and (hi is None or v <= hi))
+
+
+def number(lo: float, hi: float | None = None, above: bool = False) -> Rule:
+  """A finite number >= lo (> lo when ``above``), and <= hi if given."""
+  return Rule(
+      lambda: f'a finite number {">" if above else ">="} {lo}' +
+      ('' if hi is None else f' and <= {hi}'),
+      lambda v: _is_number(v) and (v > lo if above else v >= lo) and (
+          hi is None or v <= hi))
+
+
+def interval(lo: float, hi: float | None = None) -> Rule:
+  """A pair (low, high), lo < low <= high (<= hi)."""
+  return Rule(
+      lambda: f'a pair (low, high) with {lo} < low <= high' +
+      ('' if hi is None else f' <= {hi}'),
+      lambda v: isinstance(v, (tuple, list)) and len(v) == 2 and all(
+          _is_number(x) for x in v) and lo < v[0] <= v[1] and (
+              hi is None or v[1] <= hi))
+
+
+def choice(allowed: Callable[[], Sequence[str]]) -> Rule:
+  return Rule(lambda: 'one of ' + ', '.join(map(repr, allowed())),
+              lambda v: v in allowed())
+
+
+FLAG = Rule(lambda: 'True or False', lambda v: isinstance(v, bool))
+TEXT = Rule(lambda: 'a string', lambda v: isinstance(v, str))
+PROBABILITY = number(0.0, 1.0)
+WEIGHT = number(0.0)
+
+
+def _dataset_names() -> list[str]:
+  from jcc import sources  # pylint: disable=g-import-not-at-top
+  return sorted(sources.DATASETS)
+
+
+def _backbones() -> tuple[str, ...]:
+  from jcc import models  # pylint: disable=g-import-not-at-top
+  return models.BACKBONES
+
+
+# One rule per field of configs/default.py (tests/test_validate.py checks
+# that none is missing).
+FIELDS: dict[str, Rule] = {
+    'seed': integer(0, 2**32 - 1),
+    'dataset.name': choice(_dataset_names),
+    'dataset.path': TEXT,
+    'dataset.tfds_data_dir': TEXT,
+    'dataset.tfds_download': FLAG,
+    'dataset.manual_dir': TEXT,
+    'dataset.use_unlabelled': FLAG,
+    'dataset.skip_bad_images': FLAG,
+    'dataset.image_size': integer(*IMAGE_SIZES),
+    'dataset.num_clusters': integer(2),
+    'model.backbone': choice(_backbones),
+    'model.convnet_widths': Rule(
+        lambda: 'a non-empty tuple of integers >= 1',
+        lambda v: isinstance(v, (tuple, list)) and len(v) > 0 and all(
+            _is_int(w) and w >= 1 for w in v)),
+    'model.head_hidden': integer(1),
+    'model.projection_dim': integer(1),
+    'model.decoder_width': integer(1),
+    'augment.crop_scale': interval(0.0, 1.0),
+    'augment.crop_ratio': interval(0.0),
+    'augment.flip_prob': PROBABILITY,
+    'augment.rotation': number(0.0, 180.0),
+    'augment.shear': number(0.0, 60.0),
+    'augment.brightness': number(0.0),
+    'augment.contrast': number(0.0),
+    'augment.saturation': number(0.0),
+    'augment.hue': number(0.0, 0.5),
+    'augment.jitter_prob': PROBABILITY,
+    'augment.jitter_random_order': FLAG,
+    'augment.grayscale_prob': PROBABILITY,
+    'augment.blur_prob': PROBABILITY,
+    'augment.blur_sigma': interval(0.0),
+    'augment.noise_stddev': number(0.0),
+    **{f'loss.{name}': WEIGHT for name in LOSS_WEIGHTS},
+    'loss.instance_temperature': number(0.0, above=True),
+    'loss.cluster_temperature': number(0.0, above=True),
+    'loss.alpha': number(0.0, above=True),
+    'multihost': FLAG,
+    'train.batch_size': integer(2),
+    'train.num_epochs': integer(1),
+    'train.compute_dtype': choice(lambda: COMPUTE_DTYPES),
+    'train.learning_rate': number(0.0, above=True),
+    'train.lr_schedule': choice(lambda: LR_SCHEDULES),
+    'train.warmup_epochs': integer(0),
+    'train.kmeans_n_init': integer(1),
+    'train.target_update_every_steps': integer(1),
+    'train.log_every_steps': integer(1),
+    'train.eval_every_steps': integer(0),
+    'train.checkpoint_every_steps': integer(1),
+    # 0 would keep no checkpoint: the trained model would be lost.
+    'train.max_checkpoints': integer(1),
+    'train.eval_batch_size': integer(1),
+    'predict.input': TEXT,
+}
+
+
+def flatten(config: ml_collections.ConfigDict,
+            prefix: str = '') -> Iterator[tuple[str, Any]]:
+  """(dotted field name, value) for every leaf of ``config``."""
+  for key, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      yield from flatten(value, f'{prefix}{key}.')
+    else:
+      yield f'{prefix}{key}', value
 
 
 def check_choice(field: str, value: str, allowed: Sequence[str]) -> None:
   """Raises unless ``value`` of ``config.<field>`` is one of ``allowed``."""
-  if value not in allowed:
-    raise ConfigError(f'config.{field}={value!r}: use one of '
-                      f'{", ".join(map(repr, allowed))}.')
+  rule = choice(lambda: allowed)
+  if not rule.ok(value):
+    raise ConfigError(f'config.{field}={value!r}: must be {rule.describe()}.')
 
 
 def check_fields(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError for settings that cannot train, whatever the data."""
+  values = dict(flatten(config))
+  for field, rule in FIELDS.items():
+    if field not in values:
+      raise ConfigError(f'config.{field} is missing; start from '
+                        'configs/default.py, which defines every field.')
+    if not rule.ok(values[field]):
+      raise ConfigError(f'config.{field}={values[field]!r}: must be '
+                        f'{rule.describe()}.')
   k = config.dataset.num_clusters
   batch = config.train.batch_size
-  check_choice('train.compute_dtype', config.train.compute_dtype,
-               COMPUTE_DTYPES)
-  check_choice('train.lr_schedule', config.train.lr_schedule, LR_SCHEDULES)
-  if k < 2:
-    raise ConfigError(f'config.dataset.num_clusters={k}: need at least 2.')
   if batch < k:
     raise ConfigError(
         f'config.train.batch_size={batch} is smaller than '
         f'config.dataset.num_clusters={k}: a batch must be able to hold '
         'every cluster. Raise the batch size.')
-  for field in ('log_every_steps', 'checkpoint_every_steps',
-                'target_update_every_steps'):
-    if config.train[field] < 1:
-      raise ConfigError(
-          f'config.train.{field}={config.train[field]}: must be >= 1.')
-  if not config.train.max_checkpoints >= 1:
+  if not any(config.loss[name] for name in LOSS_WEIGHTS):
     raise ConfigError(
-        f'config.train.max_checkpoints={config.train.max_checkpoints}: must '
-        'be >= 1, or the trained model would not be kept.')
-  if not 0 < config.train.learning_rate < float('inf'):
-    raise ConfigError(
-        f'config.train.learning_rate={config.train.learning_rate}: must be a '
-        'finite number > 0 (CC: 3e-4).')
-  if config.train.eval_every_steps < 0:
-    raise ConfigError(
-        f'config.train.eval_every_steps={config.train.eval_every_steps}: '
-        'must be >= 0 (0: evaluate only at the end).')
-  negative = [t for t in LOSS_WEIGHTS if config.loss[t] < 0]
-  if negative:
-    raise ConfigError(
-        f'config.loss.{negative[0]}={config.loss[negative[0]]}: loss weights '
-        'must be >= 0 (0 removes the term).')
+        'config.loss: every weight is 0, so nothing would be trained; set at '
+        f'least one of {", ".join(LOSS_WEIGHTS)} > 0.')
 
 
 def check_against_data(config: ml_collections.ConfigDict, num_examples: int,

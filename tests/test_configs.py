@@ -5,6 +5,7 @@ import importlib
 import pytest
 
 from configs import default
+from jcc import validate
 from tests.conftest import REPO_ROOT
 
 CONFIGS = sorted(p.stem for p in (REPO_ROOT / 'configs').glob('*.py')
@@ -18,14 +19,8 @@ REQUIRED = [
 ]
 
 
-def _flat(config, prefix=''):
-  out = {}
-  for key, value in config.items():
-    if hasattr(value, 'items'):
-      out.update(_flat(value, f'{prefix}{key}.'))
-    else:
-      out[f'{prefix}{key}'] = value
-  return out
+def _flat(config):
+  return dict(validate.flatten(config))
 
 
 @pytest.mark.parametrize('name', CONFIGS)

@@ -255,7 +255,7 @@ def test_evaluate_with_another_architecture_or_k_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize('change,match', [
-    (dict(num_clusters=1), 'num_clusters=1: need at least 2'),
+    (dict(num_clusters=1), 'num_clusters=1: must be an integer >= 2'),
     (dict(num_clusters=2000), 'exceeds the 1797 examples'),
     (dict(batch_size=8), 'smaller than config.dataset.num_clusters=10'),
     (dict(batch_size=100), 'does not divide over the 8 devices'),
