@@ -1,16 +1,19 @@
-"""The workdir: checks, the model signature, and orbax checkpoints.
+"""The workdir: checks, its lock, the model signature, and orbax checkpoints.
 
 ``WORKDIR/model.json`` records what a checkpoint's shapes depend on, so that a
 workdir trained with another architecture or K is refused with one line
-rather than a shape error. ``WORKDIR/checkpoints`` holds the orbax
+rather than a shape error. ``WORKDIR/lock`` keeps a second run out while one
+holds the workdir (:class:`WorkdirLock`). ``WORKDIR/checkpoints`` holds the orbax
 checkpoints; one that cannot be read is moved to
 ``WORKDIR/damaged_checkpoints`` and the one before it is used.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import socket
 import time
 from typing import Any
 
@@ -73,6 +76,38 @@ def check_workdir(workdir: str) -> None:
     raise ConfigError(
         f'--workdir={workdir} cannot be written ({e.strerror or e}). Choose a '
         'writable directory.') from e
+
+
+class WorkdirLock:
+  """One run per workdir: an exclusive lock held for the life of the process.
+
+  ``flock`` on WORKDIR/lock, which the operating system releases when the
+  process ends in any way, a crash or SIGKILL included, so a stale lock
+  never needs removing by hand. The file names the holder. Training,
+  evaluate and predict all take it: each writes into the workdir.
+  """
+
+  def __init__(self, workdir: str, mode: str):
+    path = os.path.join(workdir, 'lock')
+    self._file = open(path, 'a+')  # pylint: disable=consider-using-with
+    try:
+      fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      self._file.seek(0)
+      holder = self._file.read().strip() or 'another process'
+      self._file.close()
+      raise CheckpointError(
+          f'{workdir} is in use by {holder}: one run per workdir. Wait for '
+          'it to end or stop it, or use another --workdir.') from None
+    self._file.seek(0)
+    self._file.truncate()
+    self._file.write(f'{mode} (PID {os.getpid()} on {socket.gethostname()})')
+    self._file.flush()
+
+  def release(self) -> None:
+    if not self._file.closed:
+      fcntl.flock(self._file, fcntl.LOCK_UN)
+      self._file.close()
 
 
 class Checkpoints:

@@ -46,7 +46,8 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 class Trainer:
   """Holds what a run needs; its methods are the phases of the method."""
 
-  def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str,
+               mode: str = 'a training'):
     self.start_time = time.time()
     self.config = config
     self.workdir = workdir
@@ -68,6 +69,17 @@ class Trainer:
     self.model_signature = checkpoint.model_signature(
         config, self.dataset.channels)
     checkpoint.check_model_signature(workdir, self.model_signature)
+    if jax.process_index() == 0:  # hosts of one run share the workdir
+      self.lock = checkpoint.WorkdirLock(workdir, mode)
+    try:
+      self._set_up(config, workdir)
+    except BaseException:
+      self.release_lock()
+      raise
+
+  def _set_up(self, config: ml_collections.ConfigDict, workdir: str) -> None:
+    """The model, the state, the compiled step and the checkpoints."""
+    num_devices = self.mesh.size
     n, bs = len(self.dataset), config.train.batch_size
     self.steps_per_epoch = n // bs
     self.total_steps = config.train.num_epochs * self.steps_per_epoch
@@ -352,9 +364,14 @@ class Trainer:
     print(evaluate.format_results_table(results), flush=True)
     return results
 
+  def release_lock(self) -> None:
+    if hasattr(self, 'lock'):
+      self.lock.release()
+
   def close(self):
     self.checkpoints.close()
     self.writer.close()
+    self.release_lock()
 
 
 def is_time(step: int, every: int, last: int | None = None,

@@ -176,13 +176,6 @@ def check_fields(config: ml_collections.ConfigDict) -> None:
     if not rule.ok(values[field]):
       raise ConfigError(f'config.{field}={values[field]!r}: must be '
                         f'{rule.describe()}.')
-  k = config.dataset.num_clusters
-  batch = config.train.batch_size
-  if batch < k:
-    raise ConfigError(
-        f'config.train.batch_size={batch} is smaller than '
-        f'config.dataset.num_clusters={k}: a batch must be able to hold '
-        'every cluster. Raise the batch size.')
   if not any(config.loss[name] for name in LOSS_WEIGHTS):
     raise ConfigError(
         'config.loss: every weight is 0, so nothing would be trained; set at '
@@ -191,7 +184,8 @@ def check_fields(config: ml_collections.ConfigDict) -> None:
 
 def check_against_data(config: ml_collections.ConfigDict, num_examples: int,
                        num_devices: int) -> None:
-  """Raises ConfigError for settings that do not fit the data or devices."""
+  """Raises ConfigError for settings that do not fit the data, the devices
+  or each other."""
   k = config.dataset.num_clusters
   batch = config.train.batch_size
   if k > num_examples:
@@ -201,6 +195,12 @@ def check_against_data(config: ml_collections.ConfigDict, num_examples: int,
     raise ConfigError(
         f'config.train.batch_size={batch} exceeds the {num_examples} examples;'
         ' lower it.')
+  # After K against the data: a K larger than the data is the root cause.
+  if batch < k:
+    raise ConfigError(
+        f'config.train.batch_size={batch} is smaller than '
+        f'config.dataset.num_clusters={k}: a batch must be able to hold '
+        'every cluster. Raise the batch size.')
   if batch % num_devices:
     raise ConfigError(
         f'config.train.batch_size={batch} does not divide over the '

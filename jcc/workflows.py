@@ -26,7 +26,7 @@ def train_and_evaluate(
 
   Returns:
     The results dict also written to WORKDIR/results.json, or None when a
-    SIGTERM stopped training early (after writing a checkpoint).
+    SIGTERM or SIGINT stopped training early (after writing a checkpoint).
   """
   trainer = Trainer(config, workdir)
   try:
@@ -38,23 +38,27 @@ def train_and_evaluate(
     trainer.close()
 
 
-def _trained(config: ml_collections.ConfigDict, workdir: str) -> Trainer:
+def _trained(config: ml_collections.ConfigDict, workdir: str,
+             mode: str) -> Trainer:
   """A Trainer restored from WORKDIR's latest checkpoint (error if none)."""
   missing = CheckpointError(
       f'No checkpoint in {workdir}/checkpoints: train first (--mode=train) '
       'with this --workdir.')
   if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
     raise missing
-  trainer = Trainer(config, workdir)
-  if not trainer.restore_latest():
+  trainer = Trainer(config, workdir, mode)
+  try:
+    if not trainer.restore_latest():
+      raise missing
+  except BaseException:
     trainer.close()
-    raise missing
+    raise
   return trainer
 
 
 def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Evaluates the latest checkpoint of WORKDIR without training."""
-  trainer = _trained(config, workdir)
+  trainer = _trained(config, workdir, 'an evaluation')
   try:
     return trainer.evaluate()
   finally:
@@ -75,7 +79,7 @@ def predict_workdir(config: ml_collections.ConfigDict,
   if not os.path.exists(source):
     raise DataError(f'config.predict.input={source!r}: no such file or '
                     'folder.')
-  trainer = _trained(config, workdir)
+  trainer = _trained(config, workdir, 'a prediction')
   try:
     names, images = sources.load_predict_images(
         source, config.dataset.image_size, trainer.dataset.channels,

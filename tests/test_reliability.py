@@ -3,7 +3,9 @@
 import json
 import os
 import pathlib
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -121,6 +123,43 @@ def test_sigterm_or_ctrl_c_checkpoints_and_exits_zero(tmp_path, signum):
   assert 'the same command resumes' in stderr
   assert max(_steps(workdir)) >= 20
   assert not (workdir / 'results.json').exists()
+
+
+# ---------------------------------------------------------------------------
+# One run per workdir.
+
+
+def test_a_second_run_on_a_busy_workdir_is_refused(tmp_path):
+  workdir = tmp_path / 'run'
+  first = train.Trainer(tiny_config(), str(workdir))
+  try:
+    holder = f'a training (PID {os.getpid()} on {socket.gethostname()})'
+    with pytest.raises(CheckpointError, match=re.escape(holder)):
+      train.Trainer(tiny_config(), str(workdir))
+    with pytest.raises(CheckpointError, match='one run per workdir'):
+      workflows.evaluate_workdir(tiny_config(), str(workdir))
+  finally:
+    first.close()
+  second = train.Trainer(tiny_config(), str(workdir))  # released on close
+  second.close()
+
+
+@pytest.mark.slow
+def test_two_commands_on_one_workdir_do_not_overwrite_each_other(tmp_path):
+  # Seeds 0 and 1 on one workdir used to both exit 0, the later replacing
+  # the other's checkpoints and results.json.
+  workdir = tmp_path / 'run'
+  proc = _cli(workdir, '--config.train.num_epochs=1000',
+              '--config.train.checkpoint_every_steps=20', wait=False)
+  try:
+    _wait_for_checkpoint(workdir, 20, proc)
+    second = _cli(workdir, '--config.seed=1')
+    _assert_clean_error(second, f'a training (PID {proc.pid} on '
+                        f'{socket.gethostname()})', 'one run per workdir')
+  finally:
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=60)
+  assert proc.returncode == 0
 
 
 # ---------------------------------------------------------------------------

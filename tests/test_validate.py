@@ -112,7 +112,7 @@ def test_a_bad_value_names_the_field_and_what_it_must_be(field, value):
 
 def test_settings_that_only_clash_together():
   with pytest.raises(ConfigError, match='batch_size=8 is smaller than'):
-    validate.check_fields(_with('train.batch_size', 8))
+    validate.check_config(_with('train.batch_size', 8), 1797, 1)
   config = tiny_config()
   for name in validate.LOSS_WEIGHTS:
     config.loss[name] = 0.0
