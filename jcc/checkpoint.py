@@ -28,9 +28,15 @@ from jcc.errors import CheckpointError, ConfigError
 SIGNATURE_FILE = 'model.json'
 
 
-def model_signature(config: ml_collections.ConfigDict, channels: int) -> dict:
-  """What a checkpoint's shapes depend on; must match to restore it."""
+def model_signature(config: ml_collections.ConfigDict, channels: int,
+                    num_examples: int) -> dict:
+  """What a checkpoint's shapes depend on; must match to restore it.
+
+  The dataset and its size too: DEC's target P has a row per example.
+  """
   return {
+      'dataset': config.dataset.name,
+      'num_examples': num_examples,
       'backbone': config.model.backbone,
       'num_clusters': config.dataset.num_clusters,
       'image_size': config.dataset.image_size,
@@ -56,11 +62,14 @@ def check_model_signature(workdir: str, signature: dict) -> None:
     return
   with open(path) as f:
     saved = json.load(f)
-  differ = [f'{key}: {saved.get(key)!r} there, {value!r} now'
-            for key, value in signature.items() if saved.get(key) != value]
+  # Keys a workdir of an older version lacks are not compared.
+  differ = [f'{key}: {saved[key]!r} there, {value!r} now'
+            for key, value in signature.items()
+            if key in saved and saved[key] != value]
   if differ:
     raise CheckpointError(
-        f'{workdir} holds a model of another shape ({"; ".join(differ)}). '
+        f'{workdir} holds a model trained with other settings '
+        f'({"; ".join(differ)}). '
         'Use the config it was trained with, or another --workdir.')
 
 

@@ -86,6 +86,25 @@ def load_digits(dataset_config) -> ImageDataset:
                       class_names=tuple(str(d) for d in range(10)))
 
 
+def _class_indices(labels: np.ndarray, where: str) -> np.ndarray:
+  """``labels`` as int64 class indices; a DataError unless integral and >= 0."""
+  if labels.dtype.kind == 'f':
+    bad = ~np.isfinite(labels) | (labels != np.round(labels))
+    if bad.any():
+      raise DataError(
+          f'{where}: {int(bad.sum())} value(s) are not whole numbers (first: '
+          f'{labels[bad][0]}); labels must be class indices 0, 1, 2, …')
+  elif labels.dtype.kind not in 'iub':
+    raise DataError(f'{where}: dtype {labels.dtype}; labels must be integer '
+                    'class indices 0, 1, 2, …')
+  labels = labels.astype(np.int64)
+  if labels.size and labels.min() < 0:
+    raise DataError(
+        f'{where}: {int((labels < 0).sum())} negative value(s) (first: '
+        f'{labels[labels < 0][0]}); labels must be class indices 0, 1, 2, …')
+  return labels
+
+
 def load_npz(dataset_config) -> ImageDataset:
   """An .npz with uint8 `images` (NHW or NHWC) and optional int `labels`.
 
@@ -104,7 +123,8 @@ def load_npz(dataset_config) -> ImageDataset:
         raise DataError(
             f'{path}: has no `images` array (found {data.files}).')
       images = _as_nhwc_uint8(data['images'], path)
-      labels = data['labels'].astype(np.int64) if 'labels' in data else None
+      labels = (_class_indices(data['labels'], f'{path}: `labels`')
+                if 'labels' in data else None)
       class_names = None
       if 'class_names' in data and data['class_names'].dtype.kind == 'U':
         class_names = tuple(str(c) for c in data['class_names'])
@@ -141,12 +161,24 @@ def _class_files(folders: list[str]) -> tuple[list[str], list[int]]:
 
 
 def _list_images(root: str) -> tuple[list[str], list[int] | None, list[str]]:
-  """(files, labels or None, class names): class subfolders, else flat."""
+  """(files, labels or None, class names): class subfolders, or flat.
+
+  One layout or the other: images both at the top level and in class
+  folders are an error (the top-level ones would have no class).
+  """
   classes = sorted(d for d in os.listdir(root)
                    if os.path.isdir(os.path.join(root, d)) and
                    _images_in(os.path.join(root, d)))
+  top_level = _images_in(root)
   if not classes:
-    return _images_in(root), None, []
+    return top_level, None, []
+  if top_level:
+    raise DataError(
+        f'{root}: {len(top_level)} images at its top level (e.g. '
+        f'{os.path.basename(top_level[0])}) beside {len(classes)} class '
+        f'folder(s) ({", ".join(classes[:5])}{", …" if len(classes) > 5 else ""}'
+        '). Use one layout: every image in a class folder, or all of them '
+        'at the top level (no labels).')
   files, labels = _class_files([os.path.join(root, c) for c in classes])
   return files, labels, classes
 
@@ -228,6 +260,9 @@ def load_folder(dataset_config) -> ImageDataset:
   images, kept = decode_images(files, dataset_config.image_size,
                                 dataset_config.skip_bad_images, root)
   label_array = None if labels is None else np.asarray(labels, np.int64)[kept]
+  logging.info('%s: %d images, %s.', root, len(images),
+               f'{len(classes)} class folders ({", ".join(classes)})'
+               if classes else 'flat (no labels)')
   return ImageDataset('folder', images, label_array,
                       class_names=tuple(classes) or None)
 

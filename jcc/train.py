@@ -67,7 +67,7 @@ class Trainer:
                       known, config.dataset.num_clusters)
     checkpoint.check_workdir(workdir)
     self.model_signature = checkpoint.model_signature(
-        config, self.dataset.channels)
+        config, self.dataset.channels, len(self.dataset))
     checkpoint.check_model_signature(workdir, self.model_signature)
     if jax.process_index() == 0:  # hosts of one run share the workdir
       self.lock = checkpoint.WorkdirLock(workdir, mode)

@@ -291,6 +291,15 @@ def test_evaluate_with_another_architecture_or_k_is_refused(tmp_path):
   other_net.model.convnet_widths = (8, 16, 32)
   with pytest.raises(CheckpointError, match='convnet_widths'):
     train.Trainer(other_net, str(workdir))
+  # Another dataset: named, rather than 'none of the checkpoints can be
+  # read', whose advice (move them away) threw good checkpoints out.
+  path = tmp_path / 'other.npz'
+  np.savez(path, images=np.zeros((300, 8, 8), np.uint8))
+  other_data = tiny_config()
+  other_data.dataset.name, other_data.dataset.path = 'npz', str(path)
+  with pytest.raises(CheckpointError, match="dataset: 'digits' there, 'npz' "
+                     'now; num_examples: 1797 there, 300 now'):
+    workflows.evaluate_workdir(other_data, str(workdir))
 
 
 @pytest.mark.parametrize('change,match', [
@@ -351,6 +360,38 @@ def test_flat_grayscale_folder_has_no_labels(tmp_path):
     _write(tmp_path / f'{i}.jpg', 'L')
   ds = sources.load_dataset(_folder_config(tmp_path))
   assert ds.images.shape == (3, 8, 8, 1) and ds.labels is None
+
+
+def test_images_beside_class_folders_are_an_error_not_dropped(tmp_path):
+  # 40 top-level images beside a class folder of 20 used to train on the 20
+  # alone, scored against a single class.
+  for i in range(4):
+    _write(tmp_path / f'top{i}.png', 'RGB')
+  (tmp_path / 'cats').mkdir()
+  for i in range(2):
+    _write(tmp_path / 'cats' / f'{i}.png', 'RGB')
+  with pytest.raises(DataError, match=r'4 images at its top level .*cats'):
+    sources.load_dataset(_folder_config(tmp_path))
+
+
+@pytest.mark.parametrize('labels,match', [
+    (np.array([0, 1, -1, 2, 0, 1]), 'negative'),
+    (np.array([0.0, 1.0, np.nan, 2.0, 0.0, 1.0]), 'not whole numbers'),
+    (np.array([0.0, 1.5, 1.0, 2.0, 0.0, 1.0]), 'not whole numbers'),
+    (np.array(['a'] * 6), 'integer class indices'),
+])
+def test_npz_labels_must_be_class_indices(tmp_path, labels, match):
+  # Labels of -1 were scored silently; NaN labels crashed the evaluation
+  # after training, and every rerun again.
+  path = tmp_path / 'x.npz'
+  np.savez(path, images=np.zeros((6, 8, 8), np.uint8), labels=labels)
+  config = tiny_config()
+  config.dataset.name, config.dataset.path = 'npz', str(path)
+  with pytest.raises(DataError, match=match):
+    sources.load_dataset(config.dataset)
+  np.savez(path, images=np.zeros((6, 8, 8), np.uint8),
+           labels=np.array([0.0, 1.0, 2.0, 0.0, 1.0, 2.0]))  # whole floats
+  assert sources.load_dataset(config.dataset).labels.dtype == np.int64
 
 
 def test_unreadable_images_are_skipped_with_a_warning_or_refused(
