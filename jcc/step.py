@@ -134,6 +134,11 @@ def compute_loss_terms(
   return terms
 
 
+def _all_finite(tree) -> jax.Array:
+  return jnp.all(jnp.stack(
+      [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
+
+
 def make_train_step(model, tx, config, mesh, instance_only: bool = False):
   """The jitted step: (state, target, images, indices, kl_scale) → (state, metrics).
 
@@ -173,15 +178,12 @@ def make_train_step(model, tx, config, mesh, instance_only: bool = False):
         params=optax.apply_updates(state.params, updates),
         batch_stats=batch_stats,
         opt_state=opt_state)
-    # A non-finite loss or gradient freezes the state at the last good one
-    # and records where and which; the host stops at its next check.
-    grads_finite = jnp.all(jnp.stack(
-        [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+    # A non-finite loss, gradient or update freezes the state at the last
+    # good one and records where and which; the host stops at its next check.
     finite = {name: jnp.isfinite(terms[name]) if name in terms
               else jnp.bool_(True) for name in TERMS}
-    finite['total or gradient'] = jnp.isfinite(total) & grads_finite
-    finite['update'] = jnp.all(jnp.stack(
-        [jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(updated.params)]))
+    finite['total or gradient'] = jnp.isfinite(total) & _all_finite(grads)
+    finite['update'] = _all_finite(updated.params)
     mask = sum(jnp.logical_not(finite[name]).astype(jnp.int32) << i
                for i, name in enumerate(FINITE_CHECKS))
     ok = (mask == 0) & (state.nonfinite_step < 0)

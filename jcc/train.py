@@ -69,8 +69,9 @@ class Trainer:
     self.model_signature = checkpoint.model_signature(
         config, self.dataset.channels, len(self.dataset))
     checkpoint.check_model_signature(workdir, self.model_signature)
-    if jax.process_index() == 0:  # hosts of one run share the workdir
-      self.lock = checkpoint.WorkdirLock(workdir, mode)
+    # The hosts of one run share the workdir: the first one holds it.
+    self.lock = (checkpoint.WorkdirLock(workdir, mode)
+                 if jax.process_index() == 0 else None)
     try:
       self._set_up(config, workdir)
     except BaseException:
@@ -79,7 +80,6 @@ class Trainer:
 
   def _set_up(self, config: ml_collections.ConfigDict, workdir: str) -> None:
     """The model, the state, the compiled step and the checkpoints."""
-    num_devices = self.mesh.size
     n, bs = len(self.dataset), config.train.batch_size
     self.steps_per_epoch = n // bs
     self.total_steps = config.train.num_epochs * self.steps_per_epoch
@@ -92,6 +92,7 @@ class Trainer:
 
     self.warmup_steps = min(
         config.train.warmup_epochs * self.steps_per_epoch, self.total_steps)
+    num_devices = self.mesh.size
     eval_bs = max(config.train.eval_batch_size, num_devices)
     self.eval_batch_size = -(-eval_bs // num_devices) * num_devices
 
@@ -365,7 +366,7 @@ class Trainer:
     return results
 
   def release_lock(self) -> None:
-    if hasattr(self, 'lock'):
+    if self.lock is not None:
       self.lock.release()
 
   def close(self):
