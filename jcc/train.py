@@ -15,6 +15,7 @@ a step depend only on (seed, step).
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 import time
@@ -39,8 +40,33 @@ from jcc import step as step_lib
 from jcc import validate
 
 
-# Signals that make the loop checkpoint after the current step and return.
+# Signals that stop a run: training checkpoints after the current step and
+# returns; an evaluation is abandoned (EvaluationStopped).
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class EvaluationStopped(Exception):
+  """A stop signal during an evaluation; the checkpoints are untouched."""
+
+
+@contextlib.contextmanager
+def on_stop_signals(handler):
+  """Routes STOP_SIGNALS to ``handler`` inside the block (main thread only)."""
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  previous = {signum: signal.signal(signum, handler)
+              for signum in STOP_SIGNALS}
+  try:
+    yield
+  finally:
+    for signum, old in previous.items():
+      signal.signal(signum, old)
+
+
+def _stop_evaluation(signum, frame):
+  del frame
+  raise EvaluationStopped(signal.Signals(signum).name)
 
 
 class Trainer:
@@ -218,15 +244,8 @@ class Trainer:
 
   def train(self) -> bool:
     """Trains to the last step; False if stopped early by SIGTERM or SIGINT."""
-    if threading.current_thread() is not threading.main_thread():
+    with on_stop_signals(self.request_stop):
       return self._train()
-    previous = {signum: signal.signal(signum, self.request_stop)
-                for signum in STOP_SIGNALS}
-    try:
-      return self._train()
-    finally:
-      for signum, handler in previous.items():
-        signal.signal(signum, handler)
 
   def _train(self) -> bool:
     config, n = self.config, len(self.dataset)
@@ -334,7 +353,16 @@ class Trainer:
       self.init_centroids()
 
   def evaluate(self) -> dict:
-    """Metrics of the three assignments: results.json, report/, metric logs."""
+    """Metrics of the three assignments: results.json, report/, metric logs.
+
+    Raises EvaluationStopped on SIGTERM or SIGINT: the evaluation is
+    abandoned, and evaluating the same checkpoint again redoes it.
+    """
+    with on_stop_signals(_stop_evaluation):
+      logging.info('Evaluating the model of step %d.', int(self.state.step))
+      return self._evaluate()
+
+  def _evaluate(self) -> dict:
     self.finish_dec_assignment()
     outputs = self.predict()
     k = self.config.dataset.num_clusters

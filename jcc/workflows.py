@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 
+from absl import logging
 import jax
 import ml_collections
 import numpy as np
@@ -17,7 +18,7 @@ import numpy as np
 from jcc import report
 from jcc import sources
 from jcc.errors import CheckpointError, ConfigError, DataError
-from jcc.train import Trainer
+from jcc.train import EvaluationStopped, Trainer
 
 
 def train_and_evaluate(
@@ -33,9 +34,21 @@ def train_and_evaluate(
     trainer.restore_latest()
     if not trainer.train():
       return None
-    return trainer.evaluate()
+    return _evaluate(trainer)
   finally:
     trainer.close()
+
+
+def _evaluate(trainer: Trainer) -> dict | None:
+  """trainer.evaluate(), or None when a stop signal abandoned it."""
+  try:
+    return trainer.evaluate()
+  except EvaluationStopped as stop:
+    logging.warning(
+        '%s during the evaluation: stopped it. The checkpoint of step %d is '
+        'complete; the same command evaluates it again.', stop,
+        int(trainer.state.step))
+    return None
 
 
 def _trained(config: ml_collections.ConfigDict, workdir: str,
@@ -56,11 +69,15 @@ def _trained(config: ml_collections.ConfigDict, workdir: str,
   return trainer
 
 
-def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Evaluates the latest checkpoint of WORKDIR without training."""
+def evaluate_workdir(config: ml_collections.ConfigDict,
+                     workdir: str) -> dict | None:
+  """Evaluates the latest checkpoint of WORKDIR without training.
+
+  Returns the results, or None when a stop signal abandoned the evaluation.
+  """
   trainer = _trained(config, workdir, 'an evaluation')
   try:
-    return trainer.evaluate()
+    return _evaluate(trainer)
   finally:
     trainer.close()
 

@@ -125,6 +125,33 @@ def test_sigterm_or_ctrl_c_checkpoints_and_exits_zero(tmp_path, signum):
   assert not (workdir / 'results.json').exists()
 
 
+@pytest.mark.slow
+def test_a_stop_during_the_final_evaluation_says_so_and_evaluates_again(
+    tmp_path):
+  # SIGTERM during the final evaluation used to exit 143 with no message.
+  workdir = tmp_path / 'run'
+  _train_tiny(workdir)  # trained to its last step, not yet evaluated
+  flags_ = ('--config.train.num_epochs=2', '--config.train.warmup_epochs=1',
+            '--config.train.eval_batch_size=8')  # a longer evaluation
+  proc = _cli(workdir, *flags_, wait=False)
+  seen = []
+  for line in proc.stderr:
+    seen.append(line)
+    if 'Evaluating the model of step 14' in line:
+      proc.send_signal(signal.SIGTERM)
+      break
+  _, rest = proc.communicate(timeout=120)
+  stderr = ''.join(seen) + rest
+  assert proc.returncode == 0, stderr[-3000:]
+  assert 'Traceback' not in stderr
+  assert 'SIGTERM during the evaluation' in stderr
+  assert 'the same command evaluates it again' in stderr
+  assert not (workdir / 'results.json').exists()
+  again = _cli(workdir, *flags_)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert json.loads((workdir / 'results.json').read_text())['cluster_head']
+
+
 # ---------------------------------------------------------------------------
 # One run per workdir.
 
