@@ -13,6 +13,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import socket
 import time
 from typing import Any
@@ -22,7 +23,7 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
-from jcc.errors import CheckpointError, ConfigError
+from jcc.errors import CheckpointError, ConfigError, is_disk_full
 
 
 SIGNATURE_FILE = 'model.json'
@@ -119,13 +120,22 @@ class WorkdirLock:
       self._file.close()
 
 
+def _megabytes(num_bytes: float) -> str:
+  return f'{num_bytes / 2**20:.1f} MB'
+
+
 class Checkpoints:
   """The orbax checkpoints of WORKDIR/checkpoints, the last few kept."""
+
+  # Room kept beyond a checkpoint's arrays: orbax's metadata, the metric
+  # logs, the report.
+  MARGIN_BYTES = 4 * 2**20
 
   def __init__(self, workdir: str, max_to_keep: int):
     self.workdir = workdir
     self.max_to_keep = max_to_keep
     self._manager = self._open()
+    self._checkpoint_bytes = None  # of the last save: the room one needs
 
   def _open(self) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(
@@ -182,17 +192,56 @@ class Checkpoints:
     self._manager = self._open()
 
   def save(self, step: int, tree: Any, force: bool = False) -> None:
-    """Saves ``tree`` as the checkpoint of ``step``, unless it already is."""
+    """Saves ``tree`` as the checkpoint of ``step``, unless it already is.
+
+    Refused, with one line, where the disk has no room for it: checked
+    before orbax starts its asynchronous write, whose threads would
+    otherwise fail one after another.
+    """
     if step == self._manager.latest_step():
       return  # already saved (a periodic save at the last or a stop step)
-    self._manager.save(step, args=ocp.args.StandardSave(tree), force=force)
+    self._checkpoint_bytes = sum(
+        leaf.nbytes for leaf in jax.tree.leaves(tree))
+    if shutil.disk_usage(self.workdir).free < (
+        self._checkpoint_bytes + self.MARGIN_BYTES):
+      raise self.no_room()
+    try:
+      self._manager.save(step, args=ocp.args.StandardSave(tree), force=force)
+    except Exception as e:  # pylint: disable=broad-except
+      if is_disk_full(e):
+        raise self.no_room() from None
+      raise
+
+  def no_room(self) -> CheckpointError:
+    """The one-line error for a full disk under WORKDIR."""
+    free = shutil.disk_usage(self.workdir).free
+    need = '' if self._checkpoint_bytes is None else (
+        'a checkpoint needs about '
+        f'{_megabytes(self._checkpoint_bytes + self.MARGIN_BYTES)}, ')
+    latest = self._manager.latest_step()
+    resume = ('from the checkpoint of step '
+              f'{latest}' if latest is not None else 'from the start')
+    return CheckpointError(
+        f'No space left for {self.workdir}: {need}{_megabytes(free)} free. '
+        f'Free some space; the same command then resumes {resume}.')
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
   def wait(self) -> None:
     """Blocks until the asynchronous saves are on disk."""
-    self._manager.wait_until_finished()
+    try:
+      self._manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      if is_disk_full(e):
+        raise self.no_room() from None
+      raise
 
   def close(self) -> None:
-    self._manager.close()
+    try:
+      self._manager.close()  # waits for the saves in flight
+    except Exception as e:  # pylint: disable=broad-except
+      if not is_disk_full(e):
+        raise
+      logging.warning('A checkpoint in %s could not be finished: no space '
+                      'left. The earlier ones are intact.', self.workdir)

@@ -4,6 +4,8 @@ Each message names the bad thing and the fix; none should surface as a shape
 error from deep inside JAX.
 """
 
+import errno
+
 
 class UserError(Exception):
   """A mistake in the config, the data or the workdir."""
@@ -19,3 +21,18 @@ class DataError(UserError, ValueError):
 
 class CheckpointError(UserError):
   """A workdir whose checkpoints are missing, damaged or of another model."""
+
+
+def is_disk_full(error: BaseException | None) -> bool:
+  """Whether ``error``, or one it was raised from, is 'no space left'.
+
+  Orbax and TensorStore report it as an OSError or as a ValueError that
+  quotes the operating system's message.
+  """
+  while error is not None:
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+      return True
+    if 'No space left on device' in str(error):
+      return True
+    error = error.__cause__ or error.__context__
+  return False

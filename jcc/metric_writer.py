@@ -21,6 +21,7 @@ from absl import logging
 import jax
 
 from jcc import pipeline
+from jcc.errors import is_disk_full
 
 
 def tensorboard_installed() -> bool:
@@ -69,8 +70,16 @@ class MetricWriter:
     self._jsonl.flush()
 
   def close(self) -> None:
-    if self.enabled:
+    if not self.enabled:
+      return
+    self.enabled = False
+    try:
       if self._summary is not None:
         self._summary.close()
       self._jsonl.close()
-      self.enabled = False
+    except Exception as e:  # pylint: disable=broad-except
+      if not is_disk_full(e):
+        raise
+      # Closing after a full disk is met: the error already said so.
+      logging.warning('The last metric lines in %s could not be written: no '
+                      'space left.', os.path.dirname(self._jsonl.name))

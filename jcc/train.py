@@ -45,8 +45,13 @@ from jcc import validate
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
-class EvaluationStopped(Exception):
-  """A stop signal during an evaluation; the checkpoints are untouched."""
+class EvaluationStopped(BaseException):
+  """A stop signal during an evaluation; the checkpoints are untouched.
+
+  Raised from the signal handler wherever the evaluation is, so it is a
+  BaseException, as KeyboardInterrupt is: an ``except Exception`` on the way
+  (logging's own, a library's) must not swallow it.
+  """
 
 
 @contextlib.contextmanager
@@ -398,9 +403,11 @@ class Trainer:
       self.lock.release()
 
   def close(self):
-    self.checkpoints.close()
-    self.writer.close()
-    self.release_lock()
+    try:
+      self.checkpoints.close()
+      self.writer.close()
+    finally:
+      self.release_lock()
 
 
 def is_time(step: int, every: int, last: int | None = None,

@@ -8,7 +8,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 
 from absl import logging
 import jax
@@ -17,7 +19,8 @@ import numpy as np
 
 from jcc import report
 from jcc import sources
-from jcc.errors import CheckpointError, ConfigError, DataError
+from jcc.errors import (CheckpointError, ConfigError, DataError, UserError,
+                        is_disk_full)
 from jcc.train import EvaluationStopped, Trainer
 
 
@@ -29,12 +32,24 @@ def train_and_evaluate(
     The results dict also written to WORKDIR/results.json, or None when a
     SIGTERM or SIGINT stopped training early (after writing a checkpoint).
   """
-  trainer = Trainer(config, workdir)
-  try:
+  with _closing(Trainer(config, workdir)) as trainer:
     trainer.restore_latest()
     if not trainer.train():
       return None
     return _evaluate(trainer)
+
+
+@contextlib.contextmanager
+def _closing(trainer: Trainer) -> Iterator[Trainer]:
+  """Closes ``trainer`` at the end; a full disk met inside is one line."""
+  try:
+    yield trainer
+  except Exception as e:  # pylint: disable=broad-except
+    # Checkpoints say so themselves; the metric logs, the report and the
+    # CSVs meet it as an OSError.
+    if is_disk_full(e) and not isinstance(e, UserError):
+      raise trainer.checkpoints.no_room() from None
+    raise
   finally:
     trainer.close()
 
@@ -75,11 +90,8 @@ def evaluate_workdir(config: ml_collections.ConfigDict,
 
   Returns the results, or None when a stop signal abandoned the evaluation.
   """
-  trainer = _trained(config, workdir, 'an evaluation')
-  try:
+  with _closing(_trained(config, workdir, 'an evaluation')) as trainer:
     return _evaluate(trainer)
-  finally:
-    trainer.close()
 
 
 def predict_workdir(config: ml_collections.ConfigDict,
@@ -96,23 +108,20 @@ def predict_workdir(config: ml_collections.ConfigDict,
   if not os.path.exists(source):
     raise DataError(f'config.predict.input={source!r}: no such file or '
                     'folder.')
-  trainer = _trained(config, workdir, 'a prediction')
-  try:
+  with _closing(_trained(config, workdir, 'a prediction')) as trainer:
     names, images = sources.load_predict_images(
         source, config.dataset.image_size, trainer.dataset.channels,
         config.dataset.skip_bad_images)
     trainer.finish_dec_assignment()
     outputs = trainer.predict(images)
-  finally:
-    trainer.close()
-  rows = report.assignment_rows({'image': names}, outputs['cluster_probs'],
-                                outputs['student_t'])
-  if jax.process_index() == 0:
-    path = os.path.join(workdir, 'predictions.csv')
-    report.write_assignments(path, rows)
-    sizes = np.bincount([r['cluster'] for r in rows],
-                        minlength=config.dataset.num_clusters)
-    print(f'{len(rows)} images from {source} -> {path}\n'
-          'cluster  images\n' + '\n'.join(
-              f'{c:7d}  {n:6d}' for c, n in enumerate(sizes)), flush=True)
+    rows = report.assignment_rows({'image': names}, outputs['cluster_probs'],
+                                  outputs['student_t'])
+    if jax.process_index() == 0:
+      path = os.path.join(workdir, 'predictions.csv')
+      report.write_assignments(path, rows)
+      sizes = np.bincount([r['cluster'] for r in rows],
+                          minlength=config.dataset.num_clusters)
+      print(f'{len(rows)} images from {source} -> {path}\n'
+            'cluster  images\n' + '\n'.join(
+                f'{c:7d}  {n:6d}' for c, n in enumerate(sizes)), flush=True)
   return rows

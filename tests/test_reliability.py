@@ -152,6 +152,43 @@ def test_a_stop_during_the_final_evaluation_says_so_and_evaluates_again(
   assert json.loads((workdir / 'results.json').read_text())['cluster_head']
 
 
+@pytest.mark.slow
+def test_a_full_disk_stops_in_one_line_and_the_rerun_resumes(tmp_path):
+  # A full disk used to print about 500 lines of tracebacks.
+  disk = tmp_path / 'disk'
+  disk.mkdir()
+  if subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=30M', 'tmpfs',
+                     str(disk)], capture_output=True).returncode:
+    pytest.skip('mounting a small tmpfs needs root (CI runs as root)')
+  try:
+    workdir = disk / 'run'
+    proc = _cli(workdir, '--config.train.num_epochs=1000',
+                '--config.train.checkpoint_every_steps=10', wait=False)
+    _wait_for_checkpoint(workdir, 10, proc)
+    with open(disk / 'filler', 'wb') as filler:
+      try:
+        while True:
+          filler.write(bytes(1 << 16))
+          filler.flush()
+      except OSError:
+        pass  # full
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 2, stderr[-3000:]
+    assert 'Traceback' not in stderr, stderr[-3000:]
+    errors = [l for l in stderr.splitlines() if l.startswith('jcc: error:')]
+    assert len(errors) == 1, stderr[-3000:]
+    assert f'No space left for {workdir}: a checkpoint needs about' in (
+        errors[0]) and 'MB free' in errors[0]
+    assert 10 in _steps(workdir)
+    (disk / 'filler').unlink()
+    resumed = _cli(workdir, '--config.train.num_epochs=3')
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert 'Resumed from the checkpoint of step' in resumed.stderr
+    assert (workdir / 'results.json').exists()
+  finally:
+    subprocess.run(['umount', str(disk)], check=False)
+
+
 # ---------------------------------------------------------------------------
 # One run per workdir.
 
