@@ -55,6 +55,25 @@ def from_process_local(
                for x in arrays)
 
 
+def memory_per_device() -> int | None:
+  """Bytes a computation may use on each local device; None if unknown.
+
+  An accelerator reports its limit; CPU devices share the host's available
+  memory (/proc/meminfo's MemAvailable), so each gets its part.
+  """
+  device = jax.local_devices()[0]
+  stats = device.memory_stats() if device.platform != 'cpu' else None
+  if stats and 'bytes_limit' in stats:
+    return int(stats['bytes_limit'])
+  try:
+    with open('/proc/meminfo') as f:
+      available = next(int(line.split()[1]) * 1024 for line in f
+                       if line.startswith('MemAvailable:'))
+  except (OSError, StopIteration, ValueError):
+    return None
+  return available // jax.local_device_count()
+
+
 def maybe_initialize_distributed(config: ml_collections.ConfigDict) -> None:
   """Starts jax.distributed for multi-host runs, once, before devices are used.
 

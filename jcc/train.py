@@ -38,6 +38,7 @@ from jcc import report
 from jcc import sources
 from jcc import step as step_lib
 from jcc import validate
+from jcc.errors import ConfigError
 
 
 # Signals that stop a run: training checkpoints after the current step and
@@ -252,6 +253,34 @@ class Trainer:
     with on_stop_signals(self.request_stop):
       return self._train()
 
+  def _compile_train_step(self):
+    """The train step compiled for this run's shapes, if it fits in memory.
+
+    XLA's own count of the step's memory (arguments, outputs, temporaries)
+    against what each device has: a config that cannot fit is refused in
+    one line before it tries to allocate, rather than failing deep in XLA.
+    """
+    bs, shape = self.config.train.batch_size, self.dataset.images.shape[1:]
+    batch = [jax.ShapeDtypeStruct((bs,) + shape, np.uint8,
+                                  sharding=self.batch_sharding),
+             jax.ShapeDtypeStruct((bs,), np.int32,
+                                  sharding=self.batch_sharding)]
+    compiled = self.train_step.lower(
+        self.state, self.target, *batch, self._kl_scales[0],
+        *self._clustered_mask).compile()
+    stats = compiled.memory_analysis()
+    available = parallel.memory_per_device()
+    if stats is not None and available is not None:
+      needed = (stats.argument_size_in_bytes + stats.output_size_in_bytes -
+                stats.alias_size_in_bytes + stats.temp_size_in_bytes)
+      if needed > available:
+        raise ConfigError(
+            f'config.train.batch_size={bs} with config.dataset.image_size='
+            f'{shape[0]} needs about {needed / 2**30:.1f} GiB per device for a '
+            f'step, more than the {available / 2**30:.1f} GiB available: '
+            'lower one of them (or use more devices).')
+    return compiled
+
   def _train(self) -> bool:
     config, n = self.config, len(self.dataset)
     bs = config.train.batch_size
@@ -268,6 +297,7 @@ class Trainer:
         self.total_steps, config.train.num_epochs, self.steps_per_epoch,
         self.warmup_steps)
     last_log_time, last_log_step = time.time(), start_step
+    train_step = self._compile_train_step()
     batches = pipeline.prefetch_to_device(
         pipeline.train_batches(self.dataset, bs, config.seed, start_step,
                                self.total_steps, jax.process_index(),
@@ -284,7 +314,7 @@ class Trainer:
                            start=self.warmup_steps):
         self.refresh_target()
       kl_scale = self._kl_scales[step >= self.warmup_steps]
-      self.state, metrics = self.train_step(
+      self.state, metrics = train_step(
           self.state, self.target, images, indices, kl_scale,
           *self._clustered_mask)
       done = step + 1

@@ -108,7 +108,14 @@ def predict_workdir(config: ml_collections.ConfigDict,
   if not os.path.exists(source):
     raise DataError(f'config.predict.input={source!r}: no such file or '
                     'folder.')
-  with _closing(_trained(config, workdir, 'a prediction')) as trainer:
+  try:
+    trained = _trained(config, workdir, 'a prediction')
+  except DataError as e:
+    raise DataError(
+        f'{e} --mode=predict reads the training data too (config.dataset, '
+        'as in training): the model is rebuilt for its images and, where '
+        'the run had no joint phase, DEC\'s centroids come from them.') from e
+  with _closing(trained) as trainer:
     names, images = sources.load_predict_images(
         source, config.dataset.image_size, trainer.dataset.channels,
         config.dataset.skip_bad_images)

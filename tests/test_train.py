@@ -12,6 +12,7 @@ import pytest
 
 from jcc import errors
 from jcc import models
+from jcc import parallel
 from jcc import step
 from jcc import train
 from jcc import validate
@@ -126,6 +127,37 @@ def test_settings_that_would_lose_the_model_are_refused(field, value):
   # learning rate wrote NaN parameters.
   with pytest.raises(errors.ConfigError, match=f'config.train.{field}='):
     validate.check_fields(tiny_config(**{field: value}))
+
+
+def test_a_step_that_cannot_fit_in_memory_is_refused(tmp_path, monkeypatch):
+  monkeypatch.setattr(parallel, 'memory_per_device', lambda: 2**20)  # 1 MiB
+  trainer = train.Trainer(tiny_config(), str(tmp_path))
+  try:
+    with pytest.raises(errors.ConfigError, match=(
+        r'batch_size=256 with config.dataset.image_size=8 needs about '
+        r'[0-9.]+ GiB per device for a step, more than the 0.0 GiB')):
+      trainer.train()
+    assert int(trainer.state.step) == 0  # refused before any step
+  finally:
+    trainer.close()
+
+
+@pytest.mark.slow
+def test_the_command_line_refuses_a_step_no_machine_can_hold(tmp_path):
+  # image_size=1000 used to try to allocate 533 GB; 512 is the largest size
+  # the config check allows, and batch 1024 of it still needs hundreds.
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  env.pop('XLA_FLAGS', None)
+  run = subprocess.run(
+      [sys.executable, '-m', 'jcc.main', '--config=configs/digits.py',
+       f'--workdir={tmp_path}', '--config.dataset.image_size=512',
+       '--config.train.batch_size=1024'], cwd=REPO_ROOT, env=env,
+      capture_output=True, text=True, timeout=600)
+  assert run.returncode == 2, run.stderr[-3000:]
+  assert 'Traceback' not in run.stderr
+  last = run.stderr.strip().splitlines()[-1]
+  assert last.startswith('jcc: error: config.train.batch_size=1024 with '
+                         'config.dataset.image_size=512 needs about'), last
 
 
 def test_learning_rate_schedules():
