@@ -105,9 +105,20 @@ def get_config() -> ml_collections.ConfigDict:
   # Degrees of freedom of DEC's Student-t kernel.
   loss.alpha = 1.0
 
-  # Start jax.distributed for a multi-host run (also started when the
-  # environment sets JAX_COORDINATOR_ADDRESS).
-  config.multihost = False
+  # Several processes (hosts) as one run: every process runs the same
+  # command with its own process_id (README: "Several hosts"). Unset (''/-1)
+  # on all three and no JAX_COORDINATOR_ADDRESS: one process. Any set: JAX
+  # detects the unset ones (SLURM, Open MPI, TPU pods: coordinator_address
+  # ='auto' and nothing else).
+  config.distributed = distributed = ml_collections.ConfigDict()
+  distributed.coordinator_address = ''  # 'HOST:PORT' of process 0, or 'auto'
+  distributed.num_processes = -1
+  distributed.process_id = -1  # 0 … num_processes − 1
+  # How long the processes wait for each other to start, and how long one
+  # waits for a silent peer before it stops too (then the same commands
+  # resume from the last complete checkpoint).
+  distributed.initialization_timeout_seconds = 300
+  distributed.peer_timeout_seconds = 60
 
   config.train = train = ml_collections.ConfigDict()
   # Global batch (split over all devices; must divide evenly).

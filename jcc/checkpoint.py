@@ -78,7 +78,9 @@ def check_workdir(workdir: str) -> None:
   """Creates WORKDIR if needed; raises if it cannot be written."""
   try:
     os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, f'.write_test_{os.getpid()}')
+    # Named by host too: the processes of a multi-host run share WORKDIR.
+    probe = os.path.join(
+        workdir, f'.write_test_{socket.gethostname()}_{os.getpid()}')
     with open(probe, 'w') as f:
       f.write('ok')
     os.remove(probe)

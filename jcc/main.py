@@ -12,19 +12,23 @@ Flags:
 A mistake in the config, the data or the workdir ends the program with one
 line on stderr and exit status 2; a SIGTERM or a Ctrl-C (SIGINT) during
 training writes a checkpoint after the current step and exits 0 (a second
-Ctrl-C aborts at once).
+Ctrl-C aborts at once). In a run of several processes (config.distributed),
+a process that loses a peer exits with status 75 (jcc.distributed).
 """
 
 import logging as pylogging
 import sys
+import traceback
 
 from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from jcc import distributed
 from jcc import workflows
 from jcc.errors import UserError
+from jcc.train import EvaluationStopped
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Training configuration file.', lock_config=True)
@@ -45,9 +49,13 @@ class QuietLibraries(pylogging.Filter):
     return record.levelno >= pylogging.WARNING or not noisy
 
 
-def _fail(message: str) -> None:
-  print(f'jcc: error: {message}', file=sys.stderr)
-  sys.exit(2)
+def _fail(message: str, status: int = 2, prefix: str = 'jcc: error: ') -> None:
+  print(f'{prefix}{message}', file=sys.stderr, flush=True)
+  if distributed.is_multiprocess():
+    # The other processes are told and stop too, rather than waiting for
+    # this one in a collective.
+    distributed.leave(message, status)
+  sys.exit(status)
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
@@ -79,13 +87,23 @@ def main(argv):
   except UserError as e:
     _fail(str(e))
   except FloatingPointError as e:
-    print(f'jcc: {e}', file=sys.stderr)
-    sys.exit(1)
+    _fail(str(e), 1, prefix='jcc: ')
   except KeyboardInterrupt:
     # A second Ctrl-C during training, or one before it began.
-    print('jcc: interrupted; the workdir keeps its last checkpoint.',
-          file=sys.stderr)
-    sys.exit(130)
+    _fail('interrupted; the workdir keeps its last checkpoint.', 130,
+          prefix='jcc: ')
+  except EvaluationStopped as e:
+    # Only raised here when several processes run: this one stops alone.
+    _fail(f'{e} during the evaluation', 0, prefix='jcc: stopped: ')
+  except Exception as e:  # pylint: disable=broad-except
+    if not distributed.is_multiprocess():
+      raise
+    if distributed.is_peer_failure(e):
+      distributed.exit_peer_lost(
+          f'a collective failed ({str(e).strip().splitlines()[0][:160]})')
+    traceback.print_exc()
+    _fail('an unexpected error (above)', 1, prefix='jcc: ')
+  distributed.finish()
 
 
 if __name__ == '__main__':

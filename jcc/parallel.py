@@ -1,4 +1,4 @@
-"""Devices: the mesh, shardings, global arrays, and jax.distributed set-up.
+"""Devices: the mesh, shardings and global arrays.
 
 One 1-D mesh over every device of every process, with the batch on axis
 'data' and everything else replicated.
@@ -6,12 +6,10 @@ One 1-D mesh over every device of every process, with the batch on axis
 
 from __future__ import annotations
 
-import os
 from typing import NamedTuple
 
 import jax
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
-import ml_collections
 import numpy as np
 
 
@@ -72,16 +70,3 @@ def memory_per_device() -> int | None:
   except (OSError, StopIteration, ValueError):
     return None
   return available // jax.local_device_count()
-
-
-def maybe_initialize_distributed(config: ml_collections.ConfigDict) -> None:
-  """Starts jax.distributed for multi-host runs, once, before devices are used.
-
-  Multi-host when ``config.multihost`` is True, or when the environment names
-  a coordinator (JAX_COORDINATOR_ADDRESS; on TPU pods and SLURM JAX finds
-  the rest itself).
-  """
-  wanted = config.get('multihost', False) or os.environ.get(
-      'JAX_COORDINATOR_ADDRESS')
-  if wanted and not jax.distributed.is_initialized():
-    jax.distributed.initialize()

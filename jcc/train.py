@@ -28,6 +28,7 @@ import numpy as np
 import optax
 
 from jcc import checkpoint
+from jcc import distributed
 from jcc import evaluate
 from jcc import losses
 from jcc import metric_writer
@@ -86,10 +87,13 @@ class Trainer:
     # Everything that can be the user's mistake is checked before anything is
     # compiled or written: the config alone first, then against the data.
     validate.check_fields(config)
+    # Joining the other processes first: a peer whose data cannot be read
+    # then tells them, rather than leaving them waiting to be joined.
+    distributed.initialize(config)
     self.dataset = sources.load_dataset(config.dataset)
-    parallel.maybe_initialize_distributed(config)
     self.mesh = parallel.make_mesh()
     num_devices = self.mesh.size
+    distributed.check_same_run(config, self.dataset.images.shape)
     self.clustered = self.dataset.clustered
     validate.check_against_data(config, len(self.clustered), num_devices)
     known = sources.DATASETS[config.dataset.name].num_classes
@@ -169,7 +173,8 @@ class Trainer:
   def save(self, force: bool = False) -> None:
     """Checkpoints the state, unless it went non-finite (then it raises)."""
     self.check_finite()
-    checkpoint.write_model_signature(self.workdir, self.model_signature)
+    if jax.process_index() == 0:  # one writer on a shared workdir
+      checkpoint.write_model_signature(self.workdir, self.model_signature)
     self.checkpoints.save(int(self.state.step), self._checkpoint_tree(), force)
 
   def check_finite(self) -> None:
@@ -217,6 +222,8 @@ class Trainer:
     centroids, _ = evaluate.kmeans(
         embeddings, self.config.dataset.num_clusters, self.config.seed,
         self.config.train.kmeans_n_init)
+    # k-means runs on each host; its float rounding may differ between them.
+    centroids = distributed.from_process_zero(centroids)
     params = flax.core.unfreeze(self.state.params)
     params['clustering']['centroids'] = parallel.to_global(centroids, self.replicated)
     self.state = self.state.replace(params=params)
@@ -241,9 +248,11 @@ class Trainer:
     del frame
     if signum == signal.SIGINT:
       signal.signal(signal.SIGINT, signal.default_int_handler)
-    logging.warning('Received %s: saving a checkpoint after this step and '
+    logging.warning('Received %s: saving a checkpoint after %s and '
                     'stopping%s.', signal.Signals(signum).name if signum
                     else 'a stop request',
+                    'the next logging step, with the other processes'
+                    if distributed.is_multiprocess() else 'this step',
                     ' (Ctrl-C again aborts without it)'
                     if signum == signal.SIGINT else '')
     self.stop_requested = True
@@ -346,7 +355,7 @@ class Trainer:
         self.evaluate_during_training(done)
       if is_time(done, config.train.checkpoint_every_steps):
         self.save()
-      if self.stop_requested:
+      if self._stop_now(done):
         self.save(force=True)
         self.checkpoints.wait()
         logging.warning('Stopped at step %d; the same command resumes.', done)
@@ -354,6 +363,17 @@ class Trainer:
     self.save(force=True)
     self.checkpoints.wait()
     return True
+
+  def _stop_now(self, done: int) -> bool:
+    """Whether to checkpoint and stop after step ``done``.
+
+    Processes stop together or not at all (each must write its part of the
+    same checkpoint), so with several they agree at the logging steps.
+    """
+    if not distributed.is_multiprocess():
+      return self.stop_requested
+    return (is_time(done, self.config.train.log_every_steps) and
+            distributed.any_process(self.stop_requested))
 
   def _clustered_labels(self) -> np.ndarray | None:
     labels = self.dataset.labels
@@ -425,7 +445,8 @@ class Trainer:
         f'eval/{name}_{metric}': value
         for name, values in metrics.items() if values
         for metric, value in values.items()})
-    print(evaluate.format_results_table(results), flush=True)
+    if jax.process_index() == 0:
+      print(evaluate.format_results_table(results), flush=True)
     return results
 
   def release_lock(self) -> None:

@@ -80,6 +80,12 @@ PROBABILITY = number(0.0, 1.0)
 WEIGHT = number(0.0)
 
 
+def _is_address(value: str) -> bool:
+  """HOST:PORT, PORT from 1 to 65535 (IPv6 hosts in brackets)."""
+  host, _, port = value.rpartition(':')
+  return bool(host) and port.isdigit() and 1 <= int(port) <= 65535
+
+
 def _dataset_names() -> list[str]:
   from jcc import sources  # pylint: disable=g-import-not-at-top
   return sorted(sources.DATASETS)
@@ -130,7 +136,15 @@ FIELDS: dict[str, Rule] = {
     'loss.instance_temperature': number(0.0, above=True),
     'loss.cluster_temperature': number(0.0, above=True),
     'loss.alpha': number(0.0, above=True),
-    'multihost': FLAG,
+    'distributed.coordinator_address': Rule(
+        lambda: "'' (one process), 'auto' (JAX detects it) or 'HOST:PORT'",
+        lambda v: isinstance(v, str) and (v in ('', 'auto') or _is_address(v))),
+    'distributed.num_processes': Rule(
+        lambda: 'an integer >= 1, or -1 (detected)',
+        lambda v: _is_int(v) and (v >= 1 or v == -1)),
+    'distributed.process_id': integer(-1),
+    'distributed.initialization_timeout_seconds': integer(1),
+    'distributed.peer_timeout_seconds': integer(2),
     'train.batch_size': integer(2),
     'train.num_epochs': integer(1),
     'train.compute_dtype': choice(lambda: COMPUTE_DTYPES),
@@ -176,6 +190,12 @@ def check_fields(config: ml_collections.ConfigDict) -> None:
     if not rule.ok(values[field]):
       raise ConfigError(f'config.{field}={values[field]!r}: must be '
                         f'{rule.describe()}.')
+  d = config.distributed
+  if d.num_processes != -1 and d.process_id >= d.num_processes:
+    raise ConfigError(
+        f'config.distributed.process_id={d.process_id} is not below '
+        f'config.distributed.num_processes={d.num_processes}: the processes '
+        f'are numbered 0 to {d.num_processes - 1}.')
   if not any(config.loss[name] for name in LOSS_WEIGHTS):
     raise ConfigError(
         'config.loss: every weight is 0, so nothing would be trained; set at '

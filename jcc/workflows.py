@@ -17,6 +17,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from jcc import distributed
 from jcc import report
 from jcc import sources
 from jcc.errors import (CheckpointError, ConfigError, DataError, UserError,
@@ -63,6 +64,8 @@ def _evaluate(trainer: Trainer) -> dict | None:
         '%s during the evaluation: stopped it. The checkpoint of step %d is '
         'complete; the same command evaluates it again.', stop,
         int(trainer.state.step))
+    if distributed.is_multiprocess():
+      raise  # the other processes must be told (jcc.main)
     return None
 
 

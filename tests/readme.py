@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pathlib
 import re
+import shlex
 import sys
 
 README = pathlib.Path(__file__).resolve().parents[1] / 'README.md'
@@ -39,6 +40,25 @@ def quickstart_commands() -> list[str]:
     raise LookupError(f'README.md\'s Quickstart has {len(commands)} bash '
                       'blocks; CI expects two: the main job and the tests.')
   return commands
+
+
+def multiprocess_recipe() -> tuple[dict[str, str], list[str]]:
+  """The one-machine recipe of "Several hosts": (environment, argv).
+
+  argv is the command each process runs, with ``$id`` where its process id
+  goes; the environment holds the variables set before it.
+  """
+  blocks = [b for b in code_blocks('bash', section('Multi-GPU, TPU and multi-host'))
+            if b.startswith('for id in')]
+  if len(blocks) != 1:
+    raise LookupError('README.md\'s "Several hosts" needs one bash block '
+                      'starting "for id in": the one-machine recipe.')
+  joined = blocks[0].replace('\\\n', ' ')
+  line = next(l for l in joined.splitlines() if 'jcc.main' in l)
+  words = shlex.split(line.strip().rstrip('&'), posix=False)
+  start = words.index('python')
+  env = dict(w.split('=', 1) for w in words[:start])
+  return env, words[start:]
 
 
 if __name__ == '__main__':

@@ -52,7 +52,12 @@ BAD_VALUES = {
     'loss.instance_temperature': [0.0, -0.5],
     'loss.cluster_temperature': [0.0],
     'loss.alpha': [0.0],
-    'multihost': ['true'],
+    'distributed.coordinator_address': ['localhost', 'host:0', 'host:70000',
+                                        ':1234', 'host:port', 1234],
+    'distributed.num_processes': [0, -2, 2.0],
+    'distributed.process_id': [-2, 'one'],
+    'distributed.initialization_timeout_seconds': [0],
+    'distributed.peer_timeout_seconds': [1, 0],
     'train.batch_size': [1, 0],
     'train.num_epochs': [0, -5],
     'train.compute_dtype': ['float16'],
@@ -117,6 +122,11 @@ def test_settings_that_only_clash_together():
   for name in validate.LOSS_WEIGHTS:
     config.loss[name] = 0.0
   with pytest.raises(ConfigError, match='every weight is 0'):
+    validate.check_fields(config)
+  config = tiny_config()
+  config.distributed.num_processes = 2
+  config.distributed.process_id = 2
+  with pytest.raises(ConfigError, match='process_id=2 is not below'):
     validate.check_fields(config)
 
 

@@ -1,0 +1,332 @@
+"""Several processes as one run, on one machine: the README's recipe.
+
+Two processes with two CPU devices each talk over 127.0.0.1 with gloo, as
+hosts of a cluster would; they are compared with one process of four
+devices, stopped, killed, frozen and given different configs.
+"""
+
+import json
+import os
+import pathlib
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from jcc import distributed
+from tests import readme
+from tests.conftest import REPO_ROOT, tiny_config
+from tests.test_reliability import TINY_FLAGS, _steps
+
+# Warm-up (7 steps), k-means, then joint training with P refreshes: 21 steps.
+RUN = ['--config.train.num_epochs=3', '--config.train.warmup_epochs=1',
+       '--config.train.checkpoint_every_steps=5']
+LAST_STEP = 21
+
+
+# ---------------------------------------------------------------------------
+# The pieces, in process.
+
+
+def test_only_per_process_fields_may_differ_in_the_fingerprint(tmp_path):
+  config = tiny_config()
+  same = tiny_config()
+  same.distributed.process_id = 1
+  same.distributed.coordinator_address = '10.0.0.1:1234'
+  assert distributed.fingerprint(config) == distributed.fingerprint(same)
+  other = tiny_config()
+  other.seed = 1
+  assert distributed.fingerprint(config) != distributed.fingerprint(other)
+  # Another version of the code: one changed source file.
+  package = tmp_path / 'jcc'
+  shutil.copytree(REPO_ROOT / 'jcc', package)
+  assert (distributed.fingerprint(config, package=package) ==
+          distributed.fingerprint(config))
+  with open(package / 'losses.py', 'a') as f:
+    f.write('\n# a local change\n')
+  assert (distributed.fingerprint(config, package=package) !=
+          distributed.fingerprint(config))
+  # Other data under the same config (a host's copy of a folder).
+  assert (distributed.fingerprint(config, (1797, 8, 8, 1)) !=
+          distributed.fingerprint(config, (1796, 8, 8, 1)))
+
+
+def test_one_process_unless_the_config_or_environment_asks(monkeypatch):
+  monkeypatch.delenv('JAX_COORDINATOR_ADDRESS', raising=False)
+  config = tiny_config()
+  assert not distributed.is_requested(config)
+  monkeypatch.setenv('JAX_COORDINATOR_ADDRESS', '10.0.0.1:1234')
+  assert distributed.is_requested(config)
+  monkeypatch.delenv('JAX_COORDINATOR_ADDRESS')
+  config.distributed.coordinator_address = 'auto'
+  assert distributed.is_requested(config)
+  # 'auto' and unset fields are left to JAX's detection.
+  arguments = distributed.initialize_arguments(config)
+  assert not {'coordinator_address', 'num_processes',
+              'process_id'} & set(arguments)
+  config.distributed.coordinator_address = '10.0.0.1:1234'
+  config.distributed.num_processes = 4
+  config.distributed.process_id = 3
+  config.distributed.peer_timeout_seconds = 20
+  arguments = distributed.initialize_arguments(config)
+  assert arguments['coordinator_address'] == '10.0.0.1:1234'
+  assert (arguments['num_processes'], arguments['process_id']) == (4, 3)
+  # JAX's own heartbeat must not end the process before the peer watch.
+  assert arguments['heartbeat_timeout_seconds'] > 20
+
+
+def test_a_failed_collective_is_told_from_other_runtime_errors():
+  lost = jax.errors.JaxRuntimeError(
+      'UNKNOWN: Gloo all-reduce failed: [pair.cc:538] Read error '
+      '[127.0.0.1]:6044: Connection reset by peer')
+  assert distributed.is_peer_failure(lost)
+  assert not distributed.is_peer_failure(
+      jax.errors.JaxRuntimeError('RESOURCE_EXHAUSTED: out of memory'))
+  assert not distributed.is_peer_failure(ValueError('connection reset'))
+
+
+def test_one_process_agrees_with_itself():
+  config = tiny_config()
+  distributed.check_same_run(config, (10, 8, 8, 1))  # nobody to compare
+  assert distributed.any_process(True) and not distributed.any_process(False)
+  x = np.arange(6.0).reshape(2, 3)
+  np.testing.assert_array_equal(distributed.from_process_zero(x), x)
+
+
+# ---------------------------------------------------------------------------
+# Real processes, launched as the README's recipe launches them.
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+class Processes:
+  """The README's one-machine recipe, started as N real processes."""
+
+  def __init__(self, workdir, *flags, port=None, num_processes=2,
+               per_process_flags=None, ids=None):
+    env, argv = readme.multiprocess_recipe()
+    port = port or _free_port()
+    self.workdir = pathlib.Path(workdir)
+    ids = range(num_processes) if ids is None else ids
+    self.logs = [self.workdir.parent / f'{self.workdir.name}.{i}.log'
+                 for i in ids]
+    self.procs = []
+    for n, i in enumerate(ids):
+      command = [sys.executable if w == 'python' else
+                 w.replace('$id', str(i)) for w in argv]
+      command = [_set_flag(w, workdir, port, num_processes) for w in command]
+      command += TINY_FLAGS + list(flags) + list(
+          (per_process_flags or {}).get(i, []))
+      full_env = dict(os.environ, **env, PYTHONUNBUFFERED='1')
+      with open(self.logs[n], 'w') as log:
+        self.procs.append(subprocess.Popen(
+            command, cwd=REPO_ROOT, env=full_env, stdout=log,
+            stderr=subprocess.STDOUT, text=True))
+
+  def wait(self, timeout=600) -> list[int]:
+    deadline = time.time() + timeout
+    try:
+      return [p.wait(timeout=max(1, deadline - time.time()))
+              for p in self.procs]
+    finally:
+      self.kill()
+
+  def kill(self):
+    for p in self.procs:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+
+  def log(self, i: int) -> str:
+    return self.logs[i].read_text()
+
+  def wait_for_checkpoint(self, at_least: int, timeout=300):
+    start = time.time()
+    while time.time() - start < timeout:
+      if any(s >= at_least for s in _steps(self.workdir)):
+        return
+      for i, p in enumerate(self.procs):
+        assert p.poll() is None, self.log(i)[-3000:]
+      time.sleep(0.05)
+    raise TimeoutError(f'no checkpoint >= {at_least} in {self.workdir}')
+
+
+def _set_flag(word: str, workdir, port: int, num_processes: int) -> str:
+  if word.startswith('--workdir='):
+    return f'--workdir={workdir}'
+  if word.startswith('--config.distributed.coordinator_address='):
+    return f'--config.distributed.coordinator_address=127.0.0.1:{port}'
+  if word.startswith('--config.distributed.num_processes='):
+    return f'--config.distributed.num_processes={num_processes}'
+  return word
+
+
+def _one_process(workdir, *flags, devices=4):
+  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS=(
+      f'--xla_force_host_platform_device_count={devices}'))
+  return subprocess.run(
+      [sys.executable, '-m', 'jcc.main', '--config=configs/digits.py',
+       f'--workdir={workdir}', *TINY_FLAGS, *flags], cwd=REPO_ROOT, env=env,
+      capture_output=True, text=True, timeout=600)
+
+
+def _losses(workdir) -> list[dict]:
+  lines = (pathlib.Path(workdir) / 'metrics.jsonl').read_text().splitlines()
+  return [{k: v for k, v in json.loads(line).items()
+           if k.startswith('loss/') or k == 'step'} for line in lines
+          if '"loss/total"' in line]
+
+
+def _final_state(workdir):
+  """The last checkpoint, read onto this process's first device."""
+  path = (pathlib.Path(workdir) / 'checkpoints' / str(LAST_STEP) /
+          'default').absolute()
+  checkpointer = ocp.StandardCheckpointer()
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  like = jax.tree.map(
+      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+      checkpointer.metadata(path).item_metadata)
+  return jax.device_get(checkpointer.restore(path, like))
+
+
+def _results(workdir) -> dict:
+  results = json.loads((pathlib.Path(workdir) / 'results.json').read_text())
+  results.pop('seconds')
+  return results
+
+
+@pytest.mark.slow
+def test_two_processes_train_like_one_and_resume_exactly(tmp_path):
+  one = _one_process(tmp_path / 'one', *RUN)
+  assert one.returncode == 0, one.stderr[-3000:]
+
+  two = Processes(tmp_path / 'two', *RUN)
+  assert two.wait() == [0, 0], two.log(0)[-3000:] + two.log(1)[-3000:]
+
+  # The same losses at every logged step, parameters and metrics.
+  want, got = _losses(tmp_path / 'one'), _losses(tmp_path / 'two')
+  assert [r['step'] for r in got] == [r['step'] for r in want]
+  assert len(got) == LAST_STEP - 1  # every step but the compiling one
+  for a, b in zip(want, got):
+    for key in a:
+      np.testing.assert_allclose(b[key], a[key], rtol=1e-5, atol=1e-6,
+                                 err_msg=f'{key} at step {a["step"]}')
+  for a, b in zip(jax.tree.leaves(_final_state(tmp_path / 'one')),
+                  jax.tree.leaves(_final_state(tmp_path / 'two'))):
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
+  assert _results(tmp_path / 'two') == _results(tmp_path / 'one')
+
+  # Process 0 reports and writes; process 1 is quiet apart from warnings.
+  lead, other = two.log(0), two.log(1)
+  assert 'img/s' in lead and 'assignment' in lead
+  assert 'img/s' not in other and 'assignment' not in other
+  assert (tmp_path / 'two' / 'model.json').exists()
+  assert (tmp_path / 'two' / 'report').is_dir()
+
+  # A stop signal to one process stops both, at one checkpoint; the same
+  # commands then end exactly as the uninterrupted run.
+  stopped = Processes(tmp_path / 'stopped', *RUN)
+  stopped.wait_for_checkpoint(5)
+  stopped.procs[1].send_signal(signal.SIGTERM)
+  assert stopped.wait(timeout=120) == [0, 0], stopped.log(0)[-3000:]
+  assert 'the same command resumes' in stopped.log(0)
+  steps = _steps(tmp_path / 'stopped')
+  assert 5 < max(steps) < LAST_STEP, steps
+  assert not (tmp_path / 'stopped' / 'results.json').exists()
+  resumed = Processes(tmp_path / 'stopped', *RUN)
+  assert resumed.wait() == [0, 0], resumed.log(0)[-3000:]
+  assert f'Resumed from the checkpoint of step {max(steps)}' in resumed.log(0)
+  for a, b in zip(jax.tree.leaves(_final_state(tmp_path / 'two')),
+                  jax.tree.leaves(_final_state(tmp_path / 'stopped'))):
+    np.testing.assert_array_equal(b, a)
+  assert _results(tmp_path / 'stopped') == _results(tmp_path / 'two')
+
+
+LONG_RUN = ['--config.train.num_epochs=1000', '--config.train.warmup_epochs=1',
+            '--config.train.checkpoint_every_steps=5',
+            '--config.distributed.peer_timeout_seconds=5']
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('how', ['SIGKILL', 'SIGSTOP'])
+def test_a_lost_process_stops_the_other_in_one_line_and_both_resume(
+    tmp_path, how):
+  # SIGKILL: the other's next collective fails at once. SIGSTOP (a frozen
+  # host): its collectives would wait for ever; the heartbeat ends them.
+  run = Processes(tmp_path / 'run', *LONG_RUN)
+  run.wait_for_checkpoint(10)
+  lost = time.time()
+  run.procs[1].send_signal(getattr(signal, how))
+  status = run.procs[0].wait(timeout=120)
+  assert time.time() - lost < 60
+  run.kill()
+  log = run.log(0)
+  assert status == distributed.EXIT_PEER_LOST, log[-3000:]
+  errors = [line for line in log.splitlines() if line.startswith('jcc:')]
+  assert len(errors) == 1 and errors[0].startswith('jcc: error: lost a peer')
+  assert 'Traceback' not in log
+  if how == 'SIGSTOP':
+    assert 'process 1 sent no heartbeat for 5 s' in errors[0]
+    return  # the resume below is the same for both
+  last = max(_steps(tmp_path / 'run'))
+
+  again = Processes(tmp_path / 'run', *LONG_RUN,
+                    '--config.train.num_epochs=4')  # 28 steps: to the end
+  assert again.wait() == [0, 0], again.log(0)[-3000:]
+  assert f'Resumed from the checkpoint of step {last}' in again.log(0)
+  assert _results(tmp_path / 'run')['cluster_head']
+
+
+@pytest.mark.slow
+def test_losing_process_zero_ends_the_others_without_a_hang(tmp_path):
+  # Process 0 holds JAX's coordination service: JAX ends the others itself.
+  run = Processes(tmp_path / 'run', *LONG_RUN)
+  run.wait_for_checkpoint(10)
+  lost = time.time()
+  run.procs[0].send_signal(signal.SIGKILL)
+  status = run.procs[1].wait(timeout=120)
+  assert time.time() - lost < 60
+  run.kill()
+  assert status != 0
+  assert 'distributed service detected fatal errors' in run.log(1)
+
+
+@pytest.mark.slow
+def test_processes_with_different_configs_refuse_to_run(tmp_path):
+  run = Processes(tmp_path / 'run', *RUN,
+                  per_process_flags={1: ['--config.seed=1']})
+  assert run.wait(timeout=300) == [2, 2], run.log(0)[-3000:]
+  for i in range(2):
+    errors = [l for l in run.log(i).splitlines() if l.startswith('jcc:')]
+    assert len(errors) == 1, run.log(i)[-3000:]
+    assert 'process 1 of 2 runs another config, other data' in errors[0]
+  assert not _steps(tmp_path / 'run')
+
+
+def test_a_process_whose_coordinator_never_answers_says_so(tmp_path):
+  # Only process 1: nobody serves the address.
+  run = Processes(tmp_path / 'run',
+                  '--config.distributed.initialization_timeout_seconds=2',
+                  ids=[1])
+  assert run.wait(timeout=120) == [2], run.log(0)[-3000:]
+  log = run.log(0)
+  assert 'jcc: error: nothing answers at' in log
+  assert 'Traceback' not in log
+
+
+def test_a_process_id_beyond_the_count_is_refused_before_joining(tmp_path):
+  run = Processes(tmp_path / 'run', '--config.distributed.process_id=2',
+                  num_processes=1)
+  assert run.wait(timeout=120) == [2]
+  assert 'process_id=2 is not below' in run.log(0)
