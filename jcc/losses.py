@@ -1,4 +1,4 @@
-"""The four clustering objectives as pure, jit-able functions of arrays.
+"""The clustering objectives as pure, jit-able functions of arrays.
 
 Every function here:
 
@@ -17,7 +17,10 @@ Every function here:
   already are the global batch.
 
 Formulas follow Contrastive Clustering (Li et al., AAAI 2021; its code where
-the paper and code differ) and DEC/IDEC (Xie et al. 2016; Guo et al. 2017).
+the paper and code differ) and DEC/IDEC (Xie et al. 2016; Guo et al. 2017);
+the neighbour and self-labelling terms follow SCAN (Van Gansbeke et al., ECCV
+2020) and, for neighbours as contrastive positives, ProPos (Huang et al.,
+TPAMI 2022) and GCC (Zhong et al., ICCV 2021).
 """
 
 from __future__ import annotations
@@ -334,3 +337,142 @@ def kl_clustering_loss(p: Array, q: Array, axis_name: AxisName = None) -> Array:
   per_sample = jnp.sum(
       _xlogx(p) - p * jnp.log(jnp.maximum(q, _PROB_EPS)), axis=1)
   return _pmean(jnp.mean(per_sample), axis_name)
+
+
+# ---------------------------------------------------------------------------
+# Beyond CC: neighbours in the embedding as positives (SCAN, ProPos/GCC) and
+# self-labelling on confident predictions (SCAN, TCL, SPICE).
+
+
+def neighbor_consistency_loss(
+    p: Array, p_neighbor: Array, axis_name: AxisName = None) -> Array:
+  r"""SCAN's consistency: an image and its neighbour get the same cluster.
+
+  With p_i the cluster probabilities of image i and p_n(i) those of one of
+  its nearest neighbours in the embedding (Van Gansbeke et al., ECCV 2020),
+
+    L = −1/B Σ_i log ⟨p_i, p_n(i)⟩,
+
+  0 when both are the same one-hot vector. SCAN adds an entropy term against
+  collapse; :func:`cluster_entropy` is that term here. The inner product is
+  floored at a tiny value, so orthogonal assignments stay finite.
+
+  Args:
+    p: (B, K) cluster probabilities (rows are distributions).
+    p_neighbor: (B, K) the neighbours' probabilities, row i for image i's.
+    axis_name: mesh axis when called per device (equal slices); the mean is
+      then over the global batch.
+
+  Returns:
+    A float32 scalar ≥ 0.
+  """
+  p, p_neighbor = _upcast(p, p_neighbor)
+  if p.shape != p_neighbor.shape or p.ndim != 2:
+    raise ValueError(f'p and p_neighbor must both be (B, K); got {p.shape} '
+                     f'and {p_neighbor.shape}.')
+  agreement = jnp.sum(p * p_neighbor, axis=1)
+  return _pmean(-jnp.mean(jnp.log(jnp.maximum(agreement, _PROB_EPS))),
+                axis_name)
+
+
+def neighbor_instance_loss(
+    z: Array,
+    z_neighbor: Array,
+    temperature: float = 0.5,
+    axis_name: AxisName = None,
+    normalized: bool = False,
+) -> Array:
+  r"""InfoNCE with a neighbour as the positive (ProPos, GCC style).
+
+  Rows are L2-normalised; s_ij = z_i·z'_j / τ between the batch z and the
+  batch z' of its neighbours (row i of z' is a neighbour of image i). Each
+  image's positive is its neighbour, the other B−1 neighbours are its
+  negatives, and symmetrically for the neighbours:
+
+    L = 1/(2B) Σ_i [ −2 s_ii + log Σ_j exp(s_ij) + log Σ_j exp(s_ji) ].
+
+  Args:
+    z: (B, d) projections of the images.
+    z_neighbor: (B, d) projections of their neighbours.
+    temperature: τ.
+    axis_name: mesh axis when called per device; each device's rows are
+      contrasted against all devices' rows.
+    normalized: True when the rows are unit vectors already.
+
+  Returns:
+    A float32 scalar: the mean over the 2B (global) rows.
+  """
+  z, z_neighbor = _upcast(z, z_neighbor)
+  if z.shape != z_neighbor.shape or z.ndim != 2:
+    raise ValueError(f'z and z_neighbor must both be (B, d); got {z.shape} '
+                     f'and {z_neighbor.shape}.')
+  if not normalized:
+    z, z_neighbor = l2_normalize(z), l2_normalize(z_neighbor)
+  local_n = z.shape[0]
+  if axis_name is None:
+    all_z, all_neighbor, offset = z, z_neighbor, 0
+  else:
+    all_z = jax.lax.all_gather(z, axis_name, tiled=True)
+    all_neighbor = jax.lax.all_gather(z_neighbor, axis_name, tiled=True)
+    offset = jax.lax.axis_index(axis_name) * local_n
+  n = all_z.shape[0]
+  own = jnp.arange(local_n) + offset
+  total = 0.0
+  for rows, cols in ((z, all_neighbor), (z_neighbor, all_z)):
+    logits = jnp.matmul(rows, cols.T,
+                        precision=jax.lax.Precision.HIGHEST) / temperature
+    positive = jnp.take_along_axis(logits, own[:, None], axis=1)[:, 0]
+    total += jnp.sum(jax.nn.logsumexp(logits, axis=1) - positive)
+  return _psum(total, axis_name) / (2 * n)
+
+
+def self_labeling_loss(
+    p_weak: Array,
+    p_strong: Array,
+    threshold: float = 0.99,
+    balance: bool = True,
+    axis_name: AxisName = None,
+) -> Array:
+  r"""Cross-entropy on confident pseudo-labels (SCAN's self-labelling step).
+
+  The weakly augmented view labels an image y_i = argmax_k p^w_ik when it is
+  confident, m_i = [max_k p^w_ik > threshold]; the strongly augmented view
+  is trained to predict that label. With balancing, each label is weighted
+  by w_c = M / M_c (M confident images, M_c of them labelled c), so that
+  large clusters do not swallow small ones:
+
+    L = Σ_i m_i w_{y_i} (−log p^s_{i,y_i}) / Σ_i m_i w_{y_i},
+
+  and 0 when no image is confident. No gradient flows through ``p_weak``.
+
+  Args:
+    p_weak: (B, K) probabilities of the weakly augmented view.
+    p_strong: (B, K) probabilities of the strongly augmented view.
+    threshold: the confidence a pseudo-label needs (SCAN: 0.99).
+    balance: weight labels by inverse frequency (SCAN does).
+    axis_name: mesh axis when called per device; confident images and label
+      counts are then those of the global batch.
+
+  Returns:
+    A float32 scalar ≥ 0.
+  """
+  p_weak, p_strong = _upcast(jax.lax.stop_gradient(p_weak), p_strong)
+  if p_weak.shape != p_strong.shape or p_weak.ndim != 2:
+    raise ValueError(f'p_weak and p_strong must both be (B, K); got '
+                     f'{p_weak.shape} and {p_strong.shape}.')
+  k = p_weak.shape[1]
+  confident = (jnp.max(p_weak, axis=1) > threshold).astype(p_weak.dtype)
+  labels = jnp.argmax(p_weak, axis=1)
+  one_hot = jax.nn.one_hot(labels, k, dtype=p_weak.dtype) * confident[:, None]
+  if balance:
+    counts = _psum(jnp.sum(one_hot, axis=0), axis_name)
+    class_weight = jnp.where(counts > 0, jnp.sum(counts) /
+                             jnp.maximum(counts, 1.0), 0.0)
+  else:
+    class_weight = jnp.ones((k,), p_weak.dtype)
+  weight = one_hot @ class_weight  # w_{y_i} m_i
+  nll = -jnp.log(jnp.maximum(
+      jnp.take_along_axis(p_strong, labels[:, None], axis=1)[:, 0], _PROB_EPS))
+  numerator = _psum(jnp.sum(weight * nll), axis_name)
+  denominator = _psum(jnp.sum(weight), axis_name)
+  return numerator / jnp.maximum(denominator, _PROB_EPS)
