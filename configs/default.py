@@ -99,6 +99,11 @@ def get_config() -> ml_collections.ConfigDict:
   loss.entropy = 1.0  # log K − H(cluster marginal), per view.
   loss.reconstruction = 1.0  # MSE of the decoder's reconstruction.
   loss.kl = 0.1  # DEC's KL(P‖Q); only after the warm-up (γ = 0.1 in IDEC).
+  # Beyond the paper, both after the warm-up: SCAN's consistency between an
+  # image's and one of its nearest neighbours' cluster assignments, and the
+  # neighbour as an extra positive of an instance contrast (ProPos, GCC).
+  loss.neighbor_consistency = 0.0
+  loss.neighbor_instance = 0.0
   # Temperatures of the instance and the cluster contrast (CC: 0.5 and 1.0).
   loss.instance_temperature = 0.5
   loss.cluster_temperature = 1.0
@@ -139,6 +144,11 @@ def get_config() -> ml_collections.ConfigDict:
   # Steps between recomputations of the target distribution P over the whole
   # training set, during joint training.
   train.target_update_every_steps = 100
+  # Neighbours per image (SCAN: 20), mined in the embedding over the whole
+  # training set at the end of the warm-up, and again every so many steps
+  # (0: only then), when a neighbour term has a weight.
+  train.num_neighbors = 20
+  train.neighbor_update_every_steps = 0
   # Steps between progress lines and metric writes: the only host sync in the
   # step loop, so the host runs at most this many steps ahead.
   train.log_every_steps = 50

@@ -64,16 +64,26 @@ def train_batch_indices(
   return order[position * batch_size:(position + 1) * batch_size]
 
 
+def neighbor_choice(batch_size: int, k: int, seed: int,
+                    step: int) -> np.ndarray:
+  """Which of its k neighbours each row of global batch ``step`` is paired
+  with: (batch_size,) in [0, k), a function of (seed, step) only."""
+  return np.random.default_rng([seed, step, 1]).integers(0, k, batch_size)
+
+
 def train_batches(
     dataset: 'sources.ImageDataset', batch_size: int, seed: int, start_step: int,
     num_steps: int, process_index: int = 0, process_count: int = 1,
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    neighbors: np.ndarray | None = None,
+) -> Iterator[tuple[np.ndarray, ...]]:
   """This host's part of global batches ``start_step … num_steps − 1``.
 
   Yields (images uint8 (B/P, H, W, C), indices int32 (B/P,)): rows
   [i·B/P, (i+1)·B/P) of each global batch for host i of P, where the global
-  batch is :func:`train_batch_indices`. A tf.data pipeline gathers and
-  prefetches them on background threads.
+  batch is :func:`train_batch_indices`. With ``neighbors`` ((N, k) indices),
+  a third array: each row's neighbour image, the one
+  :func:`neighbor_choice` picks. A tf.data pipeline gathers and prefetches
+  them on background threads.
   """
   if batch_size % process_count:
     raise ValueError(f'batch {batch_size} does not split over '
@@ -85,10 +95,16 @@ def train_batches(
   def host_batches():
     for step in range(start_step, num_steps):
       indices = train_batch_indices(n, batch_size, seed, step)[lo:hi]
-      yield images[indices], indices.astype(np.int32)
+      batch = images[indices], indices.astype(np.int32)
+      if neighbors is not None:
+        slot = neighbor_choice(batch_size, neighbors.shape[1], seed,
+                               step)[lo:hi]
+        batch += (images[neighbors[indices, slot]],)
+      yield batch
 
-  yield from _prefetched(host_batches, (
-      ((per_host,) + images.shape[1:], images.dtype), ((per_host,), np.int32)))
+  image_spec = ((per_host,) + images.shape[1:], images.dtype)
+  yield from _prefetched(host_batches, (image_spec, ((per_host,), np.int32)) + (
+      (image_spec,) if neighbors is not None else ()))
 
 
 def eval_batches(

@@ -28,7 +28,9 @@ from jcc import validate
 TERMS = validate.LOSS_WEIGHTS
 # What a step checks for finiteness: each term, the total and the gradient,
 # and the updated parameters (a finite gradient with a NaN learning rate).
-FINITE_CHECKS = TERMS + ('total or gradient', 'update')
+# Bit i of TrainState.nonfinite_terms is entry i: later terms go at the end,
+# so that the records of existing checkpoints keep their meaning.
+FINITE_CHECKS = TERMS[:5] + ('total or gradient', 'update') + TERMS[5:]
 
 
 @flax.struct.dataclass
@@ -95,6 +97,7 @@ def compute_loss_terms(
     target: jax.Array,
     loss_config: ml_collections.ConfigDict,
     clustered: jax.Array | None = None,
+    neighbor: models.ModelOutputs | None = None,
 ) -> dict[str, jax.Array]:
   """The active (non-zero weight) terms, unweighted, for a 2B batch of views.
 
@@ -102,6 +105,8 @@ def compute_loss_terms(
   images; ``target`` is DEC's P for the B images. ``clustered`` (B,) bool
   limits the cluster, entropy and KL terms to the rows where it is True
   (the others train the instance objective alone); None: all rows.
+  ``neighbor``: the outputs of a view of each image's neighbour (B rows),
+  for the neighbour terms (on every row).
   """
   half = views.shape[0] // 2
   a = jax.tree.map(lambda x: x[:half], outputs)
@@ -131,7 +136,26 @@ def compute_loss_terms(
     terms['kl'] = 0.5 * kl_scale * (
         losses.kl_clustering_loss(target, a.student_t) +
         losses.kl_clustering_loss(target, b.student_t))
+  if loss_config.neighbor_consistency:
+    terms['neighbor_consistency'] = 0.5 * (
+        losses.neighbor_consistency_loss(a.cluster_probs,
+                                         neighbor.cluster_probs) +
+        losses.neighbor_consistency_loss(b.cluster_probs,
+                                         neighbor.cluster_probs))
+  if loss_config.neighbor_instance:
+    terms['neighbor_instance'] = 0.5 * (
+        losses.neighbor_instance_loss(
+            a.projection, neighbor.projection,
+            loss_config.instance_temperature, normalized=True) +
+        losses.neighbor_instance_loss(
+            b.projection, neighbor.projection,
+            loss_config.instance_temperature, normalized=True))
   return terms
+
+
+def uses_neighbors(config: ml_collections.ConfigDict) -> bool:
+  """Whether a neighbour term has a weight (the step then takes neighbours)."""
+  return any(config.loss[name] for name in validate.NEIGHBOR_TERMS)
 
 
 def _all_finite(tree) -> jax.Array:
@@ -139,36 +163,62 @@ def _all_finite(tree) -> jax.Array:
       [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
 
 
-def make_train_step(model, tx, config, mesh, instance_only: bool = False):
-  """The jitted step: (state, target, images, indices, kl_scale) → (state, metrics).
+def make_train_step(model, tx, config, mesh, instance_only: bool = False,
+                    with_neighbors: bool | None = None):
+  """The jitted step: (state, target, images, indices, joint_scale, …) →
+  (state, metrics).
 
   ``images`` (uint8) and ``indices`` (their rows in the dataset, to look up
   P in ``target``) are the global batch, sharded over 'data'; the state and
-  ``target`` are replicated. ``kl_scale`` is 0 in the warm-up, 1 after.
-  With ``instance_only``, the step takes a sixth argument, ``clustered``:
-  (N,) bool, replicated, False for the examples that train the instance
-  objective alone.
+  ``target`` are replicated. ``joint_scale`` is 0 in the warm-up, 1 after:
+  it switches the terms of validate.JOINT_TERMS. Then, in this order:
+  with ``instance_only``, ``clustered``: (N,) bool, replicated, False for
+  the examples that train the instance objective alone; ``with_neighbors``
+  (default: a neighbour term has a weight, :func:`uses_neighbors`),
+  ``neighbor_images``: (B, …) uint8, each image's neighbour, sharded like
+  ``images``. Without neighbours the neighbour terms are left out, as in
+  the warm-up, where they have no neighbours yet.
   """
   loss_config = config.loss
   aug_config = config.augment
   aug_key = jax.random.fold_in(jax.random.key(config.seed), 1)
   decode = bool(loss_config.reconstruction)
+  if with_neighbors is None:
+    with_neighbors = uses_neighbors(config)
+  if not with_neighbors:
+    loss_config = loss_config.copy_and_resolve_references()
+    for name in validate.NEIGHBOR_TERMS:
+      loss_config[name] = 0.0
 
-  def step_fn(state, target, images, indices, kl_scale, clustered=None):
+  def step_fn(state, target, images, indices, joint_scale, *extra):
+    extra = list(extra)
+    clustered = extra.pop(0)[indices] if instance_only else None
+    neighbor_images = extra.pop(0) if with_neighbors else None
     key = jax.random.fold_in(aug_key, state.step)
     x = images.astype(jnp.float32) / 255.0
     views = jnp.concatenate(augment.two_views(key, x, aug_config))
+    inputs = views
+    if with_neighbors:  # one view of each neighbour, in the same pass
+      inputs = jnp.concatenate([views, augment.augment_batch(
+          jax.random.fold_in(key, 2),
+          neighbor_images.astype(jnp.float32) / 255.0, aug_config)])
     p = target[indices]
-    if clustered is not None:
-      clustered = clustered[indices]
 
     def loss_fn(params):
       outputs, updates = model.apply(
-          {'params': params, 'batch_stats': state.batch_stats}, views,
+          {'params': params, 'batch_stats': state.batch_stats}, inputs,
           train=True, decode=decode, mutable=['batch_stats'])
-      terms = compute_loss_terms(outputs, views, p, loss_config, clustered)
-      total = sum(loss_config[name] * value * (kl_scale if name == 'kl' else 1)
-                  for name, value in terms.items())
+      neighbor = None
+      if with_neighbors:
+        two = views.shape[0]
+        neighbor = jax.tree.map(lambda x: x[two:], outputs)
+        outputs = jax.tree.map(lambda x: x[:two], outputs)
+      terms = compute_loss_terms(outputs, views, p, loss_config, clustered,
+                                 neighbor)
+      total = sum(
+          loss_config[name] * value *
+          (joint_scale if name in validate.JOINT_TERMS else 1)
+          for name, value in terms.items())
       return total, (terms, updates['batch_stats'])
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -200,7 +250,8 @@ def make_train_step(model, tx, config, mesh, instance_only: bool = False):
   return jax.jit(
       step_fn,
       in_shardings=(replicated, replicated, batch, batch, replicated) + (
-          (replicated,) if instance_only else ()),
+          (replicated,) if instance_only else ()) + (
+              (batch,) if with_neighbors else ()),
       out_shardings=(replicated, replicated),
       donate_argnums=0)
 

@@ -1,10 +1,13 @@
 """The Trainer: set-up, the phases of the method, the loop, evaluation hooks.
 
-1. warm-up (``config.train.warmup_epochs``): every weighted term but the KL;
+1. warm-up (``config.train.warmup_epochs``): every weighted term but the KL
+   and the neighbour terms;
 2. at the end of the warm-up, the DEC centroids are initialised by k-means on
    the embeddings of the whole training set, and P is computed from them;
+   with a neighbour term, each image's nearest neighbours are mined;
 3. joint training of all terms, with P recomputed over the whole training set
-   every ``config.train.target_update_every_steps`` steps.
+   every ``config.train.target_update_every_steps`` steps (the neighbours
+   every ``config.train.neighbor_update_every_steps``, if not 0).
 
 Then it evaluates three assignments (cluster head, DEC, k-means on the
 embeddings), writes ``WORKDIR/results.json`` and prints a table. Checkpoints
@@ -33,6 +36,7 @@ from jcc import evaluate
 from jcc import losses
 from jcc import metric_writer
 from jcc import models
+from jcc import neighbors
 from jcc import parallel
 from jcc import pipeline
 from jcc import report
@@ -144,12 +148,25 @@ class Trainer:
     self._instance_only = self.dataset.instance_only is not None
     self.target = self._target_array(np.full((len(self.clustered), k), 1 / k))
     # The step's arguments besides the state, target and batch, placed once.
-    self._kl_scales = [parallel.to_global(np.float32(scale), self.replicated)
-                       for scale in (0, 1)]  # warm-up, joint training
+    self._joint_scales = [
+        parallel.to_global(np.float32(scale), self.replicated)
+        for scale in (0, 1)]  # warm-up, joint training
     self._clustered_mask = () if not self._instance_only else (
         parallel.to_global(~self.dataset.instance_only, self.replicated),)
+    # Each image's nearest neighbours, (N, k), mined at the end of the
+    # warm-up (until then each image stands in for its own, unused).
+    self._use_neighbors = step_lib.uses_neighbors(config)
+    self.neighbors = np.repeat(
+        np.arange(len(self.dataset), dtype=np.int32)[:, None],
+        config.train.num_neighbors, axis=1) if self._use_neighbors else None
+    # The warm-up's step, and the joint phase's if that one differs: with
+    # neighbour terms it takes the neighbours' images too.
     self.train_step = step_lib.make_train_step(
-        self.model, self.tx, config, self.mesh, self._instance_only)
+        self.model, self.tx, config, self.mesh, self._instance_only,
+        with_neighbors=False)
+    self.joint_step = step_lib.make_train_step(
+        self.model, self.tx, config, self.mesh, self._instance_only,
+        with_neighbors=True) if self._use_neighbors else self.train_step
     self.forward = step_lib.make_forward(self.model, self.mesh)
 
     self.checkpoints = checkpoint.Checkpoints(
@@ -160,7 +177,10 @@ class Trainer:
   # -- checkpoints ---------------------------------------------------------
 
   def _checkpoint_tree(self):
-    return {'state': self.state, 'target': self.target}
+    tree = {'state': self.state, 'target': self.target}
+    if self._use_neighbors:
+      tree['neighbors'] = parallel.to_global(self.neighbors, self.replicated)
+    return tree
 
   def restore_latest(self) -> bool:
     """Restores the newest readable checkpoint; False if there is none."""
@@ -168,6 +188,8 @@ class Trainer:
     if restored is None:
       return False
     self.state, self.target = restored['state'], restored['target']
+    if self._use_neighbors:
+      self.neighbors = np.asarray(restored['neighbors'])
     return True
 
   def save(self, force: bool = False) -> None:
@@ -237,6 +259,20 @@ class Trainer:
     self.target = self._target_array(
         np.asarray(losses.target_distribution(q)))
 
+  def mine_neighbors(self) -> None:
+    """Each image's nearest neighbours in the embedding, over all N."""
+    start = time.time()
+    embeddings = self.predict(self.dataset.images)['embedding']
+    self.neighbors = neighbors.nearest_neighbors(
+        embeddings, self.config.train.num_neighbors, self.mesh)
+    labels = self.dataset.labels
+    agreement = '' if labels is None or self._instance_only else (
+        f'; {neighbors.neighbor_accuracy(self.neighbors, labels):.3f} '
+        'share their image\'s label')
+    logging.info('Mined %d neighbours of each of %d images in %.1f s%s.',
+                 self.neighbors.shape[1], len(embeddings),
+                 time.time() - start, agreement)
+
   # -- the loop ------------------------------------------------------------
 
   def request_stop(self, signum=None, frame=None) -> None:
@@ -262,21 +298,30 @@ class Trainer:
     with on_stop_signals(self.request_stop):
       return self._train()
 
-  def _compile_train_step(self):
-    """The train step compiled for this run's shapes, if it fits in memory.
+  def _compile_train_steps(self):
+    """(warm-up step, joint step) compiled for this run's shapes, if they
+    fit in memory (the same step twice without neighbour terms)."""
+    bs, shape = self.config.train.batch_size, self.dataset.images.shape[1:]
+    images = jax.ShapeDtypeStruct((bs,) + shape, np.uint8,
+                                  sharding=self.batch_sharding)
+    indices = jax.ShapeDtypeStruct((bs,), np.int32,
+                                   sharding=self.batch_sharding)
+    arguments = (self.state, self.target, images, indices,
+                 self._joint_scales[0], *self._clustered_mask)
+    warmup = self._checked_memory(self.train_step.lower(*arguments).compile())
+    if not self._use_neighbors:
+      return warmup, warmup
+    return warmup, self._checked_memory(
+        self.joint_step.lower(*arguments, images).compile())
+
+  def _checked_memory(self, compiled):
+    """``compiled``, unless it cannot fit in memory (then ConfigError).
 
     XLA's own count of the step's memory (arguments, outputs, temporaries)
     against what each device has: a config that cannot fit is refused in
     one line before it tries to allocate, rather than failing deep in XLA.
     """
     bs, shape = self.config.train.batch_size, self.dataset.images.shape[1:]
-    batch = [jax.ShapeDtypeStruct((bs,) + shape, np.uint8,
-                                  sharding=self.batch_sharding),
-             jax.ShapeDtypeStruct((bs,), np.int32,
-                                  sharding=self.batch_sharding)]
-    compiled = self.train_step.lower(
-        self.state, self.target, *batch, self._kl_scales[0],
-        *self._clustered_mask).compile()
     stats = compiled.memory_analysis()
     available = parallel.memory_per_device()
     if stats is not None and available is not None:
@@ -306,15 +351,9 @@ class Trainer:
         self.total_steps, config.train.num_epochs, self.steps_per_epoch,
         self.warmup_steps)
     last_log_time, last_log_step = time.time(), start_step
-    train_step = self._compile_train_step()
-    batches = pipeline.prefetch_to_device(
-        pipeline.train_batches(self.dataset, bs, config.seed, start_step,
-                               self.total_steps, jax.process_index(),
-                               jax.process_count()),
-        lambda host_batch: parallel.from_process_local(
-            self.batch_sharding, *host_batch))
-    for step, (images, indices) in zip(
-        range(start_step, self.total_steps), batches):
+    warmup_step, joint_step = self._compile_train_steps()
+    batches = self._batches(start_step)
+    for step in range(start_step, self.total_steps):
       # P is refreshed before the steps that use it: the first joint step
       # (after k-means set the centroids), then periodically.
       if step == self.warmup_steps and kl_on:
@@ -322,10 +361,17 @@ class Trainer:
       if kl_on and is_time(step, config.train.target_update_every_steps,
                            start=self.warmup_steps):
         self.refresh_target()
-      kl_scale = self._kl_scales[step >= self.warmup_steps]
-      self.state, metrics = train_step(
-          self.state, self.target, images, indices, kl_scale,
-          *self._clustered_mask)
+      if self._use_neighbors and (
+          step == self.warmup_steps or is_time(
+              step, config.train.neighbor_update_every_steps,
+              start=self.warmup_steps)):
+        self.mine_neighbors()
+        batches = self._batches(step)  # the batches ahead carry the new ones
+      images, indices, *neighbor_images = next(batches)
+      joint = step >= self.warmup_steps
+      self.state, metrics = (joint_step if joint else warmup_step)(
+          self.state, self.target, images, indices, self._joint_scales[joint],
+          *self._clustered_mask, *neighbor_images)
       done = step + 1
       if step == start_step:  # compilation: keep it out of the img/s figure
         jax.block_until_ready(metrics)
@@ -363,6 +409,18 @@ class Trainer:
     self.save(force=True)
     self.checkpoints.wait()
     return True
+
+  def _batches(self, start_step: int):
+    """The global batches from ``start_step`` on, placed on the devices."""
+    return pipeline.prefetch_to_device(
+        pipeline.train_batches(
+            self.dataset, self.config.train.batch_size, self.config.seed,
+            start_step, self.total_steps, jax.process_index(),
+            jax.process_count(),
+            # Neighbour images once the neighbours are mined.
+            self.neighbors if start_step >= self.warmup_steps else None),
+        lambda host_batch: parallel.from_process_local(
+            self.batch_sharding, *host_batch))
 
   def _stop_now(self, done: int) -> bool:
     """Whether to checkpoint and stop after step ``done``.

@@ -20,7 +20,12 @@ import ml_collections
 from jcc.errors import ConfigError
 
 # The weights in config.loss, one per term of the objective; 0 removes one.
-LOSS_WEIGHTS = ('instance', 'cluster', 'entropy', 'reconstruction', 'kl')
+LOSS_WEIGHTS = ('instance', 'cluster', 'entropy', 'reconstruction', 'kl',
+                'neighbor_consistency', 'neighbor_instance')
+# The terms that start after the warm-up (DEC's centroids and the
+# neighbours are set at its end).
+JOINT_TERMS = ('kl', 'neighbor_consistency', 'neighbor_instance')
+NEIGHBOR_TERMS = ('neighbor_consistency', 'neighbor_instance')
 COMPUTE_DTYPES = ('float32', 'bfloat16')
 LR_SCHEDULES = ('constant', 'cosine')
 # Pixels per side: the ConvNet needs a few to pool; above this, one image's
@@ -153,6 +158,8 @@ FIELDS: dict[str, Rule] = {
     'train.warmup_epochs': integer(0),
     'train.kmeans_n_init': integer(1),
     'train.target_update_every_steps': integer(1),
+    'train.num_neighbors': integer(1),
+    'train.neighbor_update_every_steps': integer(0),
     'train.log_every_steps': integer(1),
     'train.eval_every_steps': integer(0),
     'train.checkpoint_every_steps': integer(1),
@@ -221,6 +228,11 @@ def check_against_data(config: ml_collections.ConfigDict, num_examples: int,
         f'config.train.batch_size={batch} is smaller than '
         f'config.dataset.num_clusters={k}: a batch must be able to hold '
         'every cluster. Raise the batch size.')
+  neighbors = config.train.num_neighbors
+  if any(config.loss[t] for t in NEIGHBOR_TERMS) and neighbors >= num_examples:
+    raise ConfigError(
+        f'config.train.num_neighbors={neighbors} needs more than the '
+        f'{num_examples} examples; lower it.')
   if batch % num_devices:
     raise ConfigError(
         f'config.train.batch_size={batch} does not divide over the '

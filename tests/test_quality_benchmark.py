@@ -23,11 +23,14 @@ def test_overrides_reach_the_config_with_the_field_type():
   assert config.loss.kl == 0.5
 
 
-def test_variants_remove_only_their_terms():
-  assert set(quality.VARIANTS['cc']) == {'reconstruction', 'kl'}
-  assert quality.VARIANTS['full'] == ()
-  assert set(quality.VARIANTS['cc+rec']) == {'kl'}
-  assert set(quality.VARIANTS['cc+kl']) == {'reconstruction'}
+def test_variants_change_only_their_terms():
+  assert quality.VARIANTS['cc'] == dict(reconstruction=0.0, kl=0.0)
+  assert quality.VARIANTS['full'] == {}
+  assert quality.VARIANTS['cc+rec'] == dict(kl=0.0)
+  assert quality.VARIANTS['cc+kl'] == dict(reconstruction=0.0)
+  with_neighbors = quality.VARIANTS['full+neighbors']
+  assert set(with_neighbors) == {'neighbor_consistency', 'neighbor_instance'}
+  assert all(w > 0 for w in with_neighbors.values())
 
 
 def test_fashion_mnist_test_set_is_the_10000_test_images():

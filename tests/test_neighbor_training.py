@@ -1,0 +1,92 @@
+"""The neighbour terms in training: mined at the end of the warm-up, fed by
+the pipeline, checkpointed with the state."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jcc import models
+from jcc import pipeline
+from jcc import sources
+from jcc import step
+from jcc import train
+from tests.conftest import tiny_config
+
+
+def _with_neighbors(**train_overrides):
+  config = tiny_config(num_neighbors=5, neighbor_update_every_steps=3,
+                       **train_overrides)
+  config.loss.neighbor_consistency = 1.0
+  config.loss.neighbor_instance = 0.5
+  return config
+
+
+def test_neighbor_terms_are_computed_only_with_a_weight():
+  config = _with_neighbors()
+  model = models.build_model(config, channels=1)
+  x = jnp.asarray(np.random.default_rng(0).uniform(size=(8, 8, 8, 1)))
+  variables = model.init(jax.random.key(0), x)
+  outputs = model.apply(variables, x, decode=True)
+  neighbor = jax.tree.map(lambda a: a[:4], outputs)
+  terms = step.compute_loss_terms(outputs, x, jnp.full((4, 10), 0.1),
+                                  config.loss, neighbor=neighbor)
+  assert {'neighbor_consistency', 'neighbor_instance'} <= set(terms)
+  assert all(np.isfinite(v) for v in terms.values())
+  assert step.uses_neighbors(config) and not step.uses_neighbors(tiny_config())
+  assert 'neighbor_instance' not in step.compute_loss_terms(
+      outputs, x, jnp.full((4, 10), 0.1), tiny_config().loss)
+
+
+def test_the_pipeline_pairs_each_row_with_a_chosen_neighbour():
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (40, 4, 4, 1), dtype=np.uint8)
+  dataset = sources.ImageDataset('t', images, None)
+  table = rng.integers(0, 40, (40, 3)).astype(np.int32)
+  whole = list(pipeline.train_batches(dataset, 8, 1, 0, 6, neighbors=table))
+  for s, (batch, indices, neighbor_images) in enumerate(whole):
+    slot = pipeline.neighbor_choice(8, 3, 1, s)
+    np.testing.assert_array_equal(neighbor_images,
+                                  images[table[indices, slot]])
+  # Two hosts together feed what one does.
+  halves = [list(pipeline.train_batches(dataset, 8, 1, 0, 6, i, 2, table))
+            for i in range(2)]
+  for one, a, b in zip(whole, *halves):
+    np.testing.assert_array_equal(one[2], np.concatenate([a[2], b[2]]))
+
+
+def test_neighbors_are_mined_after_the_warm_up_and_resume_exactly(tmp_path):
+  # 3 epochs of 7 steps; mined at steps 7, 10, 13, 16, 19. The resumed run
+  # restarts at 14 between two minings: it must use the saved neighbours.
+  straight = train.Trainer(_with_neighbors(num_epochs=3), str(tmp_path / 'a'))
+  assert not np.any(straight.neighbors != np.arange(1797)[:, None])
+  straight.train()
+  table = straight.neighbors
+  assert table.shape == (1797, 5)
+  assert not np.any(table == np.arange(1797)[:, None])  # never itself
+  first = train.Trainer(_with_neighbors(num_epochs=2), str(tmp_path / 'b'))
+  first.train()
+  first.close()
+  resumed = train.Trainer(_with_neighbors(num_epochs=3), str(tmp_path / 'b'))
+  assert resumed.restore_latest()
+  np.testing.assert_array_equal(resumed.neighbors, first.neighbors)
+  resumed.train()
+  np.testing.assert_array_equal(resumed.neighbors, table)
+  for a, b in zip(jax.tree.leaves(straight.state.params),
+                  jax.tree.leaves(resumed.state.params)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  straight.close()
+  resumed.close()
+
+
+def test_the_warm_up_of_a_neighbour_run_is_the_plain_warm_up(tmp_path):
+  # The neighbour pass starts with the joint phase: until then the steps
+  # are those of a run without neighbour terms, bit for bit.
+  runs = []
+  for name, config in (('plain', tiny_config(num_epochs=1)),
+                       ('neighbors', _with_neighbors(num_epochs=1))):
+    trainer = train.Trainer(config, str(tmp_path / name))
+    trainer.train()
+    runs.append(jax.device_get(trainer.state.params))
+    trainer.close()
+  for a, b in zip(*map(jax.tree.leaves, runs)):
+    np.testing.assert_array_equal(a, b)
