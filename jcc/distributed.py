@@ -38,6 +38,7 @@ from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
+from jcc import validate
 from jcc.errors import ConfigError
 
 # EX_TEMPFAIL: nothing is wrong with the command; run it again on every host
@@ -176,7 +177,6 @@ def fingerprint(config: ml_collections.ConfigDict,
   (a host whose copy of the data differs), the source of the jcc package
   (``package``, default: this one) and the JAX version.
   """
-  from jcc import validate  # pylint: disable=g-import-not-at-top
   values = {k: v for k, v in validate.flatten(config)
             if k not in PER_PROCESS_FIELDS}
   digest = hashlib.sha256()
@@ -262,7 +262,7 @@ class PeerWatch(threading.Thread):
     while not self._left.is_set():
       lost = self._check(beat, seen, start)
       if lost and not self._left.is_set():  # not while leaving on its own
-        _exit_peer_lost(lost)
+        exit_peer_lost(lost)
       beat += 1
       self._left.wait(HEARTBEAT_SECONDS)
 
@@ -315,10 +315,6 @@ def is_peer_failure(error: BaseException) -> bool:
 
 def exit_peer_lost(what: str) -> NoReturn:
   """One line on stderr, then exit EXIT_PEER_LOST at once."""
-  _exit_peer_lost(what)
-
-
-def _exit_peer_lost(what: str) -> NoReturn:
   print(f'jcc: error: lost a peer: {what}; stopping this process too. Run '
         'the same command on every host again: it resumes from the last '
         'complete checkpoint.', file=sys.stderr, flush=True)
