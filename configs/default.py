@@ -149,6 +149,14 @@ def get_config() -> ml_collections.ConfigDict:
   # (0: only then), when a neighbour term has a weight.
   train.num_neighbors = 20
   train.neighbor_update_every_steps = 0
+  # Self-labelling (SCAN's last stage), after the num_epochs above: for so
+  # many more epochs only the cluster head's confident predictions on the
+  # plain images (probability above the threshold) train, as pseudo-labels,
+  # its predictions on augmented views; balanced: each label weighted by
+  # the inverse of its count. 0 epochs: no such stage.
+  train.selflabel_epochs = 0
+  train.selflabel_threshold = 0.99
+  train.selflabel_balance = True
   # Steps between progress lines and metric writes: the only host sync in the
   # step loop, so the host runs at most this many steps ahead.
   train.log_every_steps = 50

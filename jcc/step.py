@@ -24,8 +24,9 @@ from jcc import parallel
 from jcc import validate
 
 
-# Loss terms, in the order they are reported: one per weight in config.loss.
-TERMS = validate.LOSS_WEIGHTS
+# Loss terms, in the order they are reported: one per weight in config.loss,
+# then the self-labelling stage's one term.
+TERMS = validate.LOSS_WEIGHTS + ('self_labeling',)
 # What a step checks for finiteness: each term, the total and the gradient,
 # and the updated parameters (a finite gradient with a NaN learning rate).
 # Bit i of TrainState.nonfinite_terms is entry i: later terms go at the end,
@@ -163,8 +164,26 @@ def _all_finite(tree) -> jax.Array:
       [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
 
 
+def self_labeling_terms(outputs: models.ModelOutputs, num_images: int,
+                        train_config: ml_collections.ConfigDict,
+                        clustered: jax.Array | None = None
+                        ) -> dict[str, jax.Array]:
+  """The self-labelling stage's term: rows [0, B) of ``outputs`` are the
+  plain images (they give the pseudo-labels), rows [B, 2B) augmented views.
+
+  Rows where ``clustered`` is False give no label (they are not clustered).
+  """
+  weak = outputs.cluster_probs[:num_images]
+  if clustered is not None:
+    weak = weak * clustered.astype(weak.dtype)[:, None]
+  return {'self_labeling': losses.self_labeling_loss(
+      weak, outputs.cluster_probs[num_images:],
+      train_config.selflabel_threshold, train_config.selflabel_balance)}
+
+
 def make_train_step(model, tx, config, mesh, instance_only: bool = False,
-                    with_neighbors: bool | None = None):
+                    with_neighbors: bool | None = None,
+                    self_labeling: bool = False):
   """The jitted step: (state, target, images, indices, joint_scale, …) →
   (state, metrics).
 
@@ -177,7 +196,9 @@ def make_train_step(model, tx, config, mesh, instance_only: bool = False,
   (default: a neighbour term has a weight, :func:`uses_neighbors`),
   ``neighbor_images``: (B, …) uint8, each image's neighbour, sharded like
   ``images``. Without neighbours the neighbour terms are left out, as in
-  the warm-up, where they have no neighbours yet.
+  the warm-up, where they have no neighbours yet. With ``self_labeling``:
+  the self-labelling stage's step, which trains that term alone
+  (:func:`self_labeling_terms`; ``target`` and ``joint_scale`` unused).
   """
   loss_config = config.loss
   aug_config = config.augment
@@ -196,7 +217,10 @@ def make_train_step(model, tx, config, mesh, instance_only: bool = False,
     neighbor_images = extra.pop(0) if with_neighbors else None
     key = jax.random.fold_in(aug_key, state.step)
     x = images.astype(jnp.float32) / 255.0
-    views = jnp.concatenate(augment.two_views(key, x, aug_config))
+    if self_labeling:  # the plain images label their augmented views
+      views = jnp.concatenate([x, augment.augment_batch(key, x, aug_config)])
+    else:
+      views = jnp.concatenate(augment.two_views(key, x, aug_config))
     inputs = views
     if with_neighbors:  # one view of each neighbour, in the same pass
       inputs = jnp.concatenate([views, augment.augment_batch(
@@ -207,7 +231,12 @@ def make_train_step(model, tx, config, mesh, instance_only: bool = False,
     def loss_fn(params):
       outputs, updates = model.apply(
           {'params': params, 'batch_stats': state.batch_stats}, inputs,
-          train=True, decode=decode, mutable=['batch_stats'])
+          train=True, decode=decode and not self_labeling,
+          mutable=['batch_stats'])
+      if self_labeling:
+        terms = self_labeling_terms(outputs, x.shape[0], config.train,
+                                    clustered)
+        return terms['self_labeling'], (terms, updates['batch_stats'])
       neighbor = None
       if with_neighbors:
         two = views.shape[0]

@@ -7,7 +7,10 @@
    with a neighbour term, each image's nearest neighbours are mined;
 3. joint training of all terms, with P recomputed over the whole training set
    every ``config.train.target_update_every_steps`` steps (the neighbours
-   every ``config.train.neighbor_update_every_steps``, if not 0).
+   every ``config.train.neighbor_update_every_steps``, if not 0);
+4. with ``config.train.selflabel_epochs``, self-labelling: the cluster
+   head's confident predictions on the plain images train its predictions
+   on augmented views, and nothing else.
 
 Then it evaluates three assignments (cluster head, DEC, k-means on the
 embeddings), writes ``WORKDIR/results.json`` and prints a table. Checkpoints
@@ -122,7 +125,10 @@ class Trainer:
     """The model, the state, the compiled step and the checkpoints."""
     n, bs = len(self.dataset), config.train.batch_size
     self.steps_per_epoch = n // bs
-    self.total_steps = config.train.num_epochs * self.steps_per_epoch
+    # The steps of the method, then those of the self-labelling stage.
+    self.joint_end = config.train.num_epochs * self.steps_per_epoch
+    self.total_steps = self.joint_end + (
+        config.train.selflabel_epochs * self.steps_per_epoch)
     self.model = models.build_model(
         config, self.dataset.channels, step_lib.compute_dtype(config))
     self.learning_rate = step_lib.learning_rate_schedule(
@@ -131,7 +137,7 @@ class Trainer:
     self.replicated, self.batch_sharding = parallel.shardings(self.mesh)
 
     self.warmup_steps = min(
-        config.train.warmup_epochs * self.steps_per_epoch, self.total_steps)
+        config.train.warmup_epochs * self.steps_per_epoch, self.joint_end)
     num_devices = self.mesh.size
     eval_bs = max(config.train.eval_batch_size, num_devices)
     self.eval_batch_size = -(-eval_bs // num_devices) * num_devices
@@ -167,6 +173,10 @@ class Trainer:
     self.joint_step = step_lib.make_train_step(
         self.model, self.tx, config, self.mesh, self._instance_only,
         with_neighbors=True) if self._use_neighbors else self.train_step
+    self.selflabel_step = step_lib.make_train_step(
+        self.model, self.tx, config, self.mesh, self._instance_only,
+        with_neighbors=False, self_labeling=True) if (
+            self.total_steps > self.joint_end) else None
     self.forward = step_lib.make_forward(self.model, self.mesh)
 
     self.checkpoints = checkpoint.Checkpoints(
@@ -299,8 +309,9 @@ class Trainer:
       return self._train()
 
   def _compile_train_steps(self):
-    """(warm-up step, joint step) compiled for this run's shapes, if they
-    fit in memory (the same step twice without neighbour terms)."""
+    """(warm-up step, joint step, self-labelling step or None) compiled for
+    this run's shapes, if they fit in memory (without neighbour terms the
+    first two are the same step)."""
     bs, shape = self.config.train.batch_size, self.dataset.images.shape[1:]
     images = jax.ShapeDtypeStruct((bs,) + shape, np.uint8,
                                   sharding=self.batch_sharding)
@@ -308,11 +319,13 @@ class Trainer:
                                    sharding=self.batch_sharding)
     arguments = (self.state, self.target, images, indices,
                  self._joint_scales[0], *self._clustered_mask)
-    warmup = self._checked_memory(self.train_step.lower(*arguments).compile())
-    if not self._use_neighbors:
-      return warmup, warmup
-    return warmup, self._checked_memory(
-        self.joint_step.lower(*arguments, images).compile())
+    compile_ = lambda step, *extra: self._checked_memory(  # noqa: E731
+        step.lower(*arguments, *extra).compile())
+    warmup = compile_(self.train_step)
+    joint = compile_(self.joint_step, images) if self._use_neighbors else (
+        warmup)
+    return warmup, joint, self.selflabel_step and compile_(
+        self.selflabel_step)
 
   def _checked_memory(self, compiled):
     """``compiled``, unless it cannot fit in memory (then ConfigError).
@@ -346,31 +359,41 @@ class Trainer:
       return True
     logging.info(
         'Training %s: %d images, K=%d, %s, %d devices, %d steps (%d epochs of '
-        '%d), warm-up %d steps.', self.dataset.name, n,
+        '%d), warm-up %d steps%s.', self.dataset.name, n,
         config.dataset.num_clusters, config.model.backbone, self.mesh.size,
-        self.total_steps, config.train.num_epochs, self.steps_per_epoch,
-        self.warmup_steps)
+        self.total_steps, config.train.num_epochs +
+        config.train.selflabel_epochs, self.steps_per_epoch,
+        self.warmup_steps, f', self-labelling from step {self.joint_end}'
+        if self.total_steps > self.joint_end else '')
     last_log_time, last_log_step = time.time(), start_step
-    warmup_step, joint_step = self._compile_train_steps()
+    warmup_step, joint_step, selflabel_step = self._compile_train_steps()
     batches = self._batches(start_step)
     for step in range(start_step, self.total_steps):
       # P is refreshed before the steps that use it: the first joint step
       # (after k-means set the centroids), then periodically.
-      if step == self.warmup_steps and kl_on:
+      joint = self.warmup_steps <= step < self.joint_end
+      if step == self.warmup_steps and kl_on and joint:
         self.init_centroids()
-      if kl_on and is_time(step, config.train.target_update_every_steps,
-                           start=self.warmup_steps):
+      if kl_on and joint and is_time(
+          step, config.train.target_update_every_steps,
+          start=self.warmup_steps):
         self.refresh_target()
-      if self._use_neighbors and (
+      if self._use_neighbors and joint and (
           step == self.warmup_steps or is_time(
               step, config.train.neighbor_update_every_steps,
               start=self.warmup_steps)):
         self.mine_neighbors()
         batches = self._batches(step)  # the batches ahead carry the new ones
+      if step == self.joint_end:
+        logging.info('Self-labelling: %d steps.',
+                     self.total_steps - self.joint_end)
+        batches = self._batches(step)  # no neighbours from here on
       images, indices, *neighbor_images = next(batches)
-      joint = step >= self.warmup_steps
-      self.state, metrics = (joint_step if joint else warmup_step)(
-          self.state, self.target, images, indices, self._joint_scales[joint],
+      step_fn = (selflabel_step if step >= self.joint_end else
+                 joint_step if joint else warmup_step)
+      self.state, metrics = step_fn(
+          self.state, self.target, images, indices,
+          self._joint_scales[step >= self.warmup_steps],
           *self._clustered_mask, *neighbor_images)
       done = step + 1
       if step == start_step:  # compilation: keep it out of the img/s figure
@@ -417,8 +440,10 @@ class Trainer:
             self.dataset, self.config.train.batch_size, self.config.seed,
             start_step, self.total_steps, jax.process_index(),
             jax.process_count(),
-            # Neighbour images once the neighbours are mined.
-            self.neighbors if start_step >= self.warmup_steps else None),
+            # Neighbour images once the neighbours are mined, until the
+            # self-labelling stage.
+            self.neighbors if self.warmup_steps <= start_step < self.joint_end
+            else None),
         lambda host_batch: parallel.from_process_local(
             self.batch_sharding, *host_batch))
 
@@ -462,7 +487,7 @@ class Trainer:
     Then DEC's assignment is nearest-centroid of k-means on the final
     embeddings (deterministic in the seed).
     """
-    if self.total_steps <= self.warmup_steps or not self.config.loss.kl:
+    if self.joint_end <= self.warmup_steps or not self.config.loss.kl:
       self.init_centroids()
 
   def evaluate(self) -> dict:

@@ -1,5 +1,7 @@
-"""The neighbour terms in training: mined at the end of the warm-up, fed by
-the pipeline, checkpointed with the state."""
+"""Training beyond CC: the neighbour terms (mined at the end of the warm-up,
+fed by the pipeline, checkpointed with the state) and self-labelling."""
+
+import json
 
 import jax
 import jax.numpy as jnp
@@ -90,3 +92,51 @@ def test_the_warm_up_of_a_neighbour_run_is_the_plain_warm_up(tmp_path):
     trainer.close()
   for a, b in zip(*map(jax.tree.leaves, runs)):
     np.testing.assert_array_equal(a, b)
+
+
+def test_self_labelling_follows_the_method_and_resumes_exactly(tmp_path):
+  # 2 epochs of the method (14 steps), then 1 of self-labelling; a low
+  # threshold, since the tiny model is never 99% sure.
+  def config(epochs):
+    c = tiny_config(num_epochs=2, selflabel_epochs=epochs,
+                    selflabel_threshold=0.2)
+    return c
+  straight = train.Trainer(config(1), str(tmp_path / 'a'))
+  assert (straight.joint_end, straight.total_steps) == (14, 21)
+  straight.train()
+  records = [json.loads(line) for line in
+             (tmp_path / 'a' / 'metrics.jsonl').read_text().splitlines()]
+  losses_at = {r['step']: {k[5:] for k in r if k.startswith('loss/')}
+               for r in records if 'loss/total' in r}
+  assert losses_at[14] >= {'instance', 'cluster', 'kl'}
+  assert losses_at[15] == losses_at[21] == {'self_labeling', 'total'}
+  assert all(np.isfinite(r['loss/total']) for r in records
+             if 'loss/total' in r)
+  assert any(r.get('loss/self_labeling', 0) > 0 for r in records)
+  # Stopped at the end of the method, resumed into the stage.
+  first = train.Trainer(config(0), str(tmp_path / 'b'))
+  first.train()
+  first.close()
+  resumed = train.Trainer(config(1), str(tmp_path / 'b'))
+  assert resumed.restore_latest() and int(resumed.state.step) == 14
+  resumed.train()
+  for a, b in zip(jax.tree.leaves(straight.state.params),
+                  jax.tree.leaves(resumed.state.params)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  straight.close()
+  resumed.close()
+
+
+def test_only_clustered_rows_give_pseudo_labels():
+  outputs = models.ModelOutputs(
+      embedding=None, projection=None, student_t=None, reconstruction=None,
+      cluster_probs=jnp.asarray([[0.9, 0.1], [0.1, 0.9],
+                                 [0.6, 0.4], [0.2, 0.8]]))
+  config = tiny_config(selflabel_threshold=0.5, selflabel_balance=False)
+  everyone = step.self_labeling_terms(outputs, 2, config.train)
+  first_only = step.self_labeling_terms(outputs, 2, config.train,
+                                        jnp.asarray([True, False]))
+  np.testing.assert_allclose(everyone['self_labeling'],
+                             -(np.log(0.6) + np.log(0.8)) / 2, rtol=1e-6)
+  np.testing.assert_allclose(first_only['self_labeling'], -np.log(0.6),
+                             rtol=1e-6)
