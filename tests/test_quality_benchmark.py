@@ -24,13 +24,23 @@ def test_overrides_reach_the_config_with_the_field_type():
 
 
 def test_variants_change_only_their_terms():
-  assert quality.VARIANTS['cc'] == dict(reconstruction=0.0, kl=0.0)
+  assert quality.VARIANTS['cc'] == {'loss.reconstruction': 0.0, 'loss.kl': 0.0}
   assert quality.VARIANTS['full'] == {}
-  assert quality.VARIANTS['cc+rec'] == dict(kl=0.0)
-  assert quality.VARIANTS['cc+kl'] == dict(reconstruction=0.0)
-  with_neighbors = quality.VARIANTS['full+neighbors']
-  assert set(with_neighbors) == {'neighbor_consistency', 'neighbor_instance'}
-  assert all(w > 0 for w in with_neighbors.values())
+  assert quality.VARIANTS['cc+rec'] == {'loss.kl': 0.0}
+  assert quality.VARIANTS['cc+kl'] == {'loss.reconstruction': 0.0}
+  neighbors = quality.VARIANTS['full+neighbors']
+  assert set(neighbors) == {'loss.neighbor_consistency',
+                            'loss.neighbor_instance'}
+  assert all(w > 0 for w in neighbors.values())
+  assert quality.VARIANTS['full+selflabel'] == {'train.selflabel_epochs': 10}
+  assert quality.VARIANTS['full+both'] == {**neighbors,
+                                           'train.selflabel_epochs': 10}
+  # Every field exists in the config.
+  config = quality.dataset_config('digits', [])
+  for changes in quality.VARIANTS.values():
+    for field in changes:
+      group, leaf = field.split('.')
+      assert leaf in config[group]
 
 
 def test_fashion_mnist_test_set_is_the_10000_test_images():
