@@ -101,7 +101,8 @@ def get_config() -> ml_collections.ConfigDict:
   loss.kl = 0.1  # DEC's KL(P‖Q); only after the warm-up (γ = 0.1 in IDEC).
   # Beyond the paper, both after the warm-up: SCAN's consistency between an
   # image's and one of its nearest neighbours' cluster assignments, and the
-  # neighbour as an extra positive of an instance contrast (ProPos, GCC).
+  # neighbour as an extra positive of an instance contrast (ProPos, GCC; at
+  # instance_temperature).
   loss.neighbor_consistency = 0.0
   loss.neighbor_instance = 0.0
   # Temperatures of the instance and the cluster contrast (CC: 0.5 and 1.0).
