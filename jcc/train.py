@@ -294,11 +294,11 @@ class Trainer:
     del frame
     if signum == signal.SIGINT:
       signal.signal(signal.SIGINT, signal.default_int_handler)
-    logging.warning('Received %s: saving a checkpoint after %s and '
-                    'stopping%s.', signal.Signals(signum).name if signum
-                    else 'a stop request',
-                    'the next logging step, with the other processes'
-                    if distributed.is_multiprocess() else 'this step',
+    logging.warning('Received %s: %s%s.', signal.Signals(signum).name
+                    if signum else 'a stop request',
+                    'all processes save a checkpoint at the next logging '
+                    'step and stop' if distributed.is_multiprocess() else
+                    'saving a checkpoint after this step and stopping',
                     ' (Ctrl-C again aborts without it)'
                     if signum == signal.SIGINT else '')
     self.stop_requested = True
