@@ -120,6 +120,24 @@ def _paired_cross_entropy(logits: Array, row_ids: Array, n: int) -> Array:
   return jnp.sum(jax.nn.logsumexp(logits, axis=1) - positive)
 
 
+def _paired_projections(
+    z_a: Array, z_b: Array, names: tuple[str, str], normalized: bool,
+    axis_name: AxisName) -> tuple[Array, Array, Array, Array, Array | int]:
+  """Two (B, d) batches of projections, checked and L2-normalised, with all
+  devices' rows of each and the global index of this device's first row."""
+  z_a, z_b = _upcast(z_a, z_b)
+  if z_a.shape != z_b.shape or z_a.ndim != 2:
+    raise ValueError(f'{names[0]} and {names[1]} must both be (B, d); got '
+                     f'{z_a.shape} and {z_b.shape}.')
+  if not normalized:
+    z_a, z_b = l2_normalize(z_a), l2_normalize(z_b)
+  if axis_name is None:
+    return z_a, z_b, z_a, z_b, 0
+  return (z_a, z_b, jax.lax.all_gather(z_a, axis_name, tiled=True),
+          jax.lax.all_gather(z_b, axis_name, tiled=True),
+          jax.lax.axis_index(axis_name) * z_a.shape[0])
+
+
 def instance_contrastive_loss(
     z_a: Array,
     z_b: Array,
@@ -148,20 +166,9 @@ def instance_contrastive_loss(
   Returns:
     A float32 scalar: the mean over all 2B (global) rows.
   """
-  z_a, z_b = _upcast(z_a, z_b)
-  if z_a.shape != z_b.shape or z_a.ndim != 2:
-    raise ValueError(
-        f'z_a and z_b must both be (B, d); got {z_a.shape} and {z_b.shape}.')
-  if not normalized:
-    z_a, z_b = l2_normalize(z_a), l2_normalize(z_b)
-  local_n = z_a.shape[0]
-  if axis_name is None:
-    all_a, all_b, offset = z_a, z_b, 0
-  else:
-    all_a = jax.lax.all_gather(z_a, axis_name, tiled=True)
-    all_b = jax.lax.all_gather(z_b, axis_name, tiled=True)
-    offset = jax.lax.axis_index(axis_name) * local_n
-  n = all_a.shape[0]
+  z_a, z_b, all_a, all_b, offset = _paired_projections(
+      z_a, z_b, ('z_a', 'z_b'), normalized, axis_name)
+  local_n, n = z_a.shape[0], all_a.shape[0]
   rows = jnp.concatenate([z_a, z_b], axis=0)
   if axis_name is None:
     logits = _gram(rows) / temperature
@@ -402,21 +409,10 @@ def neighbor_instance_loss(
   Returns:
     A float32 scalar: the mean over the 2B (global) rows.
   """
-  z, z_neighbor = _upcast(z, z_neighbor)
-  if z.shape != z_neighbor.shape or z.ndim != 2:
-    raise ValueError(f'z and z_neighbor must both be (B, d); got {z.shape} '
-                     f'and {z_neighbor.shape}.')
-  if not normalized:
-    z, z_neighbor = l2_normalize(z), l2_normalize(z_neighbor)
-  local_n = z.shape[0]
-  if axis_name is None:
-    all_z, all_neighbor, offset = z, z_neighbor, 0
-  else:
-    all_z = jax.lax.all_gather(z, axis_name, tiled=True)
-    all_neighbor = jax.lax.all_gather(z_neighbor, axis_name, tiled=True)
-    offset = jax.lax.axis_index(axis_name) * local_n
+  z, z_neighbor, all_z, all_neighbor, offset = _paired_projections(
+      z, z_neighbor, ('z', 'z_neighbor'), normalized, axis_name)
   n = all_z.shape[0]
-  own = jnp.arange(local_n) + offset
+  own = jnp.arange(z.shape[0]) + offset
   total = 0.0
   for rows, cols in ((z, all_neighbor), (z_neighbor, all_z)):
     logits = jnp.matmul(rows, cols.T,
