@@ -160,16 +160,18 @@ def test_a_full_disk_stops_in_one_line_and_the_rerun_resumes(tmp_path):
   if subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=30M', 'tmpfs',
                      str(disk)], capture_output=True).returncode:
     pytest.skip('mounting a small tmpfs needs root (CI runs as root)')
+  proc = None
   try:
     workdir = disk / 'run'
     proc = _cli(workdir, '--config.train.num_epochs=1000',
                 '--config.train.checkpoint_every_steps=10', wait=False)
     _wait_for_checkpoint(workdir, 10, proc)
-    with open(disk / 'filler', 'wb') as filler:
+    # Unbuffered: a buffered file kept the bytes the full disk refused and
+    # failed again on closing, which failed this test now and then.
+    with open(disk / 'filler', 'wb', buffering=0) as filler:
       try:
         while True:
           filler.write(bytes(1 << 16))
-          filler.flush()
       except OSError:
         pass  # full
     _, stderr = proc.communicate(timeout=300)
@@ -186,6 +188,9 @@ def test_a_full_disk_stops_in_one_line_and_the_rerun_resumes(tmp_path):
     assert 'Resumed from the checkpoint of step' in resumed.stderr
     assert (workdir / 'results.json').exists()
   finally:
+    if proc is not None and proc.poll() is None:
+      proc.kill()  # else the mount stays busy
+      proc.communicate()
     subprocess.run(['umount', str(disk)], check=False)
 
 
