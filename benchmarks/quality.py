@@ -15,6 +15,11 @@ the final embeddings (as `--mode=evaluate` does). Prints ACC/NMI/ARI as
 mean ± std over the seeds, for the cluster head and the DEC assignment, and
 the wall time of each run.
 
+Datasets: digits; the 10,000 test images of MNIST, Fashion-MNIST and
+CIFAR-10 (mnist_test, fashion_mnist_test, cifar10_test); and a fixed 1,500 of
+the last two (fashion_mnist_test_1500, cifar10_test_1500), a user's small
+folder of photos in size.
+
 Runs split across workers (e.g. one per core, `taskset -c 0` and `-c 1`,
 each with --json=FILE) are tabulated together with --table_from FILE ...
 Each run prints one line when it ends; --verbose adds the trainer's progress
@@ -70,8 +75,31 @@ def fashion_mnist_test_folder() -> str:
   return folder
 
 
+SUBSET_SIZE = 1500  # a user's small folder of photos (issue 22)
+
+
+def subset_npz(module: str, dataset_overrides, size: int = SUBSET_SIZE):
+  """config.dataset overrides for a fixed random ``size`` images of a set.
+
+  The same images on every call and machine (rng seed 0), written once per
+  process to a temporary .npz, removed when the process exits.
+  """
+  config = importlib.import_module(f'configs.{module}').get_config()
+  config.dataset.update(dataset_overrides() if callable(dataset_overrides)
+                        else dataset_overrides)
+  dataset = sources.load_dataset(config.dataset)
+  rows = np.sort(np.random.default_rng(0).choice(
+      len(dataset), size, replace=False))
+  folder = tempfile.mkdtemp(prefix=f'{module}_{size}_')
+  atexit.register(shutil.rmtree, folder, ignore_errors=True)
+  path = os.path.join(folder, 'subset.npz')
+  np.savez(path, images=dataset.images[rows], labels=dataset.labels[rows])
+  return dict(name='npz', path=path)
+
+
 # name: (config module, overrides of config.dataset, or a function that
-# returns them). The *_test sets are the 10,000 test images of each.
+# returns them). The *_test sets are the 10,000 test images of each; the
+# *_1500 sets 1,500 of them.
 DATASETS = {
     'digits': ('digits', {}),
     'mnist_test': ('mnist', dict(name='npz', path=os.path.join(
@@ -81,6 +109,11 @@ DATASETS = {
     'cifar10_test': ('cifar10_small', dict(name='npz', path=os.path.join(
         SHARED, 'cifar10_test_jpeg.npz'))),
 }
+DATASETS.update({
+    f'{name}_{SUBSET_SIZE}': (module, functools.partial(
+        subset_npz, module, overrides))
+    for name, (module, overrides) in list(DATASETS.items())
+    if name in ('fashion_mnist_test', 'cifar10_test')})
 
 # name: the config fields it changes (a loss weight of 0 removes a term).
 _NEIGHBORS = {'loss.neighbor_consistency': 1.0, 'loss.neighbor_instance': 1.0}

@@ -130,6 +130,10 @@ def get_config() -> ml_collections.ConfigDict:
   # Global batch (split over all devices; must divide evenly).
   train.batch_size = 256
   train.num_epochs = 100
+  # The fewest steps of the method (warm-up and joint training): a small
+  # dataset, with few steps per epoch, trains a whole multiple of num_epochs
+  # (warm-up and self-labelling epochs in proportion) to reach it. 0: none.
+  train.min_steps = 1000
   # Dtype of the network's computation: 'float32', or 'bfloat16' on
   # accelerators. Parameters stay float32; losses and softmax are float32.
   train.compute_dtype = 'float32'
@@ -151,12 +155,16 @@ def get_config() -> ml_collections.ConfigDict:
   train.num_neighbors = 20
   train.neighbor_update_every_steps = 0
   # Self-labelling (SCAN's last stage), after the num_epochs above: for so
-  # many more epochs only the cluster head's confident predictions on the
-  # plain images (probability above the threshold) train, as pseudo-labels,
-  # its predictions on augmented views; balanced: each label weighted by
-  # the inverse of its count. 0 epochs: no such stage.
+  # many more epochs the method's terms train on two strong views (the
+  # augmentation above, then a Cutout square of selflabel_cutout of the
+  # side), and the cluster head's confident predictions on the plain images
+  # (probability above the threshold) label both views, a cross-entropy of
+  # weight selflabel_weight; balanced: each label weighted by the inverse
+  # of its count. 0 epochs: no such stage.
   train.selflabel_epochs = 0
   train.selflabel_threshold = 0.99
+  train.selflabel_weight = 1.0
+  train.selflabel_cutout = 0.5
   train.selflabel_balance = True
   # Steps between progress lines and metric writes: the only host sync in the
   # step loop, so the host runs at most this many steps ahead.

@@ -8,7 +8,7 @@ The set follows SimCLR / Contrastive Clustering: random resized crop,
 horizontal flip, (for digits and other glyphs) a small random rotation and
 shear, colour jitter (brightness, contrast, saturation, hue, in
 random order, applied with a probability), grayscale, Gaussian blur; plus
-Gaussian pixel noise. Saturation, hue and luma come from dm-pix; they are
+Gaussian pixel noise, and Cutout for the strong views of self-labelling. Saturation, hue and luma come from dm-pix; they are
 skipped for 1-channel images.
 """
 
@@ -196,6 +196,18 @@ def gaussian_noise(key: Array, image: Array, stddev: float) -> Array:
   return jnp.clip(image + noise, 0.0, 1.0)
 
 
+def cutout(key: Array, image: Array, size: float) -> Array:
+  """Cutout (DeVries & Taylor 2017): a square of side ``size``·min(H, W)
+  at a uniformly random centre (it may reach past the border) set to 0.5."""
+  height, width = image.shape[:2]
+  side = size * min(height, width)
+  cy, cx = jax.random.uniform(key, (2,)) * jnp.array([height, width])
+  ys = jnp.arange(height)[:, None] + 0.5
+  xs = jnp.arange(width)[None, :] + 0.5
+  inside = (jnp.abs(ys - cy) < side / 2) & (jnp.abs(xs - cx) < side / 2)
+  return jnp.where(inside[..., None], 0.5, image)
+
+
 def _with_probability(key: Array, prob: float, new: Array, old: Array):
   if prob >= 1.0:
     return new
@@ -203,8 +215,10 @@ def _with_probability(key: Array, prob: float, new: Array, old: Array):
 
 
 def augment_image(
-    key: Array, image: Array, cfg: ml_collections.ConfigDict) -> Array:
-  """One random view of one (H, W, C) image, as ``cfg`` (config.augment) says."""
+    key: Array, image: Array, cfg: ml_collections.ConfigDict,
+    cutout_size: float = 0.0) -> Array:
+  """One random view of one (H, W, C) image, as ``cfg`` (config.augment)
+  says, then a Cutout of ``cutout_size`` (0: none)."""
   k_crop, k_flip, k_jitter, k_noise = jax.random.split(key, 4)
   # Keys of the later additions are folded in, so the four above stay as
   # they were (and a config that leaves the additions off, as digits does,
@@ -231,19 +245,24 @@ def augment_image(
                                             tuple(cfg.blur_sigma)), image)
   if cfg.noise_stddev > 0:
     image = gaussian_noise(k_noise, image, cfg.noise_stddev)
+  if cutout_size > 0:
+    image = cutout(jax.random.fold_in(key, 15), image, cutout_size)
   return image
 
 
 def augment_batch(
-    key: Array, images: Array, cfg: ml_collections.ConfigDict) -> Array:
+    key: Array, images: Array, cfg: ml_collections.ConfigDict,
+    cutout_size: float = 0.0) -> Array:
   """One random view of each image of an (N, H, W, C) batch."""
   keys = jax.random.split(key, images.shape[0])
-  return jax.vmap(augment_image, in_axes=(0, 0, None))(keys, images, cfg)
+  return jax.vmap(augment_image, in_axes=(0, 0, None, None))(
+      keys, images, cfg, cutout_size)
 
 
 def two_views(
-    key: Array, images: Array, cfg: ml_collections.ConfigDict
-) -> tuple[Array, Array]:
+    key: Array, images: Array, cfg: ml_collections.ConfigDict,
+    cutout_size: float = 0.0) -> tuple[Array, Array]:
   """Two independent random views of each image of an (N, H, W, C) batch."""
   k_a, k_b = jax.random.split(key)
-  return augment_batch(k_a, images, cfg), augment_batch(k_b, images, cfg)
+  return (augment_batch(k_a, images, cfg, cutout_size),
+          augment_batch(k_b, images, cfg, cutout_size))

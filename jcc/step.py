@@ -168,17 +168,21 @@ def self_labeling_terms(outputs: models.ModelOutputs, num_images: int,
                         train_config: ml_collections.ConfigDict,
                         clustered: jax.Array | None = None
                         ) -> dict[str, jax.Array]:
-  """The self-labelling stage's term: rows [0, B) of ``outputs`` are the
-  plain images (they give the pseudo-labels), rows [B, 2B) augmented views.
+  """The self-labelling term: rows [0, 2B) of ``outputs`` are the two
+  strong views (view a, then view b) of B images, rows [2B, 3B) the plain
+  images, whose confident predictions label both views.
 
   Rows where ``clustered`` is False give no label (they are not clustered).
   """
-  weak = outputs.cluster_probs[:num_images]
+  probs = outputs.cluster_probs
+  weak = probs[2 * num_images:]
   if clustered is not None:
     weak = weak * clustered.astype(weak.dtype)[:, None]
-  return {'self_labeling': losses.self_labeling_loss(
-      weak, outputs.cluster_probs[num_images:],
-      train_config.selflabel_threshold, train_config.selflabel_balance)}
+  threshold = train_config.selflabel_threshold
+  balance = train_config.selflabel_balance
+  return {'self_labeling': 0.5 * sum(
+      losses.self_labeling_loss(weak, strong, threshold, balance)
+      for strong in (probs[:num_images], probs[num_images:2 * num_images]))}
 
 
 def make_train_step(model, tx, config, mesh, instance_only: bool = False,
@@ -197,8 +201,10 @@ def make_train_step(model, tx, config, mesh, instance_only: bool = False,
   ``neighbor_images``: (B, …) uint8, each image's neighbour, sharded like
   ``images``. Without neighbours the neighbour terms are left out, as in
   the warm-up, where they have no neighbours yet. With ``self_labeling``:
-  the self-labelling stage's step, which trains that term alone
-  (:func:`self_labeling_terms`; ``target`` and ``joint_scale`` unused).
+  the self-labelling stage's step: the method's terms on two strong views
+  (config.augment, then a Cutout of train.selflabel_cutout), plus
+  train.selflabel_weight × :func:`self_labeling_terms`, whose labels come
+  from the plain images in the same pass.
   """
   loss_config = config.loss
   aug_config = config.augment
@@ -217,11 +223,11 @@ def make_train_step(model, tx, config, mesh, instance_only: bool = False,
     neighbor_images = extra.pop(0) if with_neighbors else None
     key = jax.random.fold_in(aug_key, state.step)
     x = images.astype(jnp.float32) / 255.0
-    if self_labeling:  # the plain images label their augmented views
-      views = jnp.concatenate([x, augment.augment_batch(key, x, aug_config)])
-    else:
-      views = jnp.concatenate(augment.two_views(key, x, aug_config))
+    cutout = config.train.selflabel_cutout if self_labeling else 0.0
+    views = jnp.concatenate(augment.two_views(key, x, aug_config, cutout))
     inputs = views
+    if self_labeling:  # the plain images label the views, in the same pass
+      inputs = jnp.concatenate([views, x])
     if with_neighbors:  # one view of each neighbour, in the same pass
       inputs = jnp.concatenate([views, augment.augment_batch(
           jax.random.fold_in(key, 2),
@@ -231,24 +237,24 @@ def make_train_step(model, tx, config, mesh, instance_only: bool = False,
     def loss_fn(params):
       outputs, updates = model.apply(
           {'params': params, 'batch_stats': state.batch_stats}, inputs,
-          train=True, decode=decode and not self_labeling,
-          mutable=['batch_stats'])
+          train=True, decode=decode, mutable=['batch_stats'])
+      extra_terms = {}
       if self_labeling:
-        terms = self_labeling_terms(outputs, x.shape[0], config.train,
-                                    clustered)
-        return terms['self_labeling'], (terms, updates['batch_stats'])
-      neighbor = None
-      if with_neighbors:
-        two = views.shape[0]
-        neighbor = jax.tree.map(lambda x: x[two:], outputs)
-        outputs = jax.tree.map(lambda x: x[:two], outputs)
+        extra_terms = self_labeling_terms(outputs, x.shape[0], config.train,
+                                          clustered)
+      two = views.shape[0]
+      neighbor = jax.tree.map(lambda x: x[two:], outputs) if (
+          with_neighbors) else None
+      outputs = jax.tree.map(lambda x: x[:two], outputs)
       terms = compute_loss_terms(outputs, views, p, loss_config, clustered,
                                  neighbor)
       total = sum(
           loss_config[name] * value *
           (joint_scale if name in validate.JOINT_TERMS else 1)
           for name, value in terms.items())
-      return total, (terms, updates['batch_stats'])
+      if self_labeling:
+        total += config.train.selflabel_weight * extra_terms['self_labeling']
+      return total, ({**terms, **extra_terms}, updates['batch_stats'])
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     (total, (terms, batch_stats)), grads = grad_fn(state.params)

@@ -8,9 +8,12 @@
 3. joint training of all terms, with P recomputed over the whole training set
    every ``config.train.target_update_every_steps`` steps (the neighbours
    every ``config.train.neighbor_update_every_steps``, if not 0);
-4. with ``config.train.selflabel_epochs``, self-labelling: the cluster
-   head's confident predictions on the plain images train its predictions
-   on augmented views, and nothing else.
+4. with ``config.train.selflabel_epochs``, self-labelling: the method's
+   terms go on, on strong views (a Cutout added), and the cluster head's
+   confident predictions on the plain images train its predictions on them.
+
+A dataset too small for ``config.train.min_steps`` in ``num_epochs`` trains
+a whole multiple of every epoch count instead.
 
 Then it evaluates three assignments (cluster head, DEC, k-means on the
 embeddings), writes ``WORKDIR/results.json`` and prints a table. Checkpoints
@@ -83,6 +86,12 @@ def _stop_evaluation(signum, frame):
   raise EvaluationStopped(signal.Signals(signum).name)
 
 
+def min_steps_factor(method_steps: int, min_steps: int) -> int:
+  """The smallest whole number of times the method's epochs must be
+  repeated to reach ``min_steps`` (1 when they already do)."""
+  return max(1, -(-min_steps // max(method_steps, 1)))
+
+
 class Trainer:
   """Holds what a run needs; its methods are the phases of the method."""
 
@@ -125,10 +134,25 @@ class Trainer:
     """The model, the state, the compiled step and the checkpoints."""
     n, bs = len(self.dataset), config.train.batch_size
     self.steps_per_epoch = n // bs
+    # A small dataset has few steps per epoch: its epochs are repeated
+    # (warm-up and self-labelling in proportion) until the method has at
+    # least train.min_steps, since the epoch counts were set on larger sets.
+    self.epoch_factor = min_steps_factor(
+        config.train.num_epochs * self.steps_per_epoch,
+        config.train.min_steps)
+    self.num_epochs = config.train.num_epochs * self.epoch_factor
+    self.selflabel_epochs = config.train.selflabel_epochs * self.epoch_factor
+    if self.epoch_factor > 1:
+      logging.info(
+          '%d epochs of %d images are %d steps, under train.min_steps=%d: '
+          'training %d epochs (warm-up %d) instead.', config.train.num_epochs,
+          n, config.train.num_epochs * self.steps_per_epoch,
+          config.train.min_steps, self.num_epochs,
+          config.train.warmup_epochs * self.epoch_factor)
     # The steps of the method, then those of the self-labelling stage.
-    self.joint_end = config.train.num_epochs * self.steps_per_epoch
+    self.joint_end = self.num_epochs * self.steps_per_epoch
     self.total_steps = self.joint_end + (
-        config.train.selflabel_epochs * self.steps_per_epoch)
+        self.selflabel_epochs * self.steps_per_epoch)
     self.model = models.build_model(
         config, self.dataset.channels, step_lib.compute_dtype(config))
     self.learning_rate = step_lib.learning_rate_schedule(
@@ -136,8 +160,8 @@ class Trainer:
     self.tx = optax.adam(self.learning_rate)
     self.replicated, self.batch_sharding = parallel.shardings(self.mesh)
 
-    self.warmup_steps = min(
-        config.train.warmup_epochs * self.steps_per_epoch, self.joint_end)
+    self.warmup_steps = min(config.train.warmup_epochs * self.epoch_factor *
+                            self.steps_per_epoch, self.joint_end)
     num_devices = self.mesh.size
     eval_bs = max(config.train.eval_batch_size, num_devices)
     self.eval_batch_size = -(-eval_bs // num_devices) * num_devices
@@ -361,8 +385,8 @@ class Trainer:
         'Training %s: %d images, K=%d, %s, %d devices, %d steps (%d epochs of '
         '%d), warm-up %d steps%s.', self.dataset.name, n,
         config.dataset.num_clusters, config.model.backbone, self.mesh.size,
-        self.total_steps, config.train.num_epochs +
-        config.train.selflabel_epochs, self.steps_per_epoch,
+        self.total_steps, self.num_epochs + self.selflabel_epochs,
+        self.steps_per_epoch,
         self.warmup_steps, f', self-labelling from step {self.joint_end}'
         if self.total_steps > self.joint_end else '')
     last_log_time, last_log_step = time.time(), start_step
@@ -374,7 +398,8 @@ class Trainer:
       joint = self.warmup_steps <= step < self.joint_end
       if step == self.warmup_steps and kl_on and joint:
         self.init_centroids()
-      if kl_on and joint and is_time(
+      # The self-labelling stage keeps the method's terms, KL's P included.
+      if kl_on and self.warmup_steps <= step and is_time(
           step, config.train.target_update_every_steps,
           start=self.warmup_steps):
         self.refresh_target()

@@ -67,5 +67,6 @@ def tiny_config(**train_overrides):
   config.train.kmeans_n_init = 2
   config.train.eval_batch_size = 512
   config.train.log_every_steps = 1
+  config.train.min_steps = 0  # the tests' few epochs, as they ask
   config.train.update(train_overrides)
   return config

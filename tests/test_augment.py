@@ -162,3 +162,27 @@ def test_views_with_affine_stay_in_unit_range_and_differ_per_key():
   assert float(a.min()) >= 0.0 and float(a.max()) <= 1.0
   np.testing.assert_array_equal(a, b)
   assert not np.allclose(a, c)
+
+
+def test_cutout_greys_one_square_of_the_given_side():
+  image = jnp.zeros((16, 16, 1))
+  for seed in range(20):
+    out = augment.cutout(jax.random.key(seed), image, 0.5)
+    grey = np.asarray(out[..., 0] == 0.5)
+    rows, cols = np.nonzero(grey)
+    # One axis-aligned square of side 8, cut where it reaches past a border.
+    assert grey[rows.min():rows.max() + 1, cols.min():cols.max() + 1].all()
+    assert rows.max() - rows.min() + 1 <= 8 >= cols.max() - cols.min() + 1
+    assert (rows.max() - rows.min() + 1 == 8 or rows.min() == 0 or
+            rows.max() == 15)
+    np.testing.assert_array_equal(np.asarray(out)[~grey], 0.0)
+
+
+def test_views_without_cutout_are_unchanged_by_its_key():
+  images, cfg = _images(), _config()
+  plain = augment.augment_batch(jax.random.key(0), images, cfg)
+  cut = augment.augment_batch(jax.random.key(0), images, cfg, 0.5)
+  np.testing.assert_array_equal(
+      plain, augment.augment_batch(jax.random.key(0), images, cfg, 0.0))
+  differs = np.asarray(plain != cut).any(axis=-1)
+  assert 0 < differs.mean() <= 0.25 + 1e-6  # at most the square's area

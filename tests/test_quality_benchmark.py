@@ -110,3 +110,21 @@ def test_library_chatter_is_dropped_but_warnings_and_jcc_kept():
   assert not quiet.filter(record(orbax, logging.INFO))
   assert quiet.filter(record(orbax, logging.WARNING))
   assert quiet.filter(record('/repo/jcc/train.py', logging.INFO))
+
+
+def test_the_1500_image_subset_is_fixed_and_drawn_from_the_test_set():
+  path = os.path.join(quality.SHARED, 'cifar10_test_jpeg.npz')
+  if not os.path.exists(path):
+    pytest.skip(f'{path} absent (../shared/data is not beside this checkout)')
+  subsets = [sources.load_dataset(quality.dataset_config(
+      'cifar10_test_1500', []).dataset) for _ in range(2)]
+  np.testing.assert_array_equal(subsets[0].images, subsets[1].images)
+  full = sources.load_dataset(quality.dataset_config('cifar10_test',
+                                                     []).dataset)
+  assert subsets[0].images.shape == (1500,) + full.images.shape[1:]
+  # Every image of the subset is one of the test set's, with its label.
+  rows = {image.tobytes(): label
+          for image, label in zip(full.images, full.labels)}
+  assert all(rows[image.tobytes()] == label for image, label in
+             zip(subsets[0].images, subsets[0].labels))
+  assert len(set(subsets[0].labels)) == 10

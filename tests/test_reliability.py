@@ -28,7 +28,7 @@ TINY_FLAGS = [
     '--config.model.head_hidden=32', '--config.model.projection_dim=16',
     '--config.model.decoder_width=8', '--config.train.kmeans_n_init=2',
     '--config.train.target_update_every_steps=3',
-    '--config.train.log_every_steps=1',
+    '--config.train.log_every_steps=1', '--config.train.min_steps=0',
 ]
 
 

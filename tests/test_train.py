@@ -101,7 +101,8 @@ def test_command_line_trains_and_evaluates(tmp_path):
   workdir = tmp_path / 'cli'
   overrides = ['--config.dataset.image_size=8', '--config.train.num_epochs=1',
                '--config.train.warmup_epochs=0', '--config.train.kmeans_n_init=2',
-               '--config.model.convnet_widths=(8,16)']
+               '--config.model.convnet_widths=(8,16)',
+               '--config.train.min_steps=0']
   cmd = [sys.executable, '-m', 'jcc.main', '--config=configs/digits.py',
          f'--workdir={workdir}'] + overrides
   env = dict(os.environ, JAX_PLATFORMS='cpu')
@@ -200,3 +201,22 @@ def test_cosine_run_logs_the_decaying_learning_rate(tmp_path):
                              [float(schedule(s - 1)) for s, _ in rates],
                              rtol=1e-6)
   assert rates[0][1] > 0.9e-3 and rates[-1][1] < 0.02e-3
+
+
+def test_min_steps_factor_is_the_smallest_whole_multiple():
+  assert train.min_steps_factor(14, 0) == 1
+  assert train.min_steps_factor(14, 14) == 1
+  assert train.min_steps_factor(14, 15) == 2
+  assert train.min_steps_factor(220, 1000) == 5
+
+
+def test_a_small_dataset_trains_at_least_min_steps(tmp_path):
+  # digits at batch 256: 7 steps an epoch, so 2 epochs are 14 < 30 steps;
+  # every epoch count is tripled, the warm-up's share unchanged.
+  config = tiny_config(num_epochs=2, warmup_epochs=1, selflabel_epochs=1,
+                       min_steps=30)
+  trainer = train.Trainer(config, str(tmp_path))
+  assert trainer.epoch_factor == 3
+  assert (trainer.warmup_steps, trainer.joint_end, trainer.total_steps) == (
+      21, 42, 63)
+  trainer.close()
