@@ -7,8 +7,9 @@ Run from the repository root:
 Variants: k-means on the raw pixels; CC-only (instance + cluster + entropy);
 CC + reconstruction; CC + KL; the full method; the full method plus the
 neighbour terms (SCAN's consistency, a neighbour as instance positive), plus
-10 epochs of self-labelling, or both. Each is the dataset's config with a few
-fields changed (a loss weight of 0 removes its term), every other setting
+10 epochs of self-labelling, or both. Each is the paper's method in the
+dataset's config (any stage beyond it that the config enables switched off)
+with a few fields changed (a loss weight of 0 removes its term), every other setting
 equal, so the comparison is of the objectives alone. For the variants
 without the KL term, the DEC assignment is nearest-centroid of k-means on
 the final embeddings (as `--mode=evaluate` does). Prints ACC/NMI/ARI as
@@ -50,6 +51,7 @@ if __package__ in (None, ''):  # run as `python benchmarks/NAME.py`
 import numpy as np  # pylint: disable=g-import-not-at-top
 from absl import logging
 
+from configs import default
 from jcc import evaluate
 from jcc import main as jcc_main
 from jcc import sources
@@ -134,7 +136,10 @@ METRICS = ('acc', 'nmi', 'ari')
 
 def dataset_config(name: str, overrides: list[str]):
   module, dataset_overrides = DATASETS[name]
-  config = importlib.import_module(f'configs.{module}').get_config()
+  # The variants start from the paper's method, whatever the dataset
+  # config adds to it by default.
+  config = default.paper_method(
+      importlib.import_module(f'configs.{module}').get_config())
   if callable(dataset_overrides):
     dataset_overrides = dataset_overrides()
   config.dataset.update(dataset_overrides)

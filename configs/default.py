@@ -155,9 +155,9 @@ def get_config() -> ml_collections.ConfigDict:
   train.num_neighbors = 20
   train.neighbor_update_every_steps = 0
   # Self-labelling (SCAN's last stage), after the num_epochs above: for so
-  # many more epochs the method's terms train on two strong views (the
-  # augmentation above, then a Cutout square of selflabel_cutout of the
-  # side), and the cluster head's confident predictions on the plain images
+  # many more epochs the method's terms (not the neighbour terms) train on
+  # two strong views (the augmentation above, then a Cutout square of
+  # selflabel_cutout of the side), and the cluster head's confident predictions on the plain images
   # (probability above the threshold) label both views, a cross-entropy of
   # weight selflabel_weight; balanced: each label weighted by the inverse
   # of its count. 0 epochs: no such stage.
@@ -184,6 +184,22 @@ def get_config() -> ml_collections.ConfigDict:
   # --mode=predict: a folder of images (flat or with class subfolders) or an
   # .npz whose images are assigned to the trained clusters.
   predict.input = ''
+  return config
+
+
+# The fields of the stages beyond the paper (neighbour terms,
+# self-labelling), at the values that switch them off.
+BEYOND_PAPER_OFF = {'loss.neighbor_consistency': 0.0,
+                    'loss.neighbor_instance': 0.0,
+                    'train.selflabel_epochs': 0}
+
+
+def paper_method(config: ml_collections.ConfigDict
+                 ) -> ml_collections.ConfigDict:
+  """``config`` with every stage beyond the paper switched off."""
+  for field, value in BEYOND_PAPER_OFF.items():
+    group, leaf = field.split('.')
+    config[group][leaf] = value
   return config
 
 

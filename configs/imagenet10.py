@@ -5,6 +5,9 @@ imagenet2012 (manual download: --config.dataset.manual_dir=DIR with the tar
 files, --config.dataset.tfds_download=True once) or from an ILSVRC2012 train
 folder (--config.dataset.path=DIR, DIR/<wnid>/*.JPEG). CC's setting:
 ResNet-34 at 224×224, s = 1.0, Gaussian blur with p = 0.5.
+
+Beyond CC (neighbour terms, self-labelling): the literature's settings are
+in configs/cifar10.py's docstring, untuned here and not enabled.
 """
 
 from configs import default

@@ -3,6 +3,9 @@
 
 ResNet-34 with the ImageNet stem at the native 96×96 (CC resizes to 224),
 jitter strength s = 1.0.
+
+Beyond CC (neighbour terms, self-labelling): the literature's settings are
+in configs/cifar10.py's docstring, untuned here and not enabled.
 """
 
 from configs import default

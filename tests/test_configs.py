@@ -42,3 +42,29 @@ def test_every_default_field_is_documented_in_a_comment():
                     f'config.{leaf} = '))
     window = '\n'.join(source[max(0, line - 8):line + 1])
     assert '#' in window, f'{field} has no comment near its definition'
+
+
+def test_the_papers_method_is_one_switch_from_a_stronger_default():
+  # configs/mnist.py adds the neighbour terms; ':paper' removes them, and
+  # the quality benchmark's variants start from the paper's method too.
+  from benchmarks import quality
+  from configs import mnist
+  stronger, paper = mnist.get_config(), mnist.get_config('paper')
+  assert stronger.loss.neighbor_consistency > 0
+  changed = {field for field, value in _flat(stronger).items()
+             if _flat(paper)[field] != value}
+  assert changed == {'loss.neighbor_consistency', 'loss.neighbor_instance'}
+  assert paper == default.paper_method(mnist.get_config())
+  full = quality.dataset_config('mnist_test', [])
+  assert full.loss.neighbor_consistency == full.loss.neighbor_instance == 0
+  with pytest.raises(ValueError, match=':paper'):
+    mnist.get_config('papr')
+
+
+def test_the_paper_switch_works_on_the_command_line():
+  from absl import flags
+  from ml_collections import config_flags
+  holder = flags.FlagValues()
+  config_flags.DEFINE_config_file('config', None, 'test', flag_values=holder)
+  holder(['prog', f'--config={REPO_ROOT}/configs/mnist.py:paper'])
+  assert holder.config.loss.neighbor_instance == 0
