@@ -145,7 +145,8 @@ class Trainer:
     if self.epoch_factor > 1:
       logging.info(
           '%d epochs of %d images are %d steps, under train.min_steps=%d: '
-          'training %d epochs (warm-up %d) instead.', config.train.num_epochs,
+          'training %d epochs (warm-up %d) instead; train.min_steps=0 trains '
+          'the epochs as asked.', config.train.num_epochs,
           n, config.train.num_epochs * self.steps_per_epoch,
           config.train.min_steps, self.num_epochs,
           config.train.warmup_epochs * self.epoch_factor)
