@@ -72,14 +72,20 @@ def test_fashion_mnist_test_folder_is_shared_and_removed_at_exit():
 
 
 def test_table_from_the_json_lines_of_two_workers(tmp_path):
-  def record(variant, seed, acc, dec_acc=None, seconds=10.0):
+  def record(variant, seed, acc, dec_acc=None, seconds=10.0, kmeans_acc=None):
     dec = None if dec_acc is None else dict(acc=dec_acc, nmi=0.5, ari=0.5)
-    return dict(dataset='toy', variant=variant, seed=seed, seconds=seconds,
-                cluster_head=dict(acc=acc, nmi=0.5, ari=0.5), dec=dec)
-  worker_0 = [record('full', 0, 0.8, 0.7, 30.0), record('full', 1, 0.6, 0.5,
-                                                         50.0)]
+    kmeans = (None if kmeans_acc is None else
+              dict(acc=kmeans_acc, nmi=0.5, ari=0.5))
+    return quality.json_record(
+        'toy', variant, seed, seconds,
+        dict(cluster_head=dict(acc=acc, nmi=0.5, ari=0.5), dec=dec,
+             kmeans=kmeans))
+  worker_0 = [record('full', 0, 0.8, 0.7, 30.0, 0.75),
+              record('full', 1, 0.6, 0.5, 50.0, 0.55)]
   worker_1 = [record('kmeans', 0, 0.4), record('kmeans', 1, 0.2),
               record('cc', 0, 0.5, 0.4), record('cc', 1, 0.7, 0.6)]
+  # A record written before --json kept k-means on the embeddings.
+  del worker_1[-1]['kmeans']
   paths = []
   for i, records in enumerate((worker_0, worker_1)):
     paths.append(str(tmp_path / f'{i}.jsonl'))
@@ -87,14 +93,28 @@ def test_table_from_the_json_lines_of_two_workers(tmp_path):
       f.write(''.join(json.dumps(r) + '\n' for r in records))
   rows = quality.tables_from_json(paths).splitlines()
   assert rows[0] == 'toy: 2 seeds, mean ± std'
+  assert 'k-means on embeddings ACC' in rows[1]
   # k-means first, then the variants in their order; std is the sample std.
   assert [r.split(' | ')[0] for r in rows[3:]] == ['| kmeans', '| cc',
                                                   '| full']
   assert rows[3].startswith('| kmeans | 0.300 ± 0.141 |')
-  assert rows[3].endswith('| – | – | – | 10 |')
+  assert rows[3].endswith('| – | – | – | – | 10 |')
+  assert rows[4].endswith('| 0.500 ± 0.000 | – | 10 |')
   assert rows[5].startswith('| full | 0.700 ± 0.141 |')
   assert rows[5].endswith('| 0.600 ± 0.141 | 0.500 ± 0.000 | '
-                          '0.500 ± 0.000 | 40 |')
+                          '0.500 ± 0.000 | 0.650 ± 0.141 | 40 |')
+
+
+def test_json_record_keeps_every_assignment():
+  # It used to keep the cluster head and DEC only, so the benchmark's files
+  # could not say whether DEC beat k-means on the same embeddings.
+  metrics = dict(acc=0.5, nmi=0.4, ari=0.3)
+  result = dict(cluster_head=metrics, dec=None, kmeans=metrics,
+                num_examples=10)
+  record = quality.json_record('toy', 'full', 2, 1.5, result)
+  assert record == dict(dataset='toy', variant='full', seed=2, seconds=1.5,
+                        cluster_head=metrics, dec=None, kmeans=metrics)
+  json.dumps(record)
 
 
 def test_library_chatter_is_dropped_but_warnings_and_jcc_kept():
