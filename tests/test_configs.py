@@ -45,15 +45,17 @@ def test_every_default_field_is_documented_in_a_comment():
 
 
 def test_the_papers_method_is_one_switch_from_a_stronger_default():
-  # configs/mnist.py adds the neighbour terms; ':paper' removes them, and
-  # the quality benchmark's variants start from the paper's method too.
+  # configs/mnist.py adds the neighbour terms and self-labelling; ':paper'
+  # removes them, and the quality benchmark's variants start from the
+  # paper's method too.
   from benchmarks import quality
   from configs import mnist
   stronger, paper = mnist.get_config(), mnist.get_config('paper')
   assert stronger.loss.neighbor_consistency > 0
   changed = {field for field, value in _flat(stronger).items()
              if _flat(paper)[field] != value}
-  assert changed == {'loss.neighbor_consistency', 'loss.neighbor_instance'}
+  assert changed == {'loss.neighbor_consistency', 'loss.neighbor_instance',
+                     'train.selflabel_epochs'}
   assert paper == default.paper_method(mnist.get_config())
   full = quality.dataset_config('mnist_test', [])
   assert full.loss.neighbor_consistency == full.loss.neighbor_instance == 0
