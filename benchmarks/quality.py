@@ -178,7 +178,8 @@ def json_record(dataset: str, variant: str, seed: int, seconds: float,
   """One run as --json appends it: every assignment's metrics, or None."""
   return {'dataset': dataset, 'variant': variant, 'seed': seed,
           'seconds': seconds,
-          **{name: result.get(name) for name in evaluate.ASSIGNMENTS}}
+          **{name: result.get(name) for name in evaluate.ASSIGNMENTS},
+          'confident': result.get('confident')}
 
 
 def summarize(values: list[float]) -> str:

@@ -99,6 +99,31 @@ def evaluate_assignments(
           for name, pred in predictions.items()}
 
 
+def confident_predictions(
+    labels: np.ndarray | None, cluster_probs: np.ndarray, threshold: float
+) -> dict[str, float | None]:
+  """The cluster head's confident predictions, as self-labelling sees them.
+
+  ``fraction``: the share of images whose largest probability exceeds
+  ``threshold`` (those the self-labelling stage, train.selflabel_*, takes
+  as pseudo-labels); ``acc``: how many of them are right, each cluster read
+  as the class the Hungarian match of *all* the head's predictions gives it
+  (None without labels or without a confident image).
+  """
+  predictions = cluster_probs.argmax(1)
+  confident = cluster_probs.max(1) > threshold
+  acc = None
+  if labels is not None and confident.any():
+    _, classes, clusters = hungarian_match(labels, predictions,
+                                           cluster_probs.shape[1])
+    class_of = np.full(cluster_probs.shape[1], -1)
+    class_of[clusters] = classes
+    acc = float(np.mean(class_of[predictions[confident]] ==
+                        np.asarray(labels)[confident]))
+  return {'threshold': float(threshold),
+          'fraction': float(np.mean(confident)), 'acc': acc}
+
+
 def format_results_table(results: dict) -> str:
   """The results as a small fixed-width table."""
   lines = [
@@ -113,6 +138,12 @@ def format_results_table(results: dict) -> str:
     else:
       lines.append(f'{name:14s} {metrics["acc"]:6.3f} {metrics["nmi"]:6.3f} '
                    f'{metrics["ari"]:6.3f}')
+  confident = results.get('confident')
+  if confident:
+    right = ('' if confident['acc'] is None else
+             f', ACC {confident["acc"]:.3f} on them')
+    lines.append(f'head confident (> {confident["threshold"]:g}): '
+                 f'{100 * confident["fraction"]:.1f}% of images{right}')
   return '\n'.join(lines)
 
 

@@ -540,6 +540,10 @@ class Trainer:
         'num_clusters': k,
         'seconds': time.time() - self.start_time,
         **metrics,
+        # How much self-labelling would (or did) rest on, and how right.
+        'confident': evaluate.confident_predictions(
+            labels, outputs['cluster_probs'],
+            self.config.train.selflabel_threshold),
     }
     if jax.process_index() == 0:  # one writer on a shared workdir
       evaluate.write_results(self.workdir, results)

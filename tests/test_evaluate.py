@@ -70,3 +70,29 @@ def test_results_table_and_file(tmp_path):
   assert 'no labels' in table
   path = evaluate.write_results(str(tmp_path), results)
   assert path.endswith('results.json')
+
+
+def test_confident_predictions_share_and_accuracy():
+  # Six images, two clusters; the head's matching maps cluster 1 to class 0
+  # and cluster 0 to class 1 (four of six right). Three are confident: two
+  # right under that map, one wrong.
+  labels = np.array([0, 0, 0, 1, 1, 1])
+  probs = np.array([[0.001, 0.999], [0.4, 0.6], [0.995, 0.005],
+                    [0.999, 0.001], [0.3, 0.7], [0.9, 0.1]])
+  confident = evaluate.confident_predictions(labels, probs, 0.99)
+  assert confident == {'threshold': 0.99, 'fraction': 0.5,
+                       'acc': pytest.approx(2 / 3)}
+  assert evaluate.confident_predictions(None, probs, 0.99)['acc'] is None
+  nobody = evaluate.confident_predictions(labels, probs, 0.9999)
+  assert nobody['fraction'] == 0.0 and nobody['acc'] is None
+
+
+def test_results_table_says_how_many_predictions_are_confident():
+  metrics = {'acc': 0.9, 'nmi': 0.8, 'ari': 0.7}
+  results = {'dataset': 'digits', 'num_examples': 10, 'num_clusters': 2,
+             'seconds': 1.0, 'cluster_head': metrics, 'dec': metrics,
+             'kmeans': metrics,
+             'confident': {'threshold': 0.99, 'fraction': 0.4, 'acc': 0.75}}
+  table = evaluate.format_results_table(results)
+  assert ('head confident (> 0.99): 40.0% of images, ACC 0.750 on them'
+          in table)

@@ -52,6 +52,10 @@ def test_a_run_without_tensorboard_finishes(tmp_path, monkeypatch):
   _without_tensorboard(monkeypatch)
   results = workflows.train_and_evaluate(tiny_config(), str(tmp_path))
   assert results['cluster_head']['acc'] > 0
-  assert (tmp_path / 'results.json').exists()
+  written = json.loads((tmp_path / 'results.json').read_text())
+  # The share of confident predictions self-labelling would take, and ACC.
+  assert written['confident'] == results['confident']
+  assert written['confident']['threshold'] == 0.99
+  assert 0 <= written['confident']['fraction'] <= 1
   steps = [l['step'] for l in _jsonl(tmp_path)]
   assert steps and steps[-1] == 14

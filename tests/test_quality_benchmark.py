@@ -109,11 +109,13 @@ def test_json_record_keeps_every_assignment():
   # It used to keep the cluster head and DEC only, so the benchmark's files
   # could not say whether DEC beat k-means on the same embeddings.
   metrics = dict(acc=0.5, nmi=0.4, ari=0.3)
+  confident = dict(threshold=0.99, fraction=0.25, acc=0.8)
   result = dict(cluster_head=metrics, dec=None, kmeans=metrics,
-                num_examples=10)
+                num_examples=10, confident=confident)
   record = quality.json_record('toy', 'full', 2, 1.5, result)
   assert record == dict(dataset='toy', variant='full', seed=2, seconds=1.5,
-                        cluster_head=metrics, dec=None, kmeans=metrics)
+                        cluster_head=metrics, dec=None, kmeans=metrics,
+                        confident=confident)
   json.dumps(record)
 
 
