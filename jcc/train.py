@@ -294,6 +294,20 @@ class Trainer:
     self.target = self._target_array(
         np.asarray(losses.target_distribution(q)))
 
+  def log_pseudo_labels(self) -> None:
+    """Says what the self-labelling stage starts from: the share of images
+    confident enough to be pseudo-labels and, with labels, how right."""
+    threshold = self.config.train.selflabel_threshold
+    confident = evaluate.confident_predictions(
+        self._clustered_labels(), self.predict()['cluster_probs'], threshold)
+    right = '' if confident['acc'] is None else (
+        f'; ACC {confident["acc"]:.3f} on them, from the labels')
+    logging.info(
+        'Self-labelling: %d steps, with %.1f%% of the images as pseudo-labels '
+        '(cluster head above train.selflabel_threshold=%g%s).',
+        self.total_steps - self.joint_end, 100 * confident['fraction'],
+        threshold, right)
+
   def mine_neighbors(self) -> None:
     """Each image's nearest neighbours in the embedding, over all N."""
     start = time.time()
@@ -411,8 +425,7 @@ class Trainer:
         self.mine_neighbors()
         batches = self._batches(step)  # the batches ahead carry the new ones
       if step == self.joint_end:
-        logging.info('Self-labelling: %d steps.',
-                     self.total_steps - self.joint_end)
+        self.log_pseudo_labels()
         batches = self._batches(step)  # no neighbours from here on
       images, indices, *neighbor_images = next(batches)
       step_fn = (selflabel_step if step >= self.joint_end else

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jcc import evaluate
 from jcc import models
 from jcc import pipeline
 from jcc import sources
@@ -94,7 +95,8 @@ def test_the_warm_up_of_a_neighbour_run_is_the_plain_warm_up(tmp_path):
     np.testing.assert_array_equal(a, b)
 
 
-def test_self_labelling_follows_the_method_and_resumes_exactly(tmp_path):
+def test_self_labelling_follows_the_method_and_resumes_exactly(tmp_path,
+                                                              caplog):
   # 2 epochs of the method (14 steps), then 1 of self-labelling; a low
   # threshold, since the tiny model is never 99% sure.
   def config(epochs):
@@ -103,7 +105,8 @@ def test_self_labelling_follows_the_method_and_resumes_exactly(tmp_path):
     return c
   straight = train.Trainer(config(1), str(tmp_path / 'a'))
   assert (straight.joint_end, straight.total_steps) == (14, 21)
-  straight.train()
+  with caplog.at_level('INFO'):
+    straight.train()
   records = [json.loads(line) for line in
              (tmp_path / 'a' / 'metrics.jsonl').read_text().splitlines()]
   losses_at = {r['step']: {k[5:] for k in r if k.startswith('loss/')}
@@ -117,6 +120,26 @@ def test_self_labelling_follows_the_method_and_resumes_exactly(tmp_path):
   # Stopped at the end of the method, resumed into the stage.
   first = train.Trainer(config(0), str(tmp_path / 'b'))
   first.train()
+  # The stage says what it starts from: the confident predictions of the
+  # model of step 14 (evaluated, none is above 0.2 yet) ...
+  probs = first.predict()['cluster_probs']
+  confident = evaluate.confident_predictions(first.dataset.labels, probs, 0.2)
+  assert (f'Self-labelling: 7 steps, with {100 * confident["fraction"]:.1f}% '
+          'of the images as pseudo-labels (cluster head above '
+          'train.selflabel_threshold=0.2') in caplog.text
+  # ... and how right they are, where there are some.
+  threshold = float(np.median(probs.max(1)))
+  confident = evaluate.confident_predictions(first.dataset.labels, probs,
+                                             threshold)
+  assert 0.4 < confident['fraction'] < 0.6 and confident['acc'] is not None
+  first.config.train.selflabel_threshold = threshold
+  caplog.clear()
+  with caplog.at_level('INFO'):
+    first.log_pseudo_labels()
+  assert (f'{100 * confident["fraction"]:.1f}% of the images as pseudo-labels'
+          f' (cluster head above train.selflabel_threshold={threshold:g}; '
+          f'ACC {confident["acc"]:.3f} on them, from the labels).'
+          ) in caplog.text
   first.close()
   resumed = train.Trainer(config(1), str(tmp_path / 'b'))
   assert resumed.restore_latest() and int(resumed.state.step) == 14
