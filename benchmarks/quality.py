@@ -194,13 +194,19 @@ def table(name: str, rows: list[tuple[str, list[dict], float]],
   epochs = f'; {num_epochs} epochs per run' if num_epochs else ''
   lines = [f'{name}: {num_seeds} seeds, mean ± std{epochs}',
            '| variant | head ACC | head NMI | head ARI | DEC ACC | DEC NMI | '
-           'DEC ARI | k-means on embeddings ACC | s/run |',
-           '|---|---|---|---|---|---|---|---|---|']
+           'DEC ARI | k-means on embeddings ACC | head confident share | '
+           'ACC on confident | s/run |',
+           '|---|---|---|---|---|---|---|---|---|---|---|']
   columns = [(a, m) for a in ('cluster_head', 'dec') for m in METRICS]
   for variant, runs, secs in rows:
     cells = []
     for assignment, metric in columns + [('kmeans', 'acc')]:
       values = [r[assignment][metric] for r in runs if r.get(assignment)]
+      cells.append(summarize(values) if values else '–')
+    # The pseudo-labels self-labelling takes (or would take), and how right.
+    for key in ('fraction', 'acc'):
+      values = [r['confident'][key] for r in runs
+                if r.get('confident') and r['confident'][key] is not None]
       cells.append(summarize(values) if values else '–')
     lines.append(f'| {variant} | ' + ' | '.join(cells) + f' | {secs:.0f} |')
   return '\n'.join(lines)

@@ -72,16 +72,19 @@ def test_fashion_mnist_test_folder_is_shared_and_removed_at_exit():
 
 
 def test_table_from_the_json_lines_of_two_workers(tmp_path):
-  def record(variant, seed, acc, dec_acc=None, seconds=10.0, kmeans_acc=None):
+  def record(variant, seed, acc, dec_acc=None, seconds=10.0, kmeans_acc=None,
+             confident=None):
     dec = None if dec_acc is None else dict(acc=dec_acc, nmi=0.5, ari=0.5)
     kmeans = (None if kmeans_acc is None else
               dict(acc=kmeans_acc, nmi=0.5, ari=0.5))
     return quality.json_record(
         'toy', variant, seed, seconds,
         dict(cluster_head=dict(acc=acc, nmi=0.5, ari=0.5), dec=dec,
-             kmeans=kmeans))
-  worker_0 = [record('full', 0, 0.8, 0.7, 30.0, 0.75),
-              record('full', 1, 0.6, 0.5, 50.0, 0.55)]
+             kmeans=kmeans, confident=confident))
+  worker_0 = [record('full', 0, 0.8, 0.7, 30.0, 0.75,
+                     dict(threshold=0.99, fraction=0.2, acc=0.9)),
+              record('full', 1, 0.6, 0.5, 50.0, 0.55,
+                     dict(threshold=0.99, fraction=0.4, acc=0.9))]
   worker_1 = [record('kmeans', 0, 0.4), record('kmeans', 1, 0.2),
               record('cc', 0, 0.5, 0.4), record('cc', 1, 0.7, 0.6)]
   # A record written before --json kept k-means on the embeddings.
@@ -98,11 +101,13 @@ def test_table_from_the_json_lines_of_two_workers(tmp_path):
   assert [r.split(' | ')[0] for r in rows[3:]] == ['| kmeans', '| cc',
                                                   '| full']
   assert rows[3].startswith('| kmeans | 0.300 ± 0.141 |')
-  assert rows[3].endswith('| – | – | – | – | 10 |')
-  assert rows[4].endswith('| 0.500 ± 0.000 | – | 10 |')
+  assert rows[3].endswith('| – | – | – | – | – | – | 10 |')
+  assert rows[4].endswith('| 0.500 ± 0.000 | – | – | – | 10 |')
   assert rows[5].startswith('| full | 0.700 ± 0.141 |')
+  # The confident share and their ACC, where the records have them.
   assert rows[5].endswith('| 0.600 ± 0.141 | 0.500 ± 0.000 | '
-                          '0.500 ± 0.000 | 0.650 ± 0.141 | 40 |')
+                          '0.500 ± 0.000 | 0.650 ± 0.141 | 0.300 ± 0.141 | '
+                          '0.900 ± 0.000 | 40 |')
 
 
 def test_json_record_keeps_every_assignment():
