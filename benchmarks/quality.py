@@ -15,7 +15,9 @@ without the KL term, the DEC assignment is nearest-centroid of k-means on
 the final embeddings (as `--mode=evaluate` does). Prints ACC/NMI/ARI as
 mean ± std over the seeds, for the cluster head and the DEC assignment, the
 ACC of k-means on the final embeddings (DEC's own baseline: the KL stage
-should beat it), and the wall time of each run.
+should beat it), the share of images the cluster head predicts above
+train.selflabel_threshold with their ACC (the pseudo-labels self-labelling
+takes), and the wall time of each run.
 
 Datasets: digits; the 10,000 test images of MNIST, Fashion-MNIST and
 CIFAR-10 (mnist_test, fashion_mnist_test, cifar10_test); and a fixed 1,500 of
