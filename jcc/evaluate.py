@@ -124,6 +124,14 @@ def confident_predictions(
           'fraction': float(np.mean(confident)), 'acc': acc}
 
 
+def describe_confident(confident: dict[str, float | None]) -> str:
+  """One phrase for :func:`confident_predictions`' result."""
+  right = ('' if confident['acc'] is None else
+           f', ACC {confident["acc"]:.3f} on them')
+  return (f'{100 * confident["fraction"]:.1f}% of images above '
+          f'{confident["threshold"]:g}{right}')
+
+
 def format_results_table(results: dict) -> str:
   """The results as a small fixed-width table."""
   lines = [
@@ -138,12 +146,8 @@ def format_results_table(results: dict) -> str:
     else:
       lines.append(f'{name:14s} {metrics["acc"]:6.3f} {metrics["nmi"]:6.3f} '
                    f'{metrics["ari"]:6.3f}')
-  confident = results.get('confident')
-  if confident:
-    right = ('' if confident['acc'] is None else
-             f', ACC {confident["acc"]:.3f} on them')
-    lines.append(f'head confident (> {confident["threshold"]:g}): '
-                 f'{100 * confident["fraction"]:.1f}% of images{right}')
+  if results.get('confident'):
+    lines.append('head confident: ' + describe_confident(results['confident']))
   return '\n'.join(lines)
 
 

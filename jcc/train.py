@@ -297,16 +297,13 @@ class Trainer:
   def log_pseudo_labels(self) -> None:
     """Says what the self-labelling stage starts from: the share of images
     confident enough to be pseudo-labels and, with labels, how right."""
-    threshold = self.config.train.selflabel_threshold
     confident = evaluate.confident_predictions(
-        self._clustered_labels(), self.predict()['cluster_probs'], threshold)
-    right = '' if confident['acc'] is None else (
-        f'; ACC {confident["acc"]:.3f} on them, from the labels')
+        self._clustered_labels(), self.predict()['cluster_probs'],
+        self.config.train.selflabel_threshold)
     logging.info(
-        'Self-labelling: %d steps, with %.1f%% of the images as pseudo-labels '
-        '(cluster head above train.selflabel_threshold=%g%s).',
-        self.total_steps - self.joint_end, 100 * confident['fraction'],
-        threshold, right)
+        'Self-labelling: %d steps; pseudo-labels (the cluster head above '
+        'train.selflabel_threshold): %s.', self.total_steps - self.joint_end,
+        evaluate.describe_confident(confident))
 
   def mine_neighbors(self) -> None:
     """Each image's nearest neighbours in the embedding, over all N."""

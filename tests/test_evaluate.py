@@ -94,5 +94,5 @@ def test_results_table_says_how_many_predictions_are_confident():
              'kmeans': metrics,
              'confident': {'threshold': 0.99, 'fraction': 0.4, 'acc': 0.75}}
   table = evaluate.format_results_table(results)
-  assert ('head confident (> 0.99): 40.0% of images, ACC 0.750 on them'
+  assert ('head confident: 40.0% of images above 0.99, ACC 0.750 on them'
           in table)
