@@ -23,6 +23,7 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from jcc import distributed
 from jcc.errors import CheckpointError, ConfigError, is_disk_full
 
 
@@ -161,13 +162,17 @@ class Checkpoints:
         like)
     damaged = []
     for step in steps:
+      reason = None
       try:
         restored = self._manager.restore(
             step, args=ocp.args.StandardRestore(abstract))
       except Exception as e:  # pylint: disable=broad-except
-        logging.warning('Checkpoint of step %d in %s cannot be read (%s: %s); '
+        reason = f'{type(e).__name__}: {str(e).splitlines()[0][:200]}'
+      # The processes of one run must all resume from the same step.
+      if distributed.any_process(reason is not None):
+        logging.warning('Checkpoint of step %d in %s cannot be read (%s); '
                         'trying the previous one.', step, self.workdir,
-                        type(e).__name__, str(e).splitlines()[0][:200])
+                        reason or 'on another process')
         damaged.append(step)
         continue
       if damaged:
@@ -183,14 +188,16 @@ class Checkpoints:
   def _set_aside(self, steps: list[int]) -> None:
     """Moves damaged checkpoints out of the manager's way, keeping them."""
     self._manager.close()
-    aside = os.path.join(self.workdir, 'damaged_checkpoints')
-    os.makedirs(aside, exist_ok=True)
-    for step in steps:
-      source = os.path.join(self.workdir, 'checkpoints', str(step))
-      target = os.path.join(aside, f'{step}-{int(time.time())}')
-      os.replace(source, target)
-      logging.warning('Moved the damaged checkpoint of step %d to %s.', step,
-                      target)
+    if jax.process_index() == 0:  # the processes of a run share the workdir
+      aside = os.path.join(self.workdir, 'damaged_checkpoints')
+      os.makedirs(aside, exist_ok=True)
+      for step in steps:
+        source = os.path.join(self.workdir, 'checkpoints', str(step))
+        target = os.path.join(aside, f'{step}-{int(time.time())}')
+        os.replace(source, target)
+        logging.warning('Moved the damaged checkpoint of step %d to %s.',
+                        step, target)
+    distributed.wait_for_all('jcc: damaged checkpoints set aside')
     self._manager = self._open()
 
   def save(self, step: int, tree: Any, force: bool = False) -> None:

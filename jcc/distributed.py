@@ -222,6 +222,12 @@ def any_process(flag: bool) -> bool:
   return bool(np.asarray(gathered).any())
 
 
+def wait_for_all(name: str) -> None:
+  """Returns when every process has made the same call (at once alone)."""
+  if is_multiprocess():
+    multihost_utils.sync_global_devices(name)
+
+
 def from_process_zero(array: np.ndarray) -> np.ndarray:
   """Process 0's ``array`` on every process (every process must call it).
 

@@ -23,7 +23,7 @@ import pytest
 from jcc import distributed
 from tests import readme
 from tests.conftest import REPO_ROOT, tiny_config
-from tests.test_reliability import TINY_FLAGS, _steps
+from tests.test_reliability import TINY_FLAGS, _steps, _truncate_data_files
 
 # Warm-up (7 steps), k-means, then joint training with P refreshes: 21 steps.
 RUN = ['--config.train.num_epochs=3', '--config.train.warmup_epochs=1',
@@ -247,6 +247,22 @@ def test_two_processes_train_like_one_and_resume_exactly(tmp_path):
   resumed = Processes(tmp_path / 'stopped', *RUN)
   assert resumed.wait() == [0, 0], resumed.log(0)[-3000:]
   assert f'Resumed from the checkpoint of step {max(steps)}' in resumed.log(0)
+  for a, b in zip(jax.tree.leaves(_final_state(tmp_path / 'two')),
+                  jax.tree.leaves(_final_state(tmp_path / 'stopped'))):
+    np.testing.assert_array_equal(b, a)
+  assert _results(tmp_path / 'stopped') == _results(tmp_path / 'two')
+
+  # A last checkpoint that cannot be read: process 0 sets it aside on the
+  # shared workdir (both used to move it, and the second one crashed), and
+  # both resume from the one before and end as before.
+  before = sorted(_steps(tmp_path / 'stopped'))[-2]
+  _truncate_data_files(tmp_path / 'stopped' / 'checkpoints' / str(LAST_STEP))
+  damaged = Processes(tmp_path / 'stopped', *RUN)
+  assert damaged.wait() == [0, 0], damaged.log(0)[-3000:] + damaged.log(1)[
+      -3000:]
+  assert f'Resumed from the checkpoint of step {before}' in damaged.log(0)
+  assert len(list((tmp_path / 'stopped' / 'damaged_checkpoints').iterdir())
+             ) == 1
   for a, b in zip(jax.tree.leaves(_final_state(tmp_path / 'two')),
                   jax.tree.leaves(_final_state(tmp_path / 'stopped'))):
     np.testing.assert_array_equal(b, a)
