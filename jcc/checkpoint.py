@@ -24,6 +24,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 
 from jcc import distributed
+from jcc import validate
 from jcc.errors import CheckpointError, ConfigError, is_disk_full
 
 
@@ -34,7 +35,9 @@ def model_signature(config: ml_collections.ConfigDict, channels: int,
                     num_examples: int) -> dict:
   """What a checkpoint's shapes depend on; must match to restore it.
 
-  The dataset and its size too: DEC's target P has a row per example.
+  The dataset and its size too: DEC's target P has a row per example. And
+  which parts a checkpoint holds besides the state and P: with a neighbour
+  term, each image's neighbours.
   """
   return {
       'dataset': config.dataset.name,
@@ -47,6 +50,7 @@ def model_signature(config: ml_collections.ConfigDict, channels: int,
       'head_hidden': config.model.head_hidden,
       'projection_dim': config.model.projection_dim,
       'decoder_width': config.model.decoder_width,
+      'neighbor_terms': any(config.loss[name] for name in validate.NEIGHBOR_TERMS),
   }
 
 

@@ -360,6 +360,13 @@ def test_evaluate_with_another_architecture_or_k_is_refused(tmp_path):
   other_net.model.convnet_widths = (8, 16, 32)
   with pytest.raises(CheckpointError, match='convnet_widths'):
     train.Trainer(other_net, str(workdir))
+  # A neighbour term adds the neighbours to the checkpoints: named, rather
+  # than 'none of the checkpoints can be read'.
+  with_neighbors = tiny_config()
+  with_neighbors.loss.neighbor_consistency = 1.0
+  with pytest.raises(CheckpointError,
+                     match='neighbor_terms: False there, True now'):
+    train.Trainer(with_neighbors, str(workdir))
   # Another dataset: named, rather than 'none of the checkpoints can be
   # read', whose advice (move them away) threw good checkpoints out.
   path = tmp_path / 'other.npz'
