@@ -7,7 +7,8 @@ Run from the repository root:
 Variants: k-means on the raw pixels; CC-only (instance + cluster + entropy);
 CC + reconstruction; CC + KL; the full method; the full method plus the
 neighbour terms (SCAN's consistency, a neighbour as instance positive), plus
-10 epochs of self-labelling, or both. Each is the paper's method in the
+10 epochs of self-labelling, or both; and self-labelling on the pseudo-labels
+of its start, fixed (train.selflabel_fixed). Each is the paper's method in the
 dataset's config (any stage beyond it that the config enables switched off)
 with a few fields changed (a loss weight of 0 removes its term), every other setting
 equal, so the comparison is of the objectives alone. For the variants
@@ -133,6 +134,8 @@ VARIANTS = {
     'full+neighbors': _NEIGHBORS,
     'full+selflabel': _SELFLABEL,
     'full+both': {**_NEIGHBORS, **_SELFLABEL},
+    # Self-labelling on the pseudo-labels of the stage's start, kept fixed.
+    'full+selflabel_fixed': {**_SELFLABEL, 'train.selflabel_fixed': True},
 }
 METRICS = ('acc', 'nmi', 'ari')
 

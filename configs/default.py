@@ -166,6 +166,11 @@ def get_config() -> ml_collections.ConfigDict:
   train.selflabel_weight = 1.0
   train.selflabel_cutout = 0.5
   train.selflabel_balance = True
+  # False: the pseudo-labels are re-read from the head at every step (SCAN),
+  # so the confident set grows with whatever the head leans to. True: they
+  # are the head's confident predictions at the stage's start (evaluated on
+  # the whole training set), fixed for the stage (as SPICE fixes its set).
+  train.selflabel_fixed = False
   # Steps between progress lines and metric writes: the only host sync in the
   # step loop, so the host runs at most this many steps ahead.
   train.log_every_steps = 50

@@ -37,7 +37,8 @@ def model_signature(config: ml_collections.ConfigDict, channels: int,
 
   The dataset and its size too: DEC's target P has a row per example. And
   which parts a checkpoint holds besides the state and P: with a neighbour
-  term, each image's neighbours.
+  term, each image's neighbours; with train.selflabel_fixed, the fixed
+  pseudo-labels.
   """
   return {
       'dataset': config.dataset.name,
@@ -50,7 +51,9 @@ def model_signature(config: ml_collections.ConfigDict, channels: int,
       'head_hidden': config.model.head_hidden,
       'projection_dim': config.model.projection_dim,
       'decoder_width': config.model.decoder_width,
-      'neighbor_terms': any(config.loss[name] for name in validate.NEIGHBOR_TERMS),
+      'neighbor_terms': any(config.loss[name]
+                            for name in validate.NEIGHBOR_TERMS),
+      'selflabel_fixed': config.train.selflabel_fixed,
   }
 
 

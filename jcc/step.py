@@ -164,30 +164,31 @@ def _all_finite(tree) -> jax.Array:
       [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
 
 
-def self_labeling_terms(outputs: models.ModelOutputs, num_images: int,
+def self_labeling_terms(labelling_probs: jax.Array, view_probs: jax.Array,
                         train_config: ml_collections.ConfigDict,
                         clustered: jax.Array | None = None
                         ) -> dict[str, jax.Array]:
-  """The self-labelling term: rows [0, 2B) of ``outputs`` are the two
-  strong views (view a, then view b) of B images, rows [2B, 3B) the plain
-  images, whose confident predictions label both views.
+  """The self-labelling term of B images: ``labelling_probs`` (B, K) give
+  the pseudo-labels (the plain images' predictions, or one-hot fixed
+  labels), ``view_probs`` (2B, K) are the predictions on the two strong
+  views (view a, then view b), each trained towards those labels.
 
   Rows where ``clustered`` is False give no label (they are not clustered).
   """
-  probs = outputs.cluster_probs
-  weak = probs[2 * num_images:]
+  num_images = labelling_probs.shape[0]
   if clustered is not None:
-    weak = weak * clustered.astype(weak.dtype)[:, None]
+    labelling_probs = labelling_probs * clustered.astype(
+        labelling_probs.dtype)[:, None]
   threshold = train_config.selflabel_threshold
   balance = train_config.selflabel_balance
   return {'self_labeling': 0.5 * sum(
-      losses.self_labeling_loss(weak, strong, threshold, balance)
-      for strong in (probs[:num_images], probs[num_images:2 * num_images]))}
+      losses.self_labeling_loss(labelling_probs, strong, threshold, balance)
+      for strong in (view_probs[:num_images], view_probs[num_images:]))}
 
 
 def make_train_step(model, tx, config, mesh, instance_only: bool = False,
                     with_neighbors: bool | None = None,
-                    self_labeling: bool = False):
+                    self_labeling: bool = False, fixed_labels: bool = False):
   """The jitted step: (state, target, images, indices, joint_scale, …) →
   (state, metrics).
 
@@ -204,7 +205,9 @@ def make_train_step(model, tx, config, mesh, instance_only: bool = False,
   the self-labelling stage's step: the method's terms on two strong views
   (config.augment, then a Cutout of train.selflabel_cutout), plus
   train.selflabel_weight × :func:`self_labeling_terms`, whose labels come
-  from the plain images in the same pass.
+  from the plain images in the same pass, or, with ``fixed_labels``, from
+  the last argument, ``pseudo_labels``: (N,) int32, replicated, each image's
+  fixed label (-1: none).
   """
   loss_config = config.loss
   aug_config = config.augment
@@ -221,12 +224,14 @@ def make_train_step(model, tx, config, mesh, instance_only: bool = False,
     extra = list(extra)
     clustered = extra.pop(0)[indices] if instance_only else None
     neighbor_images = extra.pop(0) if with_neighbors else None
+    pseudo_labels = extra.pop(0) if fixed_labels else None
     key = jax.random.fold_in(aug_key, state.step)
     x = images.astype(jnp.float32) / 255.0
     cutout = config.train.selflabel_cutout if self_labeling else 0.0
     views = jnp.concatenate(augment.two_views(key, x, aug_config, cutout))
     inputs = views
-    if self_labeling:  # the plain images label the views, in the same pass
+    labels_from_images = self_labeling and not fixed_labels
+    if labels_from_images:  # the plain images label the views, same pass
       inputs = jnp.concatenate([views, x])
     if with_neighbors:  # one view of each neighbour, in the same pass
       inputs = jnp.concatenate([views, augment.augment_batch(
@@ -239,10 +244,13 @@ def make_train_step(model, tx, config, mesh, instance_only: bool = False,
           {'params': params, 'batch_stats': state.batch_stats}, inputs,
           train=True, decode=decode, mutable=['batch_stats'])
       extra_terms = {}
-      if self_labeling:
-        extra_terms = self_labeling_terms(outputs, x.shape[0], config.train,
-                                          clustered)
       two = views.shape[0]
+      if self_labeling:
+        labelling = (outputs.cluster_probs[two:] if labels_from_images else
+                     jax.nn.one_hot(pseudo_labels[indices],  # -1: zeros
+                                    outputs.cluster_probs.shape[1]))
+        extra_terms = self_labeling_terms(
+            labelling, outputs.cluster_probs[:two], config.train, clustered)
       neighbor = jax.tree.map(lambda x: x[two:], outputs) if (
           with_neighbors) else None
       outputs = jax.tree.map(lambda x: x[:two], outputs)
@@ -286,7 +294,8 @@ def make_train_step(model, tx, config, mesh, instance_only: bool = False,
       step_fn,
       in_shardings=(replicated, replicated, batch, batch, replicated) + (
           (replicated,) if instance_only else ()) + (
-              (batch,) if with_neighbors else ()),
+              (batch,) if with_neighbors else ()) + (
+                  (replicated,) if fixed_labels else ()),
       out_shardings=(replicated, replicated),
       donate_argnums=0)
 

@@ -10,7 +10,9 @@
    every ``config.train.neighbor_update_every_steps``, if not 0);
 4. with ``config.train.selflabel_epochs``, self-labelling: the method's
    terms go on, on strong views (a Cutout added), and the cluster head's
-   confident predictions on the plain images train its predictions on them.
+   confident predictions on the plain images train its predictions on them
+   (with ``config.train.selflabel_fixed``, those it made at the stage's
+   start, kept for the whole stage).
 
 A dataset too small for ``config.train.min_steps`` in ``num_epochs`` trains
 a whole multiple of every epoch count instead.
@@ -198,9 +200,13 @@ class Trainer:
     self.joint_step = step_lib.make_train_step(
         self.model, self.tx, config, self.mesh, self._instance_only,
         with_neighbors=True) if self._use_neighbors else self.train_step
+    # Fixed pseudo-labels, (N,), -1 for none: set at the stage's start.
+    self.pseudo_labels = np.full(len(self.dataset), -1, np.int32) if (
+        config.train.selflabel_fixed) else None
     self.selflabel_step = step_lib.make_train_step(
         self.model, self.tx, config, self.mesh, self._instance_only,
-        with_neighbors=False, self_labeling=True) if (
+        with_neighbors=False, self_labeling=True,
+        fixed_labels=config.train.selflabel_fixed) if (
             self.total_steps > self.joint_end) else None
     self.forward = step_lib.make_forward(self.model, self.mesh)
 
@@ -215,7 +221,15 @@ class Trainer:
     tree = {'state': self.state, 'target': self.target}
     if self._use_neighbors:
       tree['neighbors'] = parallel.to_global(self.neighbors, self.replicated)
+    if self.pseudo_labels is not None:
+      tree['pseudo_labels'] = self._pseudo_labels_argument()[0]
     return tree
+
+  def _pseudo_labels_argument(self) -> tuple[jax.Array, ...]:
+    """The self-labelling step's last argument: the fixed labels, if any."""
+    if self.pseudo_labels is None:
+      return ()
+    return (parallel.to_global(self.pseudo_labels, self.replicated),)
 
   def restore_latest(self) -> bool:
     """Restores the newest readable checkpoint; False if there is none."""
@@ -225,6 +239,8 @@ class Trainer:
     self.state, self.target = restored['state'], restored['target']
     if self._use_neighbors:
       self.neighbors = np.asarray(restored['neighbors'])
+    if self.pseudo_labels is not None:
+      self.pseudo_labels = np.asarray(restored['pseudo_labels'])
     return True
 
   def save(self, force: bool = False) -> None:
@@ -294,16 +310,27 @@ class Trainer:
     self.target = self._target_array(
         np.asarray(losses.target_distribution(q)))
 
-  def log_pseudo_labels(self) -> None:
-    """Says what the self-labelling stage starts from: the share of images
-    confident enough to be pseudo-labels and, with labels, how right."""
+  def start_self_labeling(self) -> None:
+    """Says what the self-labelling stage starts from (the share of images
+    confident enough to be pseudo-labels and, with labels, how right), and
+    with train.selflabel_fixed, fixes those pseudo-labels for the stage."""
+    threshold = self.config.train.selflabel_threshold
+    probs = self.predict()['cluster_probs']
     confident = evaluate.confident_predictions(
-        self._clustered_labels(), self.predict()['cluster_probs'],
-        self.config.train.selflabel_threshold)
+        self._clustered_labels(), probs, threshold)
+    if self.pseudo_labels is not None:
+      labels = np.where(probs.max(1) > threshold, probs.argmax(1), -1)
+      # The predictions run on each host; float rounding may differ there.
+      self.pseudo_labels = np.full(len(self.dataset), -1, np.int32)
+      self.pseudo_labels[self.clustered] = distributed.from_process_zero(
+          labels.astype(np.int32))
     logging.info(
         'Self-labelling: %d steps; pseudo-labels (the cluster head above '
-        'train.selflabel_threshold): %s.', self.total_steps - self.joint_end,
-        evaluate.describe_confident(confident))
+        'train.selflabel_threshold): %s; %s.',
+        self.total_steps - self.joint_end,
+        evaluate.describe_confident(confident),
+        'fixed for the stage (train.selflabel_fixed)'
+        if self.pseudo_labels is not None else 're-read at every step')
 
   def mine_neighbors(self) -> None:
     """Each image's nearest neighbours in the embedding, over all N."""
@@ -361,7 +388,7 @@ class Trainer:
     joint = compile_(self.joint_step, images) if self._use_neighbors else (
         warmup)
     return warmup, joint, self.selflabel_step and compile_(
-        self.selflabel_step)
+        self.selflabel_step, *self._pseudo_labels_argument())
 
   def _checked_memory(self, compiled):
     """``compiled``, unless it cannot fit in memory (then ConfigError).
@@ -404,6 +431,7 @@ class Trainer:
     last_log_time, last_log_step = time.time(), start_step
     warmup_step, joint_step, selflabel_step = self._compile_train_steps()
     batches = self._batches(start_step)
+    pseudo_labels = self._pseudo_labels_argument()  # as restored
     for step in range(start_step, self.total_steps):
       # P is refreshed before the steps that use it: the first joint step
       # (after k-means set the centroids), then periodically.
@@ -422,15 +450,17 @@ class Trainer:
         self.mine_neighbors()
         batches = self._batches(step)  # the batches ahead carry the new ones
       if step == self.joint_end:
-        self.log_pseudo_labels()
+        self.start_self_labeling()
         batches = self._batches(step)  # no neighbours from here on
+        pseudo_labels = self._pseudo_labels_argument()
       images, indices, *neighbor_images = next(batches)
       step_fn = (selflabel_step if step >= self.joint_end else
                  joint_step if joint else warmup_step)
       self.state, metrics = step_fn(
           self.state, self.target, images, indices,
           self._joint_scales[step >= self.warmup_steps],
-          *self._clustered_mask, *neighbor_images)
+          *self._clustered_mask, *neighbor_images,
+          *(pseudo_labels if step >= self.joint_end else ()))
       done = step + 1
       if step == start_step:  # compilation: keep it out of the img/s figure
         jax.block_until_ready(metrics)

@@ -164,6 +164,7 @@ FIELDS: dict[str, Rule] = {
     'train.selflabel_epochs': integer(0),
     'train.selflabel_threshold': PROBABILITY,
     'train.selflabel_balance': FLAG,
+    'train.selflabel_fixed': FLAG,
     'train.selflabel_weight': WEIGHT,
     'train.selflabel_cutout': PROBABILITY,
     'train.log_every_steps': integer(1),

@@ -6,9 +6,12 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
+import pytest
 
 from jcc import evaluate
 from jcc import models
+from jcc import parallel
 from jcc import pipeline
 from jcc import sources
 from jcc import step
@@ -22,6 +25,12 @@ def _with_neighbors(**train_overrides):
   config.loss.neighbor_consistency = 1.0
   config.loss.neighbor_instance = 0.5
   return config
+
+
+def _assert_same_params(a: train.Trainer, b: train.Trainer) -> None:
+  for x, y in zip(jax.tree.leaves(a.state.params),
+                  jax.tree.leaves(b.state.params)):
+    np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
 
 
 def test_neighbor_terms_are_computed_only_with_a_weight():
@@ -74,9 +83,7 @@ def test_neighbors_are_mined_after_the_warm_up_and_resume_exactly(tmp_path):
   np.testing.assert_array_equal(resumed.neighbors, first.neighbors)
   resumed.train()
   np.testing.assert_array_equal(resumed.neighbors, table)
-  for a, b in zip(jax.tree.leaves(straight.state.params),
-                  jax.tree.leaves(resumed.state.params)):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  _assert_same_params(straight, resumed)
   straight.close()
   resumed.close()
 
@@ -135,32 +142,97 @@ def test_self_labelling_follows_the_method_and_resumes_exactly(tmp_path,
   first.config.train.selflabel_threshold = threshold
   caplog.clear()
   with caplog.at_level('INFO'):
-    first.log_pseudo_labels()
+    first.start_self_labeling()
   assert (f'{100 * confident["fraction"]:.1f}% of images above '
-          f'{threshold:g}, ACC {confident["acc"]:.3f} on them.') in caplog.text
+          f'{threshold:g}, ACC {confident["acc"]:.3f} on them; re-read at '
+          'every step.') in caplog.text
   first.close()
   resumed = train.Trainer(config(1), str(tmp_path / 'b'))
   assert resumed.restore_latest() and int(resumed.state.step) == 14
   resumed.train()
-  for a, b in zip(jax.tree.leaves(straight.state.params),
-                  jax.tree.leaves(resumed.state.params)):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  _assert_same_params(straight, resumed)
   straight.close()
   resumed.close()
 
 
 def test_only_clustered_rows_give_pseudo_labels():
-  outputs = models.ModelOutputs(
-      embedding=None, projection=None, student_t=None, reconstruction=None,
-      # view a, then view b (the same here), then the plain images
-      cluster_probs=jnp.asarray([[0.6, 0.4], [0.2, 0.8],
-                                 [0.6, 0.4], [0.2, 0.8],
-                                 [0.9, 0.1], [0.1, 0.9]]))
+  plain = jnp.asarray([[0.9, 0.1], [0.1, 0.9]])
+  # view a, then view b (the same here)
+  views = jnp.asarray([[0.6, 0.4], [0.2, 0.8], [0.6, 0.4], [0.2, 0.8]])
   config = tiny_config(selflabel_threshold=0.5, selflabel_balance=False)
-  everyone = step.self_labeling_terms(outputs, 2, config.train)
-  first_only = step.self_labeling_terms(outputs, 2, config.train,
+  everyone = step.self_labeling_terms(plain, views, config.train)
+  first_only = step.self_labeling_terms(plain, views, config.train,
                                         jnp.asarray([True, False]))
   np.testing.assert_allclose(everyone['self_labeling'],
                              -(np.log(0.6) + np.log(0.8)) / 2, rtol=1e-6)
   np.testing.assert_allclose(first_only['self_labeling'], -np.log(0.6),
                              rtol=1e-6)
+
+
+def test_fixed_pseudo_labels_are_the_ones_the_step_trains_on():
+  config = tiny_config(batch_size=64, selflabel_threshold=0.5,
+                       selflabel_balance=False, selflabel_fixed=True)
+  dataset = sources.load_dataset(config.dataset)
+  model = models.build_model(config, dataset.channels)
+  tx = optax.adam(config.train.learning_rate)
+  state = step.create_train_state(model, tx, jax.random.key(0),
+                                  dataset.images.shape[1:])
+  mesh = parallel.make_mesh(jax.devices()[:1])
+  fixed_step = step.make_train_step(model, tx, config, mesh,
+                                    self_labeling=True, fixed_labels=True)
+  indices = np.arange(64, dtype=np.int32)
+  target = np.full((len(dataset), 10), 0.1, np.float32)
+
+  def self_labeling_term(pseudo_labels):
+    _, metrics = fixed_step(
+        jax.tree.map(jnp.copy, state), target, dataset.images[indices],
+        indices, np.float32(1.0), pseudo_labels)
+    return float(metrics['self_labeling'])
+
+  none = np.full(len(dataset), -1, np.int32)
+  assert self_labeling_term(none) == 0.0  # no label: no term
+  threes, fives = none.copy(), none.copy()
+  threes[indices], fives[indices] = 3, 5
+  # The cross-entropy of the views towards the given labels: positive, and
+  # another label gives another value. Labels outside the batch are unused.
+  assert 0 < self_labeling_term(threes) != self_labeling_term(fives)
+  threes[64:] = 7
+  assert self_labeling_term(threes) == pytest.approx(
+      self_labeling_term(np.where(np.arange(len(dataset)) < 64, 3, -1)
+                         .astype(np.int32)))
+
+
+def test_fixed_pseudo_labels_come_from_the_stage_start_and_resume(
+    tmp_path, monkeypatch):
+  def config(epochs, threshold=0.5):
+    return tiny_config(num_epochs=2, selflabel_epochs=epochs,
+                       selflabel_threshold=threshold, selflabel_fixed=True)
+  # The model at the end of the method (14 steps) ...
+  first = train.Trainer(config(0), str(tmp_path / 'b'))
+  first.train()
+  probs = first.predict()['cluster_probs']
+  first.close()
+  # ... a threshold that half of its predictions pass, and their labels.
+  threshold = float(np.median(probs.max(1)))
+  expected = np.where(probs.max(1) > threshold, probs.argmax(1), -1)
+  assert 0.4 < np.mean(expected >= 0) < 0.6
+  straight = train.Trainer(config(1, threshold), str(tmp_path / 'a'))
+  straight.train()
+  np.testing.assert_array_equal(straight.pseudo_labels, expected)
+  records = [json.loads(line) for line in
+             (tmp_path / 'a' / 'metrics.jsonl').read_text().splitlines()]
+  assert any(r.get('loss/self_labeling', 0) > 0 for r in records)
+  # Resumed into the stage, stopped in its middle, resumed again: the
+  # labels fixed at step 14 come back from the checkpoint of step 17.
+  resumed = train.Trainer(config(1, threshold), str(tmp_path / 'b'))
+  assert resumed.restore_latest() and int(resumed.state.step) == 14
+  monkeypatch.setattr(resumed, '_stop_now', lambda done: done == 17)
+  assert not resumed.train()
+  resumed.close()
+  again = train.Trainer(config(1, threshold), str(tmp_path / 'b'))
+  assert again.restore_latest() and int(again.state.step) == 17
+  np.testing.assert_array_equal(again.pseudo_labels, expected)
+  again.train()
+  _assert_same_params(straight, again)
+  straight.close()
+  again.close()

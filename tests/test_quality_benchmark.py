@@ -35,6 +35,8 @@ def test_variants_change_only_their_terms():
   assert quality.VARIANTS['full+selflabel'] == {'train.selflabel_epochs': 10}
   assert quality.VARIANTS['full+both'] == {**neighbors,
                                            'train.selflabel_epochs': 10}
+  assert quality.VARIANTS['full+selflabel_fixed'] == {
+      'train.selflabel_epochs': 10, 'train.selflabel_fixed': True}
   # Every field exists in the config.
   config = quality.dataset_config('digits', [])
   for changes in quality.VARIANTS.values():
