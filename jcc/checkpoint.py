@@ -51,8 +51,7 @@ def model_signature(config: ml_collections.ConfigDict, channels: int,
       'head_hidden': config.model.head_hidden,
       'projection_dim': config.model.projection_dim,
       'decoder_width': config.model.decoder_width,
-      'neighbor_terms': any(config.loss[name]
-                            for name in validate.NEIGHBOR_TERMS),
+      'neighbor_terms': validate.uses_neighbors(config),
       'selflabel_fixed': config.train.selflabel_fixed,
   }
 

@@ -99,6 +99,13 @@ def evaluate_assignments(
           for name, pred in predictions.items()}
 
 
+def pseudo_labels(cluster_probs: np.ndarray, threshold: float) -> np.ndarray:
+  """Each image's predicted cluster where its largest probability exceeds
+  ``threshold``, else -1: the pseudo-labels of self-labelling."""
+  return np.where(cluster_probs.max(1) > threshold, cluster_probs.argmax(1),
+                  -1).astype(np.int32)
+
+
 def confident_predictions(
     labels: np.ndarray | None, cluster_probs: np.ndarray, threshold: float
 ) -> dict[str, float | None]:
@@ -111,7 +118,7 @@ def confident_predictions(
   (None without labels or without a confident image).
   """
   predictions = cluster_probs.argmax(1)
-  confident = cluster_probs.max(1) > threshold
+  confident = pseudo_labels(cluster_probs, threshold) >= 0
   acc = None
   if labels is not None and confident.any():
     _, classes, clusters = hungarian_match(labels, predictions,

@@ -154,11 +154,6 @@ def compute_loss_terms(
   return terms
 
 
-def uses_neighbors(config: ml_collections.ConfigDict) -> bool:
-  """Whether a neighbour term has a weight (the step then takes neighbours)."""
-  return any(config.loss[name] for name in validate.NEIGHBOR_TERMS)
-
-
 def _all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack(
       [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
@@ -198,7 +193,7 @@ def make_train_step(model, tx, config, mesh, instance_only: bool = False,
   it switches the terms of validate.JOINT_TERMS. Then, in this order:
   with ``instance_only``, ``clustered``: (N,) bool, replicated, False for
   the examples that train the instance objective alone; ``with_neighbors``
-  (default: a neighbour term has a weight, :func:`uses_neighbors`),
+  (default: a neighbour term has a weight, :func:`validate.uses_neighbors`),
   ``neighbor_images``: (B, …) uint8, each image's neighbour, sharded like
   ``images``. Without neighbours the neighbour terms are left out, as in
   the warm-up, where they have no neighbours yet. With ``self_labeling``:
@@ -214,7 +209,7 @@ def make_train_step(model, tx, config, mesh, instance_only: bool = False,
   aug_key = jax.random.fold_in(jax.random.key(config.seed), 1)
   decode = bool(loss_config.reconstruction)
   if with_neighbors is None:
-    with_neighbors = uses_neighbors(config)
+    with_neighbors = validate.uses_neighbors(config)
   if not with_neighbors:
     loss_config = loss_config.copy_and_resolve_references()
     for name in validate.NEIGHBOR_TERMS:

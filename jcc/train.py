@@ -188,7 +188,7 @@ class Trainer:
         parallel.to_global(~self.dataset.instance_only, self.replicated),)
     # Each image's nearest neighbours, (N, k), mined at the end of the
     # warm-up (until then each image stands in for its own, unused).
-    self._use_neighbors = step_lib.uses_neighbors(config)
+    self._use_neighbors = validate.uses_neighbors(config)
     self.neighbors = np.repeat(
         np.arange(len(self.dataset), dtype=np.int32)[:, None],
         config.train.num_neighbors, axis=1) if self._use_neighbors else None
@@ -319,11 +319,10 @@ class Trainer:
     confident = evaluate.confident_predictions(
         self._clustered_labels(), probs, threshold)
     if self.pseudo_labels is not None:
-      labels = np.where(probs.max(1) > threshold, probs.argmax(1), -1)
       # The predictions run on each host; float rounding may differ there.
       self.pseudo_labels = np.full(len(self.dataset), -1, np.int32)
       self.pseudo_labels[self.clustered] = distributed.from_process_zero(
-          labels.astype(np.int32))
+          evaluate.pseudo_labels(probs, threshold))
     logging.info(
         'Self-labelling: %d steps; pseudo-labels (the cluster head above '
         'train.selflabel_threshold): %s; %s.',

@@ -177,6 +177,12 @@ FIELDS: dict[str, Rule] = {
 }
 
 
+def uses_neighbors(config: ml_collections.ConfigDict) -> bool:
+  """Whether a neighbour term has a weight (the run then mines neighbours,
+  its joint step takes them and its checkpoints hold them)."""
+  return any(config.loss[name] for name in NEIGHBOR_TERMS)
+
+
 def flatten(config: ml_collections.ConfigDict,
             prefix: str = '') -> Iterator[tuple[str, Any]]:
   """(dotted field name, value) for every leaf of ``config``."""

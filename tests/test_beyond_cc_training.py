@@ -16,6 +16,7 @@ from jcc import pipeline
 from jcc import sources
 from jcc import step
 from jcc import train
+from jcc import validate
 from tests.conftest import tiny_config
 
 
@@ -44,7 +45,8 @@ def test_neighbor_terms_are_computed_only_with_a_weight():
                                   config.loss, neighbor=neighbor)
   assert {'neighbor_consistency', 'neighbor_instance'} <= set(terms)
   assert all(np.isfinite(v) for v in terms.values())
-  assert step.uses_neighbors(config) and not step.uses_neighbors(tiny_config())
+  assert validate.uses_neighbors(config) and not validate.uses_neighbors(
+      tiny_config())
   assert 'neighbor_instance' not in step.compute_loss_terms(
       outputs, x, jnp.full((4, 10), 0.1), tiny_config().loss)
 
