@@ -127,12 +127,13 @@ class Trainer:
     self.lock = (checkpoint.WorkdirLock(workdir, mode)
                  if jax.process_index() == 0 else None)
     try:
-      self._set_up(config, workdir)
+      self._set_up(config, workdir, mode)
     except BaseException:
       self.release_lock()
       raise
 
-  def _set_up(self, config: ml_collections.ConfigDict, workdir: str) -> None:
+  def _set_up(self, config: ml_collections.ConfigDict, workdir: str,
+              mode: str) -> None:
     """The model, the state, the compiled step and the checkpoints."""
     n, bs = len(self.dataset), config.train.batch_size
     self.steps_per_epoch = n // bs
@@ -144,7 +145,8 @@ class Trainer:
         config.train.min_steps)
     self.num_epochs = config.train.num_epochs * self.epoch_factor
     self.selflabel_epochs = config.train.selflabel_epochs * self.epoch_factor
-    if self.epoch_factor > 1:
+    # Said only when training: an evaluation or prediction trains nothing.
+    if self.epoch_factor > 1 and mode == 'a training':
       logging.info(
           '%d epochs of %d images are %d steps, under train.min_steps=%d: '
           'training %d epochs (warm-up %d) instead; train.min_steps=0 trains '

@@ -210,13 +210,23 @@ def test_min_steps_factor_is_the_smallest_whole_multiple():
   assert train.min_steps_factor(220, 1000) == 5
 
 
-def test_a_small_dataset_trains_at_least_min_steps(tmp_path):
+def test_a_small_dataset_trains_at_least_min_steps(tmp_path, caplog):
   # digits at batch 256: 7 steps an epoch, so 2 epochs are 14 < 30 steps;
   # every epoch count is tripled, the warm-up's share unchanged.
   config = tiny_config(num_epochs=2, warmup_epochs=1, selflabel_epochs=1,
                        min_steps=30)
-  trainer = train.Trainer(config, str(tmp_path))
+  said = 'under train.min_steps=30: training 6 epochs (warm-up 3) instead'
+  with caplog.at_level('INFO'):
+    trainer = train.Trainer(config, str(tmp_path))
+  trainer.close()
   assert trainer.epoch_factor == 3
   assert (trainer.warmup_steps, trainer.joint_end, trainer.total_steps) == (
       21, 42, 63)
+  assert said in caplog.text
+  # An evaluation counts the same steps but trains none: it does not say so.
+  caplog.clear()
+  with caplog.at_level('INFO'):
+    trainer = train.Trainer(config, str(tmp_path), 'an evaluation')
   trainer.close()
+  assert trainer.total_steps == 63
+  assert 'min_steps' not in caplog.text
