@@ -58,6 +58,9 @@ from jcc.errors import ConfigError
 # returns; an evaluation is abandoned (EvaluationStopped).
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
+# What a Trainer is built for, as the workdir's lock names it to a second run.
+TRAINING = 'a training'
+
 
 class EvaluationStopped(BaseException):
   """A stop signal during an evaluation; the checkpoints are untouched.
@@ -98,7 +101,7 @@ class Trainer:
   """Holds what a run needs; its methods are the phases of the method."""
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str,
-               mode: str = 'a training'):
+               mode: str = TRAINING):
     self.start_time = time.time()
     self.config = config
     self.workdir = workdir
@@ -146,7 +149,7 @@ class Trainer:
     self.num_epochs = config.train.num_epochs * self.epoch_factor
     self.selflabel_epochs = config.train.selflabel_epochs * self.epoch_factor
     # Said only when training: an evaluation or prediction trains nothing.
-    if self.epoch_factor > 1 and mode == 'a training':
+    if self.epoch_factor > 1 and mode == TRAINING:
       logging.info(
           '%d epochs of %d images are %d steps, under train.min_steps=%d: '
           'training %d epochs (warm-up %d) instead; train.min_steps=0 trains '
