@@ -9,10 +9,13 @@ import optax
 from jcc import models
 from jcc import parallel
 from jcc import step
+from jcc import validate
 
 
 def step_runner(config, channels: int):
-  """A callable running jcc's train step (config's model and batch) once."""
+  """A callable running jcc's joint train step (config's model and batch,
+  and each image's neighbour where the config's neighbour terms have a
+  weight) once."""
   k = config.dataset.num_clusters
   mesh = parallel.make_mesh()
   model = models.build_model(config, channels, step.compute_dtype(config))
@@ -30,6 +33,8 @@ def step_runner(config, channels: int):
   args = (parallel.to_global(target, rep), parallel.to_global(images, shard),
           parallel.to_global(np.arange(batch, dtype=np.int32), shard),
           np.float32(1.0))
+  if validate.uses_neighbors(config):
+    args += (parallel.to_global(images[::-1].copy(), shard),)
   holder = {'state': state}
 
   def run():

@@ -1,4 +1,5 @@
-"""Devices: the mesh, shardings and global arrays.
+"""Devices: the mesh, shardings and global arrays (and, on a CPU, the hint
+to use one device per core).
 
 One 1-D mesh over every device of every process, with the batch on axis
 'data' and everything else replicated.
@@ -11,6 +12,23 @@ from typing import NamedTuple
 import jax
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 import numpy as np
+
+
+def cpu_devices_hint(devices: list[jax.Device], cores: int,
+                     batch_size: int) -> str | None:
+  """A line suggesting one CPU device per core, where a run has one for many.
+
+  JAX gives a CPU one device, whose operations use the host's threads;
+  splitting the batch over one device per core was 1.35x faster on 2 cores
+  (benchmarks/cpu_devices.py), which a user would not guess. None where it
+  does not apply: an accelerator, several devices already, one core, or a
+  batch that does not divide over the cores.
+  """
+  if (len(devices) != 1 or devices[0].platform != 'cpu' or cores < 2 or
+      batch_size % cores):
+    return None
+  return (f'One CPU device on {cores} cores: JAX_NUM_CPU_DEVICES={cores} '
+          'splits each batch over them, often faster (README, "On a CPU").')
 
 
 def make_mesh(devices: list[jax.Device] | None = None) -> jax.sharding.Mesh:

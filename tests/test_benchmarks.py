@@ -1,4 +1,5 @@
-"""Every benchmark script starts from its documented command, either form."""
+"""Every benchmark script starts from its documented command, either form,
+and the train step they time runs for each kind of config."""
 
 import os
 import subprocess
@@ -6,6 +7,8 @@ import sys
 
 import pytest
 
+from benchmarks.jcc_step import step_runner
+from configs import mnist
 from tests.conftest import REPO_ROOT
 
 SCRIPTS = sorted(
@@ -14,7 +17,8 @@ SCRIPTS = sorted(
 
 
 def test_the_scripts_are_found():
-  assert {'input_pipeline', 'losses', 'quality', 'train_step'} <= set(SCRIPTS)
+  assert {'cpu_devices', 'input_pipeline', 'losses', 'quality',
+          'train_step'} <= set(SCRIPTS)
 
 
 @pytest.mark.parametrize('form', ['script', 'module'])
@@ -36,3 +40,13 @@ def test_help_runs_as_a_script_and_as_a_module(form):
       assert "pip install -e '.[bench]'" in err, (name, err[-2000:])
     else:
       assert out.startswith('usage:'), (name, out[:500])
+
+
+def test_step_runner_runs_a_joint_step_with_neighbours():
+  # configs/mnist.py's neighbour terms made the step take each image's
+  # neighbour too; step_runner gave none, and input_pipeline failed on it.
+  config = mnist.get_config()
+  config.train.batch_size = 8
+  run = step_runner(config, 1)
+  run()
+  run()

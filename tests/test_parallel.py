@@ -142,3 +142,12 @@ def test_bfloat16_compute_keeps_float32_parameters_and_losses(meshes):
 def test_unknown_compute_dtype_is_a_config_error():
   with pytest.raises(errors.ConfigError, match='compute_dtype'):
     validate.check_config(tiny_config(compute_dtype='float16'), 1000, 1)
+
+
+def test_one_cpu_device_on_several_cores_gets_a_hint():
+  cpu = jax.devices('cpu')
+  hint = parallel.cpu_devices_hint(cpu[:1], 2, 256)
+  assert 'JAX_NUM_CPU_DEVICES=2' in hint and 'README' in hint
+  assert parallel.cpu_devices_hint(cpu[:2], 2, 256) is None  # split already
+  assert parallel.cpu_devices_hint(cpu[:1], 1, 256) is None  # one core
+  assert parallel.cpu_devices_hint(cpu[:1], 3, 256) is None  # 256 % 3
