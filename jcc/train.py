@@ -27,7 +27,6 @@ a step depend only on (seed, step).
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import threading
 import time
@@ -433,9 +432,7 @@ class Trainer:
         self.steps_per_epoch,
         self.warmup_steps, f', self-labelling from step {self.joint_end}'
         if self.total_steps > self.joint_end else '')
-    cores = (len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity')
-             else os.cpu_count() or 1)
-    hint = parallel.cpu_devices_hint(list(self.mesh.devices.flat), cores, bs)
+    hint = parallel.cpu_devices_hint(list(self.mesh.devices.flat), bs)
     if hint:
       logging.info(hint)
     last_log_time, last_log_step = time.time(), start_step
