@@ -29,6 +29,7 @@ from tests.test_reliability import TINY_FLAGS, _steps, _truncate_data_files
 RUN = ['--config.train.num_epochs=3', '--config.train.warmup_epochs=1',
        '--config.train.checkpoint_every_steps=5']
 LAST_STEP = 21
+WARMUP_END = 7
 
 
 # ---------------------------------------------------------------------------
@@ -110,6 +111,18 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
+def _compilation_cache(arm: str) -> dict:
+  """The session's compilation cache (conftest), one folder per arm.
+
+  JAX would otherwise hand the programs that one process compiled for its
+  four devices to two processes of two devices each, and the comparison of
+  the two would no longer be of what each compiles.
+  """
+  shared = os.environ.get('JAX_COMPILATION_CACHE_DIR')
+  return {} if shared is None else {
+      'JAX_COMPILATION_CACHE_DIR': os.path.join(shared, arm)}
+
+
 class Processes:
   """The README's one-machine recipe, started as N real processes."""
 
@@ -128,7 +141,8 @@ class Processes:
       command = [_set_flag(w, workdir, port, num_processes) for w in command]
       command += TINY_FLAGS + list(flags) + list(
           (per_process_flags or {}).get(i, []))
-      full_env = dict(os.environ, **env, PYTHONUNBUFFERED='1')
+      full_env = dict(os.environ, **env, PYTHONUNBUFFERED='1',
+                      **_compilation_cache(f'{num_processes}-processes'))
       with open(self.logs[n], 'w') as log:
         self.procs.append(subprocess.Popen(
             command, cwd=REPO_ROOT, env=full_env, stdout=log,
@@ -174,7 +188,8 @@ def _set_flag(word: str, workdir, port: int, num_processes: int) -> str:
 
 def _one_process(workdir, *flags, devices=4):
   env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS=(
-      f'--xla_force_host_platform_device_count={devices}'))
+      f'--xla_force_host_platform_device_count={devices}'),
+             **_compilation_cache('1-process'))
   return subprocess.run(
       [sys.executable, '-m', 'jcc.main', '--config=configs/digits.py',
        f'--workdir={workdir}', *TINY_FLAGS, *flags], cwd=REPO_ROOT, env=env,
@@ -200,6 +215,18 @@ def _final_state(workdir):
   return jax.device_get(checkpointer.restore(path, like))
 
 
+def _assert_same_run(got: dict, want: dict, scores_atol: float) -> None:
+  """Equal results.json contents, but for scores that may move by scores_atol."""
+  assert got.keys() == want.keys()
+  for key, value in want.items():
+    if isinstance(value, dict):
+      _assert_same_run(got[key], value, scores_atol)
+    elif isinstance(value, float):
+      assert abs(got[key] - value) <= scores_atol, (key, got[key], value)
+    else:
+      assert got[key] == value, key
+
+
 def _results(workdir) -> dict:
   results = json.loads((pathlib.Path(workdir) / 'results.json').read_text())
   results.pop('seconds')
@@ -214,18 +241,33 @@ def test_two_processes_train_like_one_and_resume_exactly(tmp_path):
   two = Processes(tmp_path / 'two', *RUN)
   assert two.wait() == [0, 0], two.log(0)[-3000:] + two.log(1)[-3000:]
 
-  # The same losses at every logged step, parameters and metrics.
+  # The same losses at every logged step, parameters and metrics, up to
+  # rounding. Two processes sum over the devices in another order than one
+  # process does, and through Adam's normalised steps those last-bit
+  # differences grow in the joint phase: one process on 2 devices and on 4
+  # differs as much as these two runs (jaxlib 0.10.2: losses by up to 5e-5,
+  # parameters by 1.6% of a layer's norm, ACC by 2 images, after 21 steps).
+  # So the warm-up is held to float32 rounding, where a process that trained
+  # on the wrong share of a batch or skipped a reduction would differ at
+  # once; the joint phase's losses to 20x the measured drift, parameters to
+  # 3x, scores to 0.01 (18 images). atol: the entropy term is log K minus an
+  # entropy close to log K, so its rounding is a few ulps of log K, not
+  # relative to its small value (CI saw 1.2e-6 at 1e-3).
   want, got = _losses(tmp_path / 'one'), _losses(tmp_path / 'two')
   assert [r['step'] for r in got] == [r['step'] for r in want]
   assert len(got) == LAST_STEP - 1  # every step but the compiling one
   for a, b in zip(want, got):
     for key in a:
-      np.testing.assert_allclose(b[key], a[key], rtol=1e-5, atol=1e-6,
-                                 err_msg=f'{key} at step {a["step"]}')
-  for a, b in zip(jax.tree.leaves(_final_state(tmp_path / 'one')),
-                  jax.tree.leaves(_final_state(tmp_path / 'two'))):
-    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
-  assert _results(tmp_path / 'two') == _results(tmp_path / 'one')
+      np.testing.assert_allclose(
+          b[key], a[key], rtol=1e-5 if a['step'] <= WARMUP_END else 1e-3,
+          atol=1e-5, err_msg=f'{key} at step {a["step"]}')
+  params = [_final_state(tmp_path / w)['state']['params']
+            for w in ('one', 'two')]
+  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(params[0]),
+                          jax.tree.leaves(params[1])):
+    assert np.linalg.norm(b - a) <= 0.05 * np.linalg.norm(a), path
+  _assert_same_run(_results(tmp_path / 'two'), _results(tmp_path / 'one'),
+                   scores_atol=0.01)
 
   # Process 0 reports and writes; process 1 is quiet apart from warnings.
   lead, other = two.log(0), two.log(1)
