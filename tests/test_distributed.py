@@ -216,7 +216,7 @@ def _final_state(workdir):
 
 
 def _assert_same_run(got: dict, want: dict, scores_atol: float) -> None:
-  """Equal results.json contents, but for scores that may move by scores_atol."""
+  """Equal results.json contents but for scores, which may move by atol."""
   assert got.keys() == want.keys()
   for key, value in want.items():
     if isinstance(value, dict):
