@@ -7,10 +7,12 @@ Run from the repository root:
 
 For each config: an in-memory dataset of random uint8 images at the config's
 size (the cache every source ends in), `jcc.pipeline.train_batches` +
-`prefetch_to_device` (tf.data gathers, prefetches, hands host batches to the
-devices), then the same plus `augment.two_views` jitted, then the train step
-of the config's model and batch (benchmarks.jcc_step.step_runner). If the
-first two columns are far above the last, input does not limit training.
+`prefetch_to_device` (NumPy gathers, a thread prefetches, host batches go to
+the devices); the same host batches prefetched by tf.data instead, where
+TensorFlow is installed (`pip install -e '.[tfds]'`), for comparison; jcc's
+pipeline plus `augment.two_views` jitted; then the train step of the
+config's model and batch (benchmarks.jcc_step.step_runner). If the input
+columns are far above the last, input does not limit training.
 """
 
 from __future__ import annotations
@@ -39,7 +41,34 @@ from jcc import pipeline
 from jcc import sources
 
 
-def input_rate(dataset, config, steps: int, augment_too: bool) -> float:
+def tf_data_prefetch(batches):
+  """The same host batches, prefetched by tf.data (from_generator)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  batches = iter(batches)
+  first = next(batches)
+  signature = tuple(tf.TensorSpec(a.shape, tf.as_dtype(a.dtype))
+                    for a in first)
+
+  def generate():
+    yield first
+    yield from batches
+
+  dataset = tf.data.Dataset.from_generator(
+      generate, output_signature=signature).prefetch(tf.data.AUTOTUNE)
+  for batch in dataset:
+    yield tuple(a.numpy() for a in batch)
+
+
+def _tf_data_available() -> bool:
+  try:
+    import tensorflow  # pylint: disable=g-import-not-at-top,unused-import
+  except ImportError:
+    return False
+  return True
+
+
+def input_rate(dataset, config, steps: int, augment_too: bool,
+               prefetch=pipeline.prefetch_in_thread) -> float:
   """Images/s of `steps` batches through the pipeline (and augmentation)."""
   mesh = parallel.make_mesh()
   sharding = parallel.shardings(mesh).batch
@@ -51,12 +80,12 @@ def input_rate(dataset, config, steps: int, augment_too: bool) -> float:
   bs = config.train.batch_size
   # One untimed batch: tf.data start-up and compilation.
   images, _ = next(pipeline.prefetch_to_device(
-      pipeline.train_batches(dataset, bs, 0, 0, 1), put))
+      prefetch(pipeline.host_batches(dataset, bs, 0, 0, 1)), put))
   jax.block_until_ready(views(key, images))
   start = time.perf_counter()
   last = None
   for step, (images, _) in enumerate(pipeline.prefetch_to_device(
-      pipeline.train_batches(dataset, bs, 0, 0, steps), put)):
+      prefetch(pipeline.host_batches(dataset, bs, 0, 0, steps)), put)):
     last = views(jax.random.fold_in(key, step), images) if augment_too else (
         images)
   jax.block_until_ready(last)
@@ -73,8 +102,10 @@ def main():
   print(f'jax {jax.__version__} on {jax.devices()[0].device_kind} '
         f'({jax.device_count()} device(s)), {os.cpu_count()} CPUs, '
         f'{args.steps} batches per input measurement', flush=True)
+  with_tf = _tf_data_available()
   print(f'{"config":14s} {"shape":>12s} {"batch":>5s} {"input":>10s} '
-        f'{"input+aug":>10s} {"train step":>10s} {"input+aug/step":>14s}')
+        f'{"tf.data":>10s} {"input+aug":>10s} {"train step":>10s} '
+        f'{"input+aug/step":>14s}')
   for name in args.configs.split(','):
     config = importlib.import_module(f'configs.{name}').get_config()
     config.train.compute_dtype = args.compute_dtype
@@ -84,13 +115,21 @@ def main():
     n = max(args.examples, config.train.batch_size)
     dataset = sources.ImageDataset(name, rng.integers(
         0, 256, (n, size, size, channels), dtype=np.uint8), None)
-    pipeline = input_rate(dataset, config, args.steps, False)
+    # The two ways of prefetching in alternation, the best of three each.
+    threaded, tf_data = 0.0, 0.0
+    for _ in range(3):
+      threaded = max(threaded, input_rate(dataset, config, args.steps, False))
+      if with_tf:
+        tf_data = max(tf_data, input_rate(dataset, config, args.steps, False,
+                                          tf_data_prefetch))
+    tf_data = f'{tf_data:10.0f}' if with_tf else f'{"-":>10s}'
     augmented = input_rate(dataset, config, args.steps, True)
     step_seconds = timing.measure_alternating(
         {'step': step_runner(config, channels)}, 1, 2.0)['step']
     step = config.train.batch_size / step_seconds
     print(f'{name:14s} {f"{size}x{size}x{channels}":>12s} '
-          f'{config.train.batch_size:5d} {pipeline:10.0f} {augmented:10.0f} '
+          f'{config.train.batch_size:5d} {threaded:10.0f} {tf_data} '
+          f'{augmented:10.0f} '
           f'{step:10.0f} {augmented / step:14.1f}', flush=True)
 
 

@@ -12,12 +12,13 @@ from jcc import step
 from jcc import validate
 
 
-def step_runner(config, channels: int):
+def step_runner(config, channels: int, devices=None):
   """A callable running jcc's joint train step (config's model and batch,
   and each image's neighbour where the config's neighbour terms have a
-  weight) once."""
+  weight) once, on ``devices`` (default: all). ``run.flops`` is XLA's count
+  of the step's floating-point operations, or None."""
   k = config.dataset.num_clusters
-  mesh = parallel.make_mesh()
+  mesh = parallel.make_mesh(devices)
   model = models.build_model(config, channels, step.compute_dtype(config))
   tx = optax.adam(config.train.learning_rate)
   shape = (config.dataset.image_size,) * 2 + (channels,)

@@ -5,36 +5,49 @@
 between the last checkpoint and the interruption then appear twice, and the
 later line is the one that counts. Only process 0 writes.
 
-TensorBoard is a declared dependency, but a run must not die where it is
-missing (an install without it, an accelerator image): the writer then warns
-once and writes metrics.jsonl alone.
+The event files are written by the tensorboard package's own writer, which
+needs no TensorFlow. TensorBoard is a declared dependency, but a run must not
+die where it is missing (an accelerator image without it): the writer then
+warns once and writes metrics.jsonl alone.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 import time
+import types
 from collections.abc import Mapping
 
 from absl import logging
 import jax
 
-from jcc import pipeline
 from jcc.errors import is_disk_full
 
 
 def tensorboard_installed() -> bool:
-  """Whether ``tf.summary`` has its implementation (the tensorboard package).
-
-  TensorFlow ≥ 2.16 no longer installs it, and then every ``tf.summary``
-  call raises TBNotInstalledError.
-  """
+  """Whether the tensorboard package can be imported."""
   try:
     import tensorboard  # pylint: disable=g-import-not-at-top,unused-import
   except ImportError:
     return False
   return True
+
+
+def _event_writer(logdir: str):
+  """tensorboard's event-file writer, on its own file I/O.
+
+  Where TensorFlow is installed, tensorboard would import it (seconds, and
+  on an accelerator host a second framework beside JAX) for its file I/O;
+  its documented switch, an importable ``tensorboard.compat.notf``, keeps it
+  on its bundled stub instead. Without effect when another part of the
+  process already made tensorboard use TensorFlow.
+  """
+  sys.modules.setdefault('tensorboard.compat.notf',
+                         types.ModuleType('tensorboard.compat.notf'))
+  from tensorboard.summary import Writer  # pylint: disable=g-import-not-at-top
+  return Writer(logdir)
 
 
 class MetricWriter:
@@ -47,9 +60,7 @@ class MetricWriter:
     if not self.enabled:
       return
     if tensorboard_installed():
-      self._tf = pipeline.tensorflow()
-      self._summary = self._tf.summary.create_file_writer(
-          os.path.join(workdir, 'tensorboard'))
+      self._summary = _event_writer(os.path.join(workdir, 'tensorboard'))
     else:
       logging.warning(
           'TensorBoard is not installed, so TensorBoard logging is off; '
@@ -62,9 +73,9 @@ class MetricWriter:
       return
     values = {name: float(value) for name, value in scalars.items()}
     if self._summary is not None:
-      with self._summary.as_default(step=step):
-        for name, value in values.items():
-          self._tf.summary.scalar(name, value)
+      for name, value in values.items():
+        self._summary.add_scalar(name, value, step)
+      self._summary.flush()
     self._jsonl.write(json.dumps(
         {'step': int(step), 'time': time.time(), **values}) + '\n')
     self._jsonl.flush()

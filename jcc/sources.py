@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
 import gzip
 import importlib.resources
 import os
@@ -25,7 +26,9 @@ import ml_collections
 import numpy as np
 
 from jcc.errors import DataError
-from jcc.pipeline import tensorflow
+
+# What a plain install lacks for the TFDS sources, as the error names it.
+TFDS_INSTALL = "pip install 'jcc-clustering[tfds]'"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -267,6 +270,35 @@ def load_folder(dataset_config) -> ImageDataset:
                       class_names=tuple(classes) or None)
 
 
+@functools.cache
+def _import_tensorflow():
+  """TensorFlow and TFDS, imported on first use and kept off accelerators."""
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  tf.config.set_visible_devices([], 'GPU')
+  tf.config.set_visible_devices([], 'TPU')
+  return tf, tfds
+
+
+def tensorflow(dataset: str):
+  """(tensorflow, tensorflow_datasets) for the TFDS source of ``dataset``.
+
+  Raises:
+    DataError: naming the ``[tfds]`` extra, where they are not installed (a
+      plain install has neither: most sources need no TensorFlow).
+  """
+  try:
+    return _import_tensorflow()
+  except ImportError as e:
+    raise DataError(
+        f'Dataset {dataset!r} is read with TensorFlow Datasets, which this '
+        f'install lacks ({e}): {TFDS_INSTALL} (in a checkout: pip install '
+        "-e '.[tfds]'), or give the images as a folder or an .npz "
+        '(--config.dataset.name=folder or npz, --config.dataset.path).'
+    ) from None
+
+
 def _materialize(examples, image_size: int, what: str):
   """A tf.data dataset of (image, label) → cached NumPy arrays.
 
@@ -275,7 +307,7 @@ def _materialize(examples, image_size: int, what: str):
   which every supported dataset fits at its configured size (the largest,
   STL-10 with its unlabelled split, is 3 GB at 96×96).
   """
-  tf = tensorflow()
+  tf, _ = _import_tensorflow()  # imported by _tfds_split before
 
   def resize(image, label):
     channels = image.shape[-1]
@@ -315,8 +347,7 @@ def _missing_tfds_message(name: str, data_dir: str, manual: bool,
 
 def _tfds_split(dataset_config, name: str, split: str, *, manual: bool = False):
   """TFDS ``name``'s ``split`` as a tf.data dataset of example dicts."""
-  tensorflow()
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  _, tfds = tensorflow(dataset_config.name)
   data_dir = dataset_config.get('tfds_data_dir', '') or None
   try:
     builder = tfds.builder(name, data_dir=data_dir)
@@ -396,9 +427,9 @@ def _subset_source(subset: str):
       return ImageDataset(subset, images, np.asarray(labels, np.int64)[kept],
                           class_names=tuple(wnids))
 
-    tf = tensorflow()
     examples, builder = _tfds_split(dataset_config, 'imagenet2012', 'train',
                                     manual=True)
+    tf, _ = tensorflow(subset)
     names = builder.info.features['label'].names
     # ILSVRC label → position in the subset, −1 for the other classes.
     relabel = np.full(len(names), -1, np.int64)

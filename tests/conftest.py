@@ -1,4 +1,10 @@
-"""Test setup: 8 fake CPU devices (set before jax is imported) and shared data."""
+"""Test setup: fake CPU devices, XLA's optimisations off, shared data.
+
+Two tiers (README, "Tests"): ``pytest`` runs the fast one, every test not
+marked ``slow``, on 2 fake CPU devices; ``JCC_TEST_DEVICES=8 pytest -m 'slow
+or tfds'`` the slow one (real signals, several processes, long runs) and the
+TFDS tests, with 8 devices for the sharding checks that ask for them.
+"""
 
 import atexit
 import os
@@ -7,12 +13,18 @@ import shutil
 import tempfile
 
 # Must happen before the first `import jax` anywhere in the test session.
+TEST_DEVICES = int(os.environ.get('JCC_TEST_DEVICES', '2'))
 _flags = os.environ.get('XLA_FLAGS', '')
 if '--xla_force_host_platform_device_count' not in _flags:
   os.environ['XLA_FLAGS'] = (
-      _flags + ' --xla_force_host_platform_device_count=8').strip()
+      f'{_flags} --xla_force_host_platform_device_count={TEST_DEVICES}'
+  ).strip()
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+# The tests' programs are tiny and compiled once or twice each: XLA's
+# optimisation passes cost more than they save (as in flax's examples).
+# Inherited by the `python -m jcc.main` processes the tests start.
+os.environ.setdefault('JAX_DISABLE_MOST_OPTIMIZATIONS', '1')
 
 # One XLA compilation cache for the session and the `python -m jcc.main`
 # processes it starts: the tests build many runs of the same tiny configs,
@@ -31,6 +43,37 @@ from configs import digits  # pylint: disable=g-import-not-at-top
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / 'shared' / 'data'
+
+
+# The device counts a sharding check runs on: 2 in the fast tier, 8 in the
+# slow one (`@pytest.mark.parametrize('devices', SHARDED_DEVICES)`).
+SHARDED_DEVICES = [2, pytest.param(8, marks=pytest.mark.slow)]
+
+
+def devices(count: int) -> list:
+  """The session's first ``count`` devices, or a skip naming how to get them."""
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.device_count() < count:
+    pytest.skip(f'needs {count} devices, the session has '
+                f'{jax.device_count()}: JCC_TEST_DEVICES={count} pytest ...')
+  return jax.devices()[:count]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items):
+  """Marks `tfds` every test that takes the tfds fixture (before -m reads it)."""
+  for item in items:
+    if 'tfds' in getattr(item, 'fixturenames', ()):
+      item.add_marker(pytest.mark.tfds)
+
+
+@pytest.fixture
+def tfds():
+  """tensorflow_datasets, or a skip naming the extra that installs it."""
+  return pytest.importorskip(
+      'tensorflow_datasets',
+      reason="the TFDS sources need the [tfds] extra: pip install -e "
+      "'.[tfds]' (the slow tier in CI runs these tests with it)")
 
 
 @pytest.fixture
@@ -83,3 +126,25 @@ def tiny_config(**train_overrides):
   config.train.min_steps = 0  # the tests' few epochs, as they ask
   config.train.update(train_overrides)
   return config
+
+
+@pytest.fixture(scope='session')
+def trained_workdir(tmp_path_factory) -> pathlib.Path:
+  """A workdir trained and evaluated once per session, never changed.
+
+  tiny_config() with checkpoints at steps 7 and 14 (warm-up 7 steps, joint
+  7). Tests that change a workdir take :func:`trained_copy`.
+  """
+  from jcc import workflows  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path_factory.mktemp('trained') / 'run'
+  workflows.train_and_evaluate(
+      tiny_config(checkpoint_every_steps=7), str(workdir))
+  return workdir
+
+
+@pytest.fixture
+def trained_copy(trained_workdir, tmp_path) -> pathlib.Path:
+  """A copy of the session's trained workdir that the test may change."""
+  copy = tmp_path / 'run'
+  shutil.copytree(trained_workdir, copy)
+  return copy

@@ -1,8 +1,10 @@
 """The README's code blocks, read as a reader copies them.
 
-``python3 tests/readme.py quickstart`` prints the Quickstart's shell commands,
-each followed by a NUL byte, so that .ci/run runs exactly what the README
-says. Standard library only: it runs before anything is installed.
+``python3 tests/readme.py quickstart`` prints the Quickstart's shell commands
+(the main job, the fast tests) and ``python3 tests/readme.py slow-tests`` the
+slow tier's, each followed by a NUL byte, so that .ci/run runs exactly what
+the README says. Standard library only: it runs before anything is
+installed.
 """
 
 from __future__ import annotations
@@ -42,6 +44,16 @@ def quickstart_commands() -> list[str]:
   return commands
 
 
+def slow_tests_command() -> str:
+  """The "Tests" section's command for the slow tier."""
+  commands = [c for c in code_blocks('bash', section('Tests'))
+              if '-m ' in c and 'slow' in c]
+  if len(commands) != 1:
+    raise LookupError('README.md\'s "Tests" needs one bash block that runs '
+                      'the slow tier (pytest -m ... slow ...).')
+  return commands[0]
+
+
 def multiprocess_recipe() -> tuple[dict[str, str], list[str]]:
   """The one-machine recipe of "Several hosts": (environment, argv).
 
@@ -62,6 +74,10 @@ def multiprocess_recipe() -> tuple[dict[str, str], list[str]]:
 
 
 if __name__ == '__main__':
-  if sys.argv[1:] != ['quickstart']:
-    sys.exit('usage: python3 tests/readme.py quickstart')
-  sys.stdout.write(''.join(command + '\0' for command in quickstart_commands()))
+  if sys.argv[1:] == ['quickstart']:
+    printed = quickstart_commands()
+  elif sys.argv[1:] == ['slow-tests']:
+    printed = [slow_tests_command()]
+  else:
+    sys.exit('usage: python3 tests/readme.py quickstart|slow-tests')
+  sys.stdout.write(''.join(command + '\0' for command in printed))

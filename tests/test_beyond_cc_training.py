@@ -68,6 +68,7 @@ def test_the_pipeline_pairs_each_row_with_a_chosen_neighbour():
     np.testing.assert_array_equal(one[2], np.concatenate([a[2], b[2]]))
 
 
+@pytest.mark.slow
 def test_neighbors_are_mined_after_the_warm_up_and_resume_exactly(tmp_path):
   # 3 epochs of 7 steps; mined at steps 7, 10, 13, 16, 19. The resumed run
   # restarts at 14 between two minings: it must use the saved neighbours.
@@ -90,6 +91,7 @@ def test_neighbors_are_mined_after_the_warm_up_and_resume_exactly(tmp_path):
   resumed.close()
 
 
+@pytest.mark.slow
 def test_the_warm_up_of_a_neighbour_run_is_the_plain_warm_up(tmp_path):
   # The neighbour pass starts with the joint phase: until then the steps
   # are those of a run without neighbour terms, bit for bit.
@@ -104,6 +106,7 @@ def test_the_warm_up_of_a_neighbour_run_is_the_plain_warm_up(tmp_path):
     np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_self_labelling_follows_the_method_and_resumes_exactly(tmp_path,
                                                               caplog):
   # 2 epochs of the method (14 steps), then 1 of self-labelling; a low
@@ -204,6 +207,7 @@ def test_fixed_pseudo_labels_are_the_ones_the_step_trains_on():
                          .astype(np.int32)))
 
 
+@pytest.mark.slow
 def test_fixed_pseudo_labels_come_from_the_stage_start_and_resume(
     tmp_path, monkeypatch):
   def config(epochs, threshold=0.5):

@@ -380,6 +380,7 @@ def test_processes_with_different_configs_refuse_to_run(tmp_path):
   assert not _steps(tmp_path / 'run')
 
 
+@pytest.mark.slow
 def test_a_process_whose_coordinator_never_answers_says_so(tmp_path):
   # Only process 1: nobody serves the address.
   run = Processes(tmp_path / 'run',
@@ -391,6 +392,7 @@ def test_a_process_whose_coordinator_never_answers_says_so(tmp_path):
   assert 'Traceback' not in log
 
 
+@pytest.mark.slow
 def test_a_process_id_beyond_the_count_is_refused_before_joining(tmp_path):
   run = Processes(tmp_path / 'run', '--config.distributed.process_id=2',
                   num_processes=1)

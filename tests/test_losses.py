@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from jcc import losses
+from tests.conftest import SHARDED_DEVICES, devices
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 
@@ -251,7 +252,8 @@ def test_swapping_views_and_permuting_batch_leave_losses_unchanged():
 # Gradients.
 
 
-def test_gradients_match_finite_differences():
+@pytest.mark.parametrize('order', [1, pytest.param(2, marks=pytest.mark.slow)])
+def test_gradients_match_finite_differences(order):
   rng = np.random.default_rng(4)
   b, d, k = 6, 5, 4
   with jax.enable_x64(True):
@@ -261,7 +263,7 @@ def test_gradients_match_finite_differences():
     p = np.asarray(losses.target_distribution(c_a))
     x, x_hat = rng.uniform(size=(2, b, d))
     def check(fn, args):
-      jtu.check_grads(jax.jit(fn), args, order=2, modes=['fwd', 'rev'],
+      jtu.check_grads(jax.jit(fn), args, order=order, modes=['fwd', 'rev'],
                       eps=1e-5)
 
     check(losses.instance_contrastive_loss, (z_a, z_b))
@@ -351,22 +353,22 @@ def test_mismatched_shapes_raise_clear_errors():
 # Per-device use inside shard_map equals the single-device global result.
 
 
-def _mesh():
-  if jax.device_count() < 8:
-    pytest.skip('needs 8 devices: run under tests/conftest.py, which fakes them')
-  return jax.make_mesh((8,), ('data',), axis_types=(AxisType.Explicit,))
+def _mesh(count):
+  return jax.sharding.Mesh(np.array(devices(count)), ('data',),
+                           axis_types=(AxisType.Explicit,))
 
 
-def _sharded(fn, n_args, out_spec=P()):
+def _sharded(fn, n_args, out_spec=P(), count=2):
   """fn per device under shard_map, its inputs split on the batch."""
-  mesh = _mesh()
+  mesh = _mesh(count)
   mapped = jax.jit(jax.shard_map(
       fn, mesh=mesh, in_specs=(P('data'),) * n_args, out_specs=out_spec))
   sharding = jax.sharding.NamedSharding(mesh, P('data'))
   return lambda *args: mapped(*(jax.device_put(a, sharding) for a in args))
 
 
-def test_axis_name_under_shard_map_equals_global_batch():
+@pytest.mark.parametrize('count', SHARDED_DEVICES)
+def test_axis_name_under_shard_map_equals_global_batch(count):
   rng = np.random.default_rng(6)
   b, d, k = 32, 16, 5
   z_a, z_b = rng.normal(size=(2, b, d)).astype(np.float32)
@@ -386,21 +388,23 @@ def test_axis_name_under_shard_map_equals_global_batch():
        losses.kl_clustering_loss, (c_a, c_b)),
   ]
   for per_device, single, args in cases:
-    got = _sharded(per_device, len(args))(*args)
+    got = _sharded(per_device, len(args), count=count)(*args)
     np.testing.assert_allclose(got, single(*args), **TOL)
     # Gradients per device are the slices of the global gradient.
     grad_fn = jax.grad(per_device, argnums=tuple(range(len(args))))
-    got_grads = _sharded(grad_fn, len(args), (P('data'),) * len(args))(*args)
+    got_grads = _sharded(grad_fn, len(args), (P('data'),) * len(args),
+                         count)(*args)
     want_grads = jax.grad(single, argnums=tuple(range(len(args))))(*args)
     for g, w in zip(got_grads, want_grads):
       np.testing.assert_allclose(g, w, **TOL)
   got_p = _sharded(lambda q: losses.target_distribution(q, axis_name=ax), 1,
-                   P('data'))(q)
+                   P('data'), count)(q)
   np.testing.assert_allclose(got_p, losses.target_distribution(q), **TOL)
 
 
-def test_jit_on_sharded_global_arrays_needs_no_axis_name():
-  mesh = _mesh()
+@pytest.mark.parametrize('count', SHARDED_DEVICES)
+def test_jit_on_sharded_global_arrays_needs_no_axis_name(count):
+  mesh = _mesh(count)
   rng = np.random.default_rng(7)
   z_a, z_b = rng.normal(size=(2, 64, 8)).astype(np.float32)
   sharding = jax.sharding.NamedSharding(mesh, P('data'))

@@ -7,6 +7,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from jcc import losses
+from tests.conftest import SHARDED_DEVICES
 from tests.test_losses import TOL, _sharded, _softmax_rows
 
 # ---------------------------------------------------------------------------
@@ -114,7 +115,8 @@ def test_self_labeling_trains_only_the_strong_view():
                              rtol=1e-5)
 
 
-def test_new_losses_under_shard_map_equal_the_global_batch():
+@pytest.mark.parametrize('count', SHARDED_DEVICES)
+def test_new_losses_under_shard_map_equal_the_global_batch(count):
   rng = np.random.default_rng(6)
   b, d, k = 32, 16, 5
   z, zn = rng.normal(size=(2, b, d)).astype(np.float32)
@@ -129,10 +131,10 @@ def test_new_losses_under_shard_map_equal_the_global_batch():
        lambda a, c: losses.self_labeling_loss(a, c, 0.6), (p, q)),
   ]
   for per_device, single, args in cases:
-    got = _sharded(per_device, len(args))(*args)
+    got = _sharded(per_device, len(args), count=count)(*args)
     np.testing.assert_allclose(got, single(*args), **TOL)
     grad_fn = jax.grad(per_device, argnums=(1,))
-    got_grads = _sharded(grad_fn, len(args), (P('data'),))(*args)
+    got_grads = _sharded(grad_fn, len(args), (P('data'),), count)(*args)
     want_grads = jax.grad(single, argnums=(1,))(*args)
     np.testing.assert_allclose(got_grads[0], want_grads[0], **TOL)
 

@@ -5,6 +5,7 @@ import pytest
 
 from jcc import neighbors
 from jcc import parallel
+from tests.conftest import SHARDED_DEVICES, devices
 
 
 def np_neighbors(x, k):
@@ -16,13 +17,12 @@ def np_neighbors(x, k):
 
 
 @pytest.mark.parametrize('n,d,k', [(2, 3, 1), (37, 5, 4), (300, 16, 10)])
-@pytest.mark.parametrize('devices', [1, 8])
-def test_matches_brute_force_over_many_padded_blocks(n, d, k, devices):
-  import jax  # pylint: disable=g-import-not-at-top
+@pytest.mark.parametrize('count', [1] + SHARDED_DEVICES)
+def test_matches_brute_force_over_many_padded_blocks(n, d, k, count):
   rng = np.random.default_rng(n)
   x = rng.normal(size=(n, d)).astype(np.float32) * rng.uniform(
       0.1, 10, size=(n, 1)).astype(np.float32)  # norms must not matter
-  mesh = parallel.make_mesh(jax.devices()[:devices])
+  mesh = parallel.make_mesh(devices(count))
   # Blocks of 8 rows (or one per device): many blocks, the last one padded.
   got = neighbors.nearest_neighbors(x, k, mesh, block_bytes=4 * n * 8)
   assert got.shape == (n, k) and got.dtype == np.int32

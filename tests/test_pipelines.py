@@ -5,12 +5,15 @@ import gzip
 import importlib
 import importlib.resources
 import os
+import subprocess
+import sys
+import threading
+import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 from PIL import Image
 
 from jcc import errors
@@ -20,7 +23,7 @@ from jcc import sources
 from jcc import models
 from jcc import step
 from jcc import workflows
-from tests.conftest import tiny_config
+from tests.conftest import REPO_ROOT, tiny_config
 
 # Sources that read TFDS when config.dataset.path is empty.
 TFDS_SOURCES = ['cifar10', 'cifar100', 'stl10', 'imagenet10', 'imagenet_dogs',
@@ -36,7 +39,7 @@ def _dataset_config(name, image_size=16, **overrides):
 
 
 @pytest.mark.parametrize('name', TFDS_SOURCES)
-def test_tfds_source_under_mock_data(name):
+def test_tfds_source_under_mock_data(name, tfds):
   config = _dataset_config(name)
   with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
     ds = sources.load_dataset(config)
@@ -62,7 +65,7 @@ def test_tfds_source_under_mock_data(name):
     assert len(ds) == MOCK_EXAMPLES and ds.instance_only is None
 
 
-def test_stl10_without_unlabelled():
+def test_stl10_without_unlabelled(tfds):
   config = _dataset_config('stl10', use_unlabelled=False)
   with tfds.testing.mock_data(num_examples=20):
     ds = sources.load_dataset(config)
@@ -70,7 +73,8 @@ def test_stl10_without_unlabelled():
 
 
 @pytest.mark.parametrize('name', ['cifar10', 'imagenet10', 'mnist'])
-def test_missing_tfds_dataset_says_where_and_how(name, tmp_path):
+def test_missing_tfds_dataset_says_where_and_how(name, tmp_path, tfds):
+  del tfds  # installed: the dataset, not the package, is missing
   config = _dataset_config(name, tfds_data_dir=str(tmp_path))
   with pytest.raises(errors.DataError) as error:
     sources.load_dataset(config)
@@ -81,9 +85,10 @@ def test_missing_tfds_dataset_says_where_and_how(name, tmp_path):
 
 
 def test_an_unprepared_tfds_dataset_leaves_no_folder_in_system_temp(
-    tmp_path, system_temp_dir):
+    tmp_path, system_temp_dir, tfds):
   # TFDS leaves an empty tmp*tfds folder per unprepared builder; the suite
-  # used to leave one in /tmp for every such test (conftest.system_temp_dir).
+  # sends them to its own temporary folder (conftest.system_temp_dir).
+  del tfds
   before = set(system_temp_dir.glob('tmp*tfds'))
   with pytest.raises(errors.DataError):
     sources.load_dataset(_dataset_config('cifar10', tfds_data_dir=str(tmp_path)))
@@ -267,7 +272,8 @@ def test_instance_only_rows_leave_the_clustering_terms_unchanged():
 
 
 @pytest.mark.slow
-def test_stl10_like_run_clusters_and_evaluates_the_labelled_part(tmp_path):
+def test_stl10_like_run_clusters_and_evaluates_the_labelled_part(
+    tmp_path, tfds):
   config = tiny_config()
   config.dataset = _dataset_config('stl10', 8)
   config.model.backbone = 'convnet'
@@ -278,18 +284,72 @@ def test_stl10_like_run_clusters_and_evaluates_the_labelled_part(tmp_path):
   assert 0.0 <= results['cluster_head']['acc'] <= 1.0
 
 
-def test_pipelines_without_tensorflow(monkeypatch):
-  """Where TensorFlow is missing, a thread serves the same batches."""
-  ds = _numbered_dataset(50)
-  with_tf = [idx for _, idx in pipeline.train_batches(ds, 20, 1, 0, 6)]
-  evaluated = [m for _, m in pipeline.eval_batches(ds.images, 16)]
+@pytest.mark.parametrize('name', ['cifar10', 'imagenet10', 'mnist'])
+def test_a_tfds_source_without_the_extra_names_the_install(name, monkeypatch):
+  # As on a plain install: `import tensorflow` fails.
+  for module in ('tensorflow', 'tensorflow_datasets'):
+    monkeypatch.setitem(sys.modules, module, None)
+  sources._import_tensorflow.cache_clear()  # pylint: disable=protected-access
+  try:
+    with pytest.raises(errors.DataError) as error:
+      sources.load_dataset(_dataset_config(name))
+  finally:
+    sources._import_tensorflow.cache_clear()  # pylint: disable=protected-access
+  message = str(error.value)
+  assert "pip install 'jcc-clustering[tfds]'" in message
+  assert '\n' not in message and repr(name) in message
 
-  def no_tensorflow():
-    raise ImportError('No module named tensorflow')
-  monkeypatch.setattr(pipeline, 'tensorflow', no_tensorflow)
-  without = [idx for _, idx in pipeline.train_batches(ds, 20, 1, 0, 6)]
-  for a, b in zip(with_tf, without, strict=True):
-    np.testing.assert_array_equal(a, b)
-  masks = [m for _, m in pipeline.eval_batches(ds.images, 16)]
-  np.testing.assert_array_equal(np.concatenate(masks),
-                                np.concatenate(evaluated))
+
+def test_the_pipelines_and_the_in_memory_sources_never_import_tensorflow(
+    tmp_path, tfds):
+  # Where TensorFlow is installed (the [tfds] extra) and importable, a fresh
+  # process as a run: digits, a folder, an .npz, both pipelines, TensorBoard.
+  del tfds
+  folder = tmp_path / 'photos'
+  folder.mkdir()
+  rng = np.random.default_rng(0)
+  for i in range(3):
+    _write_jpeg(folder / f'{i}.jpg', rng)
+  np.savez(tmp_path / 'a.npz', images=np.zeros((4, 8, 8), np.uint8))
+  code = f"""
+import sys
+from jcc import metric_writer, pipeline, sources
+from configs import digits
+config = digits.get_config().dataset
+data = sources.load_dataset(config)
+for name, path in (('folder', {str(folder)!r}), ('npz', {str(tmp_path / 'a.npz')!r})):
+  config.name, config.path = name, path
+  sources.load_dataset(config)
+list(pipeline.train_batches(data, 64, 0, 0, 3))
+list(pipeline.eval_batches(data.images, 512))
+writer = metric_writer.MetricWriter({str(tmp_path)!r})
+writer.write_scalars(1, {{'loss': 1.0}})
+writer.close()
+loaded = [m for m in ('tensorflow', 'tensorflow_datasets') if m in sys.modules]
+print('imported:', loaded)
+"""
+  proc = subprocess.run([sys.executable, '-c', code], cwd=REPO_ROOT,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert 'imported: []' in proc.stdout
+
+
+def test_prefetching_thread_passes_on_an_error_and_ends_when_abandoned():
+  def failing():
+    yield 1
+    raise OSError('disk gone')
+
+  got = []
+  with pytest.raises(OSError, match='disk gone'):
+    for item in pipeline.prefetch_in_thread(failing()):
+      got.append(item)
+  assert got == [1]
+
+  threads = threading.active_count()
+  batches = pipeline.prefetch_in_thread(iter(range(1000)), size=1)
+  assert next(batches) == 0
+  batches.close()  # a consumer that stops early, as a replaced pipeline
+  deadline = time.time() + 10
+  while threading.active_count() > threads and time.time() < deadline:
+    time.sleep(0.05)
+  assert threading.active_count() == threads

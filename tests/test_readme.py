@@ -25,6 +25,14 @@ def test_quickstart_installs_then_trains_then_tests():
   assert tests.startswith('pip install -e ') and 'pytest' in tests
 
 
+def test_the_slow_tier_adds_the_tfds_extra_and_eight_devices():
+  # .ci/run runs it after the Quickstart's commands, in the same venv.
+  command = readme.slow_tests_command()
+  assert command.startswith("pip install -e '.[test,tfds]' && ")
+  assert 'JCC_TEST_DEVICES=8' in command
+  assert "pytest -n 0 -m 'slow or tfds'" in command
+
+
 def test_section_and_blocks_are_read_exactly():
   text = ('# T\n## A\nintro\n```bash\necho a\n```\n## B\n```bash\necho b\n'
           '```\n```python\nx = 1\n```\n')

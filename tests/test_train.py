@@ -46,13 +46,19 @@ def test_config_errors_name_the_field():
     validate.check_config(config, 50, 1)
 
 
-def test_train_evaluate_and_resume(tmp_path):
-  workdir = str(tmp_path / 'run')
+def test_train_evaluate_and_resume(trained_copy):
   # 2 epochs of 7 steps: warm-up (7), centroid init at step 7, joint (7).
+  workdir = str(trained_copy)
+  results_file = os.path.join(workdir, 'results.json')
+  with open(results_file) as f:
+    first = json.load(f)
+  # A finished run is evaluated again, not retrained: the same figures.
   results = workflows.train_and_evaluate(tiny_config(), workdir)
-  with open(os.path.join(workdir, 'results.json')) as f:
+  with open(results_file) as f:
     on_disk = json.load(f)
   assert on_disk == results
+  without_time = lambda r: {k: v for k, v in r.items() if k != 'seconds'}  # noqa: E731
+  assert without_time(on_disk) == without_time(first)
   assert on_disk['dataset'] == 'digits'
   assert on_disk['num_examples'] == 1797 and on_disk['num_clusters'] == 10
   assert on_disk['seconds'] > 0
@@ -96,28 +102,37 @@ def test_resumed_run_matches_an_uninterrupted_one(tmp_path):
   resumed.close()
 
 
-@pytest.mark.slow
-def test_command_line_trains_and_evaluates(tmp_path):
-  workdir = tmp_path / 'cli'
-  overrides = ['--config.dataset.image_size=8', '--config.train.num_epochs=1',
-               '--config.train.warmup_epochs=0', '--config.train.kmeans_n_init=2',
-               '--config.model.convnet_widths=(8,16)',
-               '--config.train.min_steps=0']
-  cmd = [sys.executable, '-m', 'jcc.main', '--config=configs/digits.py',
-         f'--workdir={workdir}'] + overrides
+CLI_RUN = ['--config=configs/digits.py', '--config.dataset.image_size=8',
+           '--config.train.num_epochs=1', '--config.train.warmup_epochs=0',
+           '--config.train.kmeans_n_init=2',
+           '--config.model.convnet_widths=(8,16)', '--config.train.min_steps=0']
+
+
+def _command_line(workdir, *flags):
   env = dict(os.environ, JAX_PLATFORMS='cpu')
   env.pop('XLA_FLAGS', None)  # one CPU device, as a user's laptop has
-  proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True,
-                        text=True, timeout=600)
+  return subprocess.run(
+      [sys.executable, '-m', 'jcc.main', f'--workdir={workdir}', *CLI_RUN,
+       *flags], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+      timeout=600)
+
+
+def test_command_line_trains_and_evaluates(tmp_path):
+  # The fast tier's one real `python -m jcc.main` run.
+  proc = _command_line(tmp_path / 'cli')
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert 'cluster_head' in proc.stdout and 'kmeans' in proc.stdout
   assert 'img/s' in proc.stderr and 'ETA' in proc.stderr
-  assert (workdir / 'results.json').is_file()
-  evaluated = subprocess.run(
-      cmd + ['--mode=evaluate'], cwd=REPO_ROOT, env=env, capture_output=True,
-      text=True, timeout=600)
+  assert (tmp_path / 'cli' / 'results.json').is_file()
+
+
+@pytest.mark.slow
+def test_command_line_evaluates_a_trained_workdir(tmp_path):
+  assert _command_line(tmp_path / 'cli').returncode == 0
+  evaluated = _command_line(tmp_path / 'cli', '--mode=evaluate')
   assert evaluated.returncode == 0, evaluated.stderr[-3000:]
   assert 'Training' not in evaluated.stderr
+  assert 'cluster_head' in evaluated.stdout
 
 
 @pytest.mark.parametrize('field,value', [
@@ -183,6 +198,7 @@ def test_is_time_for_periodic_actions():
   assert due(every=4, start=3) == [3, 7, 11]  # the P refresh after warm-up
 
 
+@pytest.mark.slow
 def test_cosine_run_logs_the_decaying_learning_rate(tmp_path):
   workdir = str(tmp_path / 'run')
   config = tiny_config(lr_schedule='cosine', learning_rate=1e-3,

@@ -10,6 +10,7 @@ import pytest
 from configs import default
 from jcc import validate
 from jcc.errors import ConfigError
+from tests import cli
 from tests.conftest import REPO_ROOT, tiny_config
 
 # At least one bad value per field of configs/default.py.
@@ -159,6 +160,18 @@ CLI_MISTAKES = [
     ('--config.loss.instance_temperature=0', 'loss.instance_temperature=0'),
     ('--config.model.projection_dim=0', 'model.projection_dim=0'),
 ]
+
+
+@pytest.mark.parametrize('flag,expected', CLI_MISTAKES)
+def test_the_flag_parser_and_main_refuse_each_mistake_in_one_line(
+    tmp_path, flag, expected):
+  finished = cli.run_main(f'--config={REPO_ROOT}/configs/digits.py',
+                          f'--workdir={tmp_path / "w"}', flag)
+  assert finished.status == 2, finished.stderr[-2000:]
+  assert 'Traceback' not in finished.stderr
+  assert finished.last_line.startswith('jcc: error: config.'), finished.stderr
+  assert expected in finished.last_line
+  assert not (tmp_path / 'w').exists()
 
 
 @pytest.mark.slow
