@@ -184,6 +184,12 @@ def get_config() -> ml_collections.ConfigDict:
   # Steps between evaluations during training (cluster-head and DEC metrics
   # to the logs, TensorBoard and metrics.jsonl); 0: only the final one.
   train.eval_every_steps = 0
+  # Resuming a workdir with other training settings (batch, learning rate,
+  # seed, augmentation, loss weights, …) is refused, naming them: it would no
+  # longer be the same run. True continues it with the new settings.
+  # Logging, checkpoint and evaluation intervals, data paths and the epoch
+  # counts may always change (a longer num_epochs continues training).
+  train.accept_changed_settings = False
 
   config.predict = predict = ml_collections.ConfigDict()
   # --mode=predict: a folder of images (flat or with class subfolders) or an

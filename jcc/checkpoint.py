@@ -24,11 +24,25 @@ import ml_collections
 import orbax.checkpoint as ocp
 
 from jcc import distributed
+from jcc import files
 from jcc import validate
 from jcc.errors import CheckpointError, ConfigError, is_disk_full
 
 
 SIGNATURE_FILE = 'model.json'
+# The whole config of the run's last training start, as JSON.
+SETTINGS_FILE = 'config.json'
+
+# Settings a resume may change freely: how often the run logs, checkpoints
+# and evaluates, where its data lie, where it runs. The epoch counts may
+# change too, said in one line (more epochs continue training).
+FREE_ON_RESUME = (
+    'train.log_every_steps', 'train.eval_every_steps',
+    'train.checkpoint_every_steps', 'train.max_checkpoints',
+    'train.eval_batch_size', 'train.accept_changed_settings', 'dataset.path',
+    'dataset.tfds_data_dir', 'dataset.tfds_download', 'dataset.manual_dir',
+    'dataset.skip_bad_images', 'predict.', 'distributed.')
+LENGTH_ON_RESUME = ('train.num_epochs', 'train.selflabel_epochs')
 
 
 def model_signature(config: ml_collections.ConfigDict, channels: int,
@@ -59,17 +73,39 @@ def model_signature(config: ml_collections.ConfigDict, channels: int,
 def write_model_signature(workdir: str, signature: dict) -> None:
   path = os.path.join(workdir, SIGNATURE_FILE)
   if not os.path.exists(path):
-    with open(path, 'w') as f:
+    with files.atomic_write(path) as f:
       json.dump(signature, f, indent=2)
+
+
+def read_model_signature(workdir: str) -> dict | None:
+  """WORKDIR/model.json, or None where there is none.
+
+  Raises:
+    CheckpointError: where it is not a JSON object of the model's settings
+      (empty, cut short, edited): the checkpoints cannot be checked then.
+  """
+  path = os.path.join(workdir, SIGNATURE_FILE)
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path, encoding='utf-8') as f:
+      saved = json.load(f)
+  except (OSError, ValueError) as e:
+    problem = f'cannot be read as JSON ({type(e).__name__}: {e})'
+  else:
+    if isinstance(saved, dict) and 'backbone' in saved:
+      return saved
+    problem = 'is JSON, but not the object of model settings jcc writes'
+  raise CheckpointError(
+      f'{path} {problem}. It records what the checkpoints beside it were '
+      'trained with; put back the original, or use another --workdir.')
 
 
 def check_model_signature(workdir: str, signature: dict) -> None:
   """Raises if WORKDIR holds checkpoints of a differently shaped model."""
-  path = os.path.join(workdir, SIGNATURE_FILE)
-  if not os.path.exists(path):
+  saved = read_model_signature(workdir)
+  if saved is None:
     return
-  with open(path) as f:
-    saved = json.load(f)
   # Keys a workdir of an older version lacks are not compared.
   differ = [f'{key}: {saved[key]!r} there, {value!r} now'
             for key, value in signature.items()
@@ -81,8 +117,84 @@ def check_model_signature(workdir: str, signature: dict) -> None:
         'Use the config it was trained with, or another --workdir.')
 
 
+# What jcc writes in a workdir: files, then folders.
+WORKDIR_FILES = (SIGNATURE_FILE, SETTINGS_FILE, 'results.json',
+                 'predictions.csv',
+                 'embeddings.npy', 'metrics.jsonl', 'lock')
+WORKDIR_FOLDERS = ('report', 'checkpoints', 'tensorboard',
+                   'damaged_checkpoints')
+
+
+def _flat(tree: dict, prefix: str = '') -> dict:
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(_flat(value, f'{prefix}{key}.'))
+    else:
+      flat[f'{prefix}{key}'] = list(value) if isinstance(value, tuple) else (
+          value)
+  return flat
+
+
+def write_settings(workdir: str, config: ml_collections.ConfigDict) -> None:
+  """WORKDIR/config.json: the config a training (re)started with."""
+  with files.atomic_write(os.path.join(workdir, SETTINGS_FILE)) as f:
+    json.dump(config.to_dict(), f, indent=2, default=str)
+
+
+def check_resume_settings(workdir: str,
+                          config: ml_collections.ConfigDict) -> None:
+  """Refuses a resume whose training settings differ from the run's.
+
+  Compares ``config`` with WORKDIR/config.json (absent: nothing to compare).
+  Raises ConfigError naming the changed fields and the ways out, unless
+  ``config.train.accept_changed_settings``; logs a changed epoch count.
+  """
+  path = os.path.join(workdir, SETTINGS_FILE)
+  if not os.path.isfile(path):
+    return
+  try:
+    with open(path, encoding='utf-8') as f:
+      saved = _flat(json.load(f))
+  except (OSError, ValueError, AttributeError) as e:
+    raise CheckpointError(
+        f'{path} cannot be read ({type(e).__name__}): it records the settings '
+        'the checkpoints beside it were trained with; put back the original, '
+        'or use another --workdir.') from None
+  now = _flat(config.to_dict())
+  changed = [name for name in sorted(set(saved) | set(now))
+             if saved.get(name) != now.get(name) and
+             not name.startswith(FREE_ON_RESUME)]
+  for name in [n for n in changed if n in LENGTH_ON_RESUME]:
+    logging.info('Resuming with %s=%s (the run had %s).', name, now.get(name),
+                 saved.get(name))
+  changed = [n for n in changed if n not in LENGTH_ON_RESUME]
+  if not changed:
+    return
+  listed = '; '.join(f'{name}: {saved.get(name, "absent")!r} there, '
+                     f'{now.get(name, "absent")!r} now' for name in changed)
+  if config.train.get('accept_changed_settings', False):
+    logging.warning('Resuming %s with changed settings (%s), as '
+                    'train.accept_changed_settings asks.', workdir, listed)
+    return
+  raise ConfigError(
+      f'{workdir} holds a run trained with other settings ({listed}). A '
+      'resume continues the same run: use another --workdir for a new one, '
+      'or --config.train.accept_changed_settings=True to continue this one '
+      'with the new settings.')
+
+
 def check_workdir(workdir: str) -> None:
-  """Creates WORKDIR if needed; raises if it cannot be written."""
+  """Creates WORKDIR if needed; raises if it or what jcc writes there cannot
+  be written (a folder where a file goes, a read-only file, …)."""
+  if not workdir:
+    raise ConfigError('--workdir is empty: name a directory for the run.')
+  if os.path.lexists(workdir) and not os.path.isdir(workdir):
+    raise ConfigError(f'--workdir={workdir} is a file: choose a directory.')
+  for name in WORKDIR_FILES:
+    files.check_writable_file(os.path.join(workdir, name))
+  for name in WORKDIR_FOLDERS:
+    files.check_writable_folder(os.path.join(workdir, name))
   try:
     os.makedirs(workdir, exist_ok=True)
     # Named by host too: the processes of a multi-host run share WORKDIR.

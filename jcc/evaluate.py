@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Callable, Iterable
 
+from absl import logging
 import jax
 import numpy as np
 from scipy import optimize
 from sklearn import cluster as sk_cluster
+from sklearn import exceptions as sk_exceptions
 from sklearn import metrics as sk_metrics
+
+from jcc import files
 
 ASSIGNMENTS = ('cluster_head', 'dec', 'kmeans')
 
@@ -55,9 +60,28 @@ def clustering_metrics(
 def kmeans(
     embeddings: np.ndarray, num_clusters: int, seed: int, n_init: int = 10
 ) -> tuple[np.ndarray, np.ndarray]:
-  """k-means (scikit-learn) on the rows: (centroids (K, D), labels (N,))."""
+  """k-means (scikit-learn) on the rows: (centroids (K, D), labels (N,)).
+
+  Fewer distinct rows than K (identical images embed identically) is said
+  in one warning of jcc's own, in place of scikit-learn's.
+  """
+  rows = np.asarray(embeddings, np.float64)
   km = sk_cluster.KMeans(num_clusters, n_init=n_init, random_state=seed)
-  labels = km.fit_predict(np.asarray(embeddings, np.float64))
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter('always', sk_exceptions.ConvergenceWarning)
+    labels = km.fit_predict(rows)
+  for warning in caught:
+    if not issubclass(warning.category, sk_exceptions.ConvergenceWarning):
+      warnings.warn_explicit(warning.message, warning.category,
+                             warning.filename, warning.lineno)
+  if any(issubclass(w.category, sk_exceptions.ConvergenceWarning)
+         for w in caught):
+    distinct = len(np.unique(rows, axis=0))
+    logging.warning(
+        'k-means found %d distinct embeddings for K=%d clusters: the images '
+        'are (nearly) identical, so %d clusters stay empty. Check the data, '
+        'or lower config.dataset.num_clusters.', distinct, num_clusters,
+        num_clusters - min(distinct, num_clusters))
   return km.cluster_centers_.astype(np.float32), labels
 
 
@@ -161,6 +185,6 @@ def format_results_table(results: dict) -> str:
 def write_results(workdir: str, results: dict) -> str:
   """Writes WORKDIR/results.json; returns its path."""
   path = os.path.join(workdir, 'results.json')
-  with open(path, 'w') as f:
+  with files.atomic_write(path) as f:
     json.dump(results, f, indent=2)
   return path

@@ -17,12 +17,15 @@ a process that loses a peer exits with status 75 (jcc.distributed).
 """
 
 import logging as pylogging
+import os
+import runpy
 import sys
 import traceback
 
 from absl import app
 from absl import flags
 from absl import logging
+import ml_collections
 from ml_collections import config_flags
 
 from jcc import distributed
@@ -58,18 +61,88 @@ def _fail(message: str, status: int = 2, prefix: str = 'jcc: error: ') -> None:
   sys.exit(status)
 
 
+def _config_argument(argv: list[str]) -> str | None:
+  """The value of --config (FILE or FILE:ARG), where given."""
+  for i, arg in enumerate(argv):
+    if arg.startswith('--config='):
+      return arg.split('=', 1)[1]
+    if arg == '--config' and i + 1 < len(argv):
+      return argv[i + 1]
+  return None
+
+
+def _importable_config_folder(config_argument: str | None) -> None:
+  """Lets a config file import its siblings (``from configs import
+  default``) from any working directory: the folder above ``configs/``
+  joins the import path, after everything else."""
+  if not config_argument:
+    return
+  folder = os.path.dirname(os.path.abspath(
+      os.path.expanduser(config_argument.split(':', 1)[0])))
+  if (os.path.isfile(os.path.join(folder, '__init__.py')) and
+      os.path.dirname(folder) not in sys.path):
+    sys.path.append(os.path.dirname(folder))
+
+
+def _unknown_fields(argv: list[str]) -> list[str]:
+  """The --config.FIELD overrides whose FIELD the config file lacks."""
+  path, _, argument = (_config_argument(argv) or '').partition(':')
+  get_config = runpy.run_path(os.path.expanduser(path))['get_config']
+  config = get_config(argument) if argument else get_config()
+  unknown = []
+  for arg in argv[1:]:
+    if not arg.startswith('--config.'):
+      continue
+    field = arg[len('--config.'):].split('=', 1)[0]
+    node = config
+    for part in field.split('.'):
+      if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+        unknown.append(field)
+        break
+      node = node[part]
+  return unknown
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
   """absl's parsing, with config mistakes reported in one line."""
+  config_argument = _config_argument(argv)
+  _importable_config_folder(config_argument)
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
-    _fail(f'{e}\nSee --helpfull, and configs/default.py for config fields.')
+    message = ' '.join(str(e).split())  # one line, whatever absl wrote
+    _fail(f'{message} (--helpfull lists the flags; configs/default.py '
+          'every config field)')
   except (AttributeError, KeyError) as e:
     # ml_collections raises these for an override of a field that does not
-    # exist (the config is locked).
-    bad = [a.split('=')[0] for a in argv[1:] if a.startswith('--config.')]
-    _fail(f'unknown config field among {", ".join(bad)} ({e}). '
-          'configs/default.py lists every field.')
+    # exist (the config is locked); a config file's own code may too.
+    try:
+      unknown = _unknown_fields(argv)
+    except Exception:  # pylint: disable=broad-except
+      unknown = []
+    if unknown:
+      _fail(f'unknown config field{"s" if len(unknown) > 1 else ""} '
+            f'{", ".join(unknown)}: configs/default.py lists every field.')
+    _fail(f'--config={config_argument}: the config file failed '
+          f'({type(e).__name__}: {e}).')
+  except Exception as e:  # pylint: disable=broad-except
+    # The config file itself: a syntax error, or its get_config raised.
+    _fail(f'--config={config_argument}: the config file failed '
+          f'({type(e).__name__}: {str(e).strip().splitlines()[0]}).')
+
+
+def _loaded_config() -> ml_collections.ConfigDict:
+  """--config's config, or one line where its file could not be read."""
+  config = _CONFIG.value
+  if isinstance(config, ml_collections.ConfigDict):
+    return config
+  try:  # ml_collections defers a file it could not read to the first use
+    config.keys()
+  except OSError as e:
+    cause = str(e).strip().splitlines()[-1].strip()
+    _fail(f'--config={_config_argument(sys.argv)}: cannot be read '
+          f'({cause}).')
+  return config
 
 
 def main(argv):
@@ -77,13 +150,14 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logging.set_verbosity(logging.INFO)
   logging.get_absl_handler().addFilter(QuietLibraries())
+  config, workdir = _loaded_config(), _WORKDIR.value
   try:
     if _MODE.value == 'train':
-      workflows.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+      workflows.train_and_evaluate(config, workdir)
     elif _MODE.value == 'evaluate':
-      workflows.evaluate_workdir(_CONFIG.value, _WORKDIR.value)
+      workflows.evaluate_workdir(config, workdir)
     else:
-      workflows.predict_workdir(_CONFIG.value, _WORKDIR.value)
+      workflows.predict_workdir(config, workdir)
   except UserError as e:
     _fail(str(e))
   except FloatingPointError as e:

@@ -14,6 +14,26 @@ import jax
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 import numpy as np
 
+from jcc.errors import ConfigError
+
+
+def check_platforms() -> None:
+  """Raises ConfigError where JAX cannot start the platforms JAX_PLATFORMS
+  names (``cuda`` on a machine without a GPU or without jax's CUDA
+  plugin, ``tpu`` without a TPU): one line, before any data is read."""
+  try:
+    jax.devices()
+  except (RuntimeError, AssertionError) as e:
+    platforms = os.environ.get('JAX_PLATFORMS', '')
+    if not platforms:
+      raise
+    detail = str(e).strip().splitlines()[0][:200] if str(e).strip() else (
+        'no backend for it')
+    raise ConfigError(
+        f'JAX_PLATFORMS={platforms}: JAX cannot use it on this machine '
+        f'({detail}). Unset JAX_PLATFORMS to use what is here, or install '
+        'jax for that platform.') from None
+
 
 def cpu_devices_hint(devices: list[jax.Device], batch_size: int,
                      cores: int | None = None) -> str | None:

@@ -8,7 +8,8 @@
   Hungarian match to the classes, when labels exist;
 * ``metrics.txt``: the results table;
 * ``cluster_sizes.csv``: images per cluster, by the cluster head and by DEC;
-* ``assignments.csv``: every image's cluster, confidence and DEC cluster.
+* ``assignments.csv``: every image's index (and file, for image files),
+  label, cluster, confidence and DEC cluster.
 
 ``--mode=predict`` writes its ``predictions.csv`` with the same columns
 (:func:`assignment_rows`, :func:`write_assignments`).
@@ -23,6 +24,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from jcc import evaluate
+from jcc import files
 
 # Clusters shown in clusters.png at most (the largest ones), and images per row.
 MAX_GRID_CLUSTERS = 40
@@ -75,8 +77,13 @@ def plot_cluster_grid(path: str, images: np.ndarray, assigned: np.ndarray,
     title += f': the {rows} largest of {num_clusters} clusters'
   fig.suptitle(title, fontsize=10)
   fig.tight_layout()
-  fig.savefig(path, dpi=80)
+  _save_png(fig, path)
   plt.close(fig)
+
+
+def _save_png(fig, path: str) -> None:
+  with files.atomic_write(path, 'wb') as f:
+    fig.savefig(f, format='png', dpi=80)
 
 
 def matched_confusion(labels: np.ndarray, assigned: np.ndarray,
@@ -117,7 +124,7 @@ def plot_confusion(path: str, labels: np.ndarray, assigned: np.ndarray,
   ax.set_ylabel('true class')
   ax.set_title(f'Confusion after matching: ACC {accuracy:.3f}', fontsize=10)
   fig.tight_layout()
-  fig.savefig(path, dpi=80)
+  _save_png(fig, path)
   plt.close(fig)
 
 
@@ -129,9 +136,16 @@ def write_report(
     student_t: np.ndarray,
     results: dict,
     class_names: Sequence[str] | None = None,
+    image_names: Sequence[str] | None = None,
 ) -> str:
-  """Writes WORKDIR/report/ (see the module docstring); returns its path."""
+  """Writes WORKDIR/report/ (see the module docstring); returns its path.
+
+  ``image_names``: each image's file, written beside its index in
+  assignments.csv (an index alone stops matching a sorted listing once a
+  bad file was skipped).
+  """
   out = os.path.join(workdir, 'report')
+  files.check_writable_folder(out)
   os.makedirs(out, exist_ok=True)
   k = cluster_probs.shape[1]
   assigned = cluster_probs.argmax(axis=1)
@@ -142,20 +156,22 @@ def write_report(
   if labels is not None:
     plot_confusion(os.path.join(out, 'confusion.png'), labels, assigned, k,
                    class_names, results['cluster_head']['acc'])
-  with open(os.path.join(out, 'metrics.txt'), 'w') as f:
+  with files.atomic_write(os.path.join(out, 'metrics.txt')) as f:
     f.write(evaluate.format_results_table(results) + '\n')
   sizes = np.bincount(assigned, minlength=k)
   dec_sizes = np.bincount(dec, minlength=k)
-  with open(os.path.join(out, 'cluster_sizes.csv'), 'w', newline='') as f:
+  with files.atomic_write(os.path.join(out, 'cluster_sizes.csv'),
+                          newline='', encoding='utf-8') as f:
     writer = csv.writer(f)
     writer.writerow(['cluster', 'images_cluster_head', 'images_dec'])
     writer.writerows(zip(range(k), sizes.tolist(), dec_sizes.tolist()))
-  write_assignments(
-      os.path.join(out, 'assignments.csv'),
-      assignment_rows({'index': range(len(assigned)),
-                       'label': [''] * len(assigned) if labels is None
-                                else labels.tolist()},
-                      cluster_probs, student_t))
+  leading = {'index': range(len(assigned))}
+  if image_names is not None:
+    leading['image'] = image_names
+  leading['label'] = [''] * len(assigned) if labels is None else (
+      labels.tolist())
+  write_assignments(os.path.join(out, 'assignments.csv'),
+                    assignment_rows(leading, cluster_probs, student_t))
   return out
 
 
@@ -174,9 +190,15 @@ def assignment_rows(leading: dict[str, Sequence], cluster_probs: np.ndarray,
 
 
 def write_assignments(path: str, rows: list[dict]) -> None:
-  """:func:`assignment_rows` as a CSV, confidences to 4 decimals."""
-  with open(path, 'w', newline='') as f:
+  """:func:`assignment_rows` as a CSV, confidences to 4 decimals.
+
+  Written whole or not at all (:func:`jcc.files.atomic_write`), UTF-8, text
+  cells neutralised against spreadsheet formulas (:func:`jcc.files.csv_cell`).
+  """
+  with files.atomic_write(path, newline='', encoding='utf-8') as f:
     writer = csv.DictWriter(f, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(
-        dict(row, confidence=f'{row["confidence"]:.4f}') for row in rows)
+        {name: files.csv_cell(value) for name, value in
+         dict(row, confidence=f'{row["confidence"]:.4f}').items()}
+        for row in rows)

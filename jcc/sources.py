@@ -44,12 +44,15 @@ class ImageDataset:
       cluster, entropy and KL terms, the centroids or the evaluation. None
       when every example is clustered.
     class_names: the name of each label value, when the source knows them.
+    image_names: each image's file, relative to the folder it was read from,
+      for sources of image files (the report names them).
   """
   name: str
   images: np.ndarray
   labels: np.ndarray | None
   instance_only: np.ndarray | None = None
   class_names: tuple[str, ...] | None = None
+  image_names: tuple[str, ...] | None = None
 
   def __len__(self) -> int:
     return self.images.shape[0]
@@ -120,6 +123,7 @@ def load_npz(dataset_config) -> ImageDataset:
   if not os.path.isfile(path):
     raise DataError(
         f"dataset 'npz': no file at {path!r} (config.dataset.path).")
+  _check_npz_file(path)
   try:
     with np.load(path, allow_pickle=False) as data:
       if 'images' not in data:
@@ -131,15 +135,41 @@ def load_npz(dataset_config) -> ImageDataset:
       class_names = None
       if 'class_names' in data and data['class_names'].dtype.kind == 'U':
         class_names = tuple(str(c) for c in data['class_names'])
-  except (ValueError, OSError) as e:
+  except (ValueError, OSError, EOFError) as e:
     if isinstance(e, DataError):
       raise
+    if 'allow_pickle' in str(e) or 'Object arrays' in str(e):
+      raise DataError(
+          f'{path}: holds object arrays, which jcc does not load (loading '
+          'them can run code). Save the images as a uint8 array: '
+          'np.savez(path, images=images).') from None
     raise DataError(f'{path}: not a readable .npz of arrays ({e}).') from e
   if labels is not None and labels.shape != (images.shape[0],):
     raise DataError(
         f'{path}: `labels` has shape {labels.shape}, expected '
         f'({images.shape[0]},).')
+  if labels is not None and labels.size and labels.max() >= len(images):
+    raise DataError(
+        f'{path}: `labels` holds {labels.max()} for {len(images)} images; '
+        'labels must be class indices 0, 1, 2, … (fewer classes than '
+        'images).')
   return ImageDataset('npz', images, labels, class_names=class_names)
+
+
+def _check_npz_file(path: str) -> None:
+  """Raises DataError, saying what the file is, unless it is a zip (.npz)."""
+  with open(path, 'rb') as f:
+    start = f.read(6)
+  if start.startswith(b'PK'):
+    return
+  if not start:
+    what = 'an empty file (0 bytes)'
+  elif start.startswith(b'\x93NUMPY'):
+    what = 'one .npy array, not an .npz'
+  else:
+    what = 'not an .npz (a zip of arrays)'
+  raise DataError(f'{path}: {what}. Write one with np.savez(path, '
+                  'images=images[, labels=labels]).')
 
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.webp', '.tif',
@@ -147,10 +177,17 @@ IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.webp', '.tif',
 
 
 def _images_in(folder: str) -> list[str]:
-  """The image files directly in ``folder``, sorted."""
+  """The image files directly in ``folder``, sorted.
+
+  A symbolic link that leads nowhere (dangling, or a loop) is listed too:
+  decoding then reports it as a bad file, rather than it vanishing.
+  """
+  def is_image(path: str) -> bool:
+    return os.path.isfile(path) or (os.path.islink(path) and
+                                    not os.path.exists(path))
   return sorted(os.path.join(folder, f) for f in os.listdir(folder)
                 if f.lower().endswith(IMAGE_EXTENSIONS) and
-                os.path.isfile(os.path.join(folder, f)))
+                is_image(os.path.join(folder, f)))
 
 
 def _class_files(folders: list[str]) -> tuple[list[str], list[int]]:
@@ -186,21 +223,56 @@ def _list_images(root: str) -> tuple[list[str], list[int] | None, list[str]]:
   return files, labels, classes
 
 
-def _read_image(path: str, size: int, mode: str | None = None):
-  """(size, size, C) uint8 and whether the file is grayscale; None if unreadable.
+class _BadImage(Exception):
+  """An image file that cannot be used; the message says why."""
 
-  ``mode`` 'L' or 'RGB' forces the channels; None keeps gray images gray.
+
+def _eight_bit(image) -> 'PIL.Image.Image':  # noqa: F821
+  """Single-channel images of more than 8 bits, scaled (not clipped) to 8.
+
+  PIL's convert('L') clips a 16-bit PNG's 0…65535 to 0…255; its values are
+  scaled by 255/65535 instead ('I;16*', and 'I' holding 16-bit values).
+  Floating-point images are taken as 0…1 where they lie in it, else 0…255.
   """
   from PIL import Image  # pylint: disable=g-import-not-at-top
+  if image.mode.startswith('I;16') or image.mode == 'I':
+    values = np.asarray(image, np.float64)
+    if image.mode.startswith('I;16') or values.max(initial=0) > 255:
+      values = values * (255 / 65535)
+  elif image.mode == 'F':
+    values = np.asarray(image, np.float64)
+    if values.size and 0 <= values.min() and values.max() <= 1:
+      values = values * 255
+  else:
+    return image
+  return Image.fromarray(np.clip(np.round(values), 0, 255).astype(np.uint8))
+
+
+def _read_image(path: str, size: int, mode: str | None = None):
+  """(size, size, C) uint8 and whether the file is grayscale.
+
+  As a viewer shows it: EXIF orientation applied, 16-bit values scaled to 8
+  bits. ``mode`` 'L' or 'RGB' forces the channels; None keeps gray images
+  gray. Raises _BadImage, saying why, for a file that cannot be used.
+  """
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from PIL import ImageOps  # pylint: disable=g-import-not-at-top
+  if os.path.islink(path) and not os.path.exists(path):
+    raise _BadImage('a symbolic link that leads to no file')
   try:
     with Image.open(path) as image:
       image.load()
-      gray = image.mode in ('1', 'L', 'I', 'I;16', 'F')
-      image = np.asarray(image.convert(mode or ('L' if gray else 'RGB')),
-                         np.uint8)
-    return resize_image(image.reshape(image.shape[:2] + (-1,)), size), gray
-  except (OSError, ValueError, Image.DecompressionBombError):
-    return None
+      image = ImageOps.exif_transpose(image)
+      gray = image.mode in ('1', 'L', 'I', 'F') or image.mode.startswith('I;16')
+      image = np.asarray(
+          _eight_bit(image).convert(mode or ('L' if gray else 'RGB')), np.uint8)
+  except Image.DecompressionBombError as e:
+    raise _BadImage(
+        f'too large to decode safely ({e}); Pillow allows up to '
+        f'{2 * Image.MAX_IMAGE_PIXELS:,} pixels') from None
+  except (OSError, ValueError, SyntaxError) as e:
+    raise _BadImage(f'unreadable ({type(e).__name__})') from None
+  return resize_image(image.reshape(image.shape[:2] + (-1,)), size), gray
 
 
 def decode_images(files: list[str], size: int, skip_bad_images: bool,
@@ -215,21 +287,28 @@ def decode_images(files: list[str], size: int, skip_bad_images: bool,
   with a warning that lists them when ``skip_bad_images``, else they are an
   error; no readable file at all is always an error.
   """
+  def read(path: str):
+    try:
+      return _read_image(path, size, mode)
+    except _BadImage as e:
+      return str(e)
+
   with concurrent.futures.ThreadPoolExecutor(
       max_workers=min(32, (os.cpu_count() or 1) + 4)) as pool:
-    decoded = list(pool.map(lambda f: _read_image(f, size, mode), files))
-  bad = [f for f, d in zip(files, decoded) if d is None]
+    decoded = list(pool.map(read, files))
+  bad = [f'{f} ({d})' for f, d in zip(files, decoded) if isinstance(d, str)]
   if len(bad) == len(files):
     raise DataError(f'{where}: none of the {len(files)} image files could be '
                     f'read (first: {bad[0]}).')
   if bad and not skip_bad_images:
     raise DataError(
-        f'{where}: {len(bad)} unreadable image file(s): {", ".join(bad)}. '
+        f'{where}: {len(bad)} unusable image file(s): {", ".join(bad)}. '
         'Remove them, or set --config.dataset.skip_bad_images=True.')
   if bad:
-    logging.warning('Skipped %d unreadable image file(s) in %s: %s', len(bad),
+    logging.warning('Skipped %d unusable image file(s) in %s: %s', len(bad),
                     where, ', '.join(bad))
-  kept = np.asarray([i for i, d in enumerate(decoded) if d is not None])
+  kept = np.asarray([i for i, d in enumerate(decoded)
+                     if not isinstance(d, str)])
   any_colour = any(not decoded[i][1] for i in kept)
   images = [decoded[i][0] for i in kept]
   if any_colour and mode is None:
@@ -267,7 +346,9 @@ def load_folder(dataset_config) -> ImageDataset:
                f'{len(classes)} class folders ({", ".join(classes)})'
                if classes else 'flat (no labels)')
   return ImageDataset('folder', images, label_array,
-                      class_names=tuple(classes) or None)
+                      class_names=tuple(classes) or None,
+                      image_names=tuple(os.path.relpath(files[i], root)
+                                        for i in kept))
 
 
 @functools.cache
@@ -549,6 +630,23 @@ def _mnist_like_source(tfds_name: str):
   return load
 
 
+def check_predict_input(path: str) -> None:
+  """Raises DataError unless ``path`` holds images to predict: an .npz of at
+  least one image, or a folder with image files. Cheap next to loading the
+  model, so it runs first."""
+  if os.path.isfile(path) and path.endswith('.npz'):
+    dataset = load_npz(ml_collections.ConfigDict({'path': path}))
+    if not len(dataset):
+      raise DataError(f'{path}: `images` holds no image '
+                      '(config.predict.input).')
+    return
+  if not os.path.isdir(path):
+    raise DataError(f'config.predict.input={path!r}: not a folder of images '
+                    'or an .npz file.')
+  if not _list_images(path)[0]:
+    raise DataError(f'{path}: no images found (config.predict.input).')
+
+
 def load_predict_images(path: str, image_size: int, channels: int,
                         skip_bad_images: bool = True,
                         ) -> tuple[list[str], np.ndarray]:
@@ -635,4 +733,22 @@ def load_dataset(dataset_config) -> ImageDataset:
   images = resize_images(dataset.images, dataset_config.image_size)
   logging.info('Loaded %s: %d images of %s in %.1f s.', name, len(images),
                'x'.join(map(str, images.shape[1:])), time.time() - start)
+  distinct = count_distinct(images)
+  if distinct < dataset_config.get('num_clusters', 0):
+    logging.warning(
+        '%s: only %d distinct image(s) among %d, fewer than K=%d clusters: '
+        'identical images fall in one cluster. Check the data.', name,
+        distinct, len(images), dataset_config.num_clusters)
   return dataclasses.replace(dataset, images=images)
+
+
+def count_distinct(images: np.ndarray, limit: int = 1000) -> int:
+  """The number of distinct images, counted up to ``limit`` (then ``limit``):
+  enough to tell a dataset of copies from a real one, without hashing all
+  of a large one."""
+  seen = set()
+  for image in images:
+    seen.add(hash(image.tobytes()))
+    if len(seen) >= limit:
+      break
+  return len(seen)

@@ -55,8 +55,9 @@ from jcc.errors import ConfigError
 
 
 # Signals that stop a run: training checkpoints after the current step and
-# returns; an evaluation is abandoned (EvaluationStopped).
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# returns; an evaluation is abandoned (EvaluationStopped). SIGHUP: the
+# terminal closed or the SSH connection dropped.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 # What a Trainer is built for, as the workdir's lock names it to a second run.
 TRAINING = 'a training'
@@ -111,6 +112,7 @@ class Trainer:
     # Joining the other processes first: a peer whose data cannot be read
     # then tells them, rather than leaving them waiting to be joined.
     distributed.initialize(config)
+    parallel.check_platforms()
     self.dataset = sources.load_dataset(config.dataset)
     self.mesh = parallel.make_mesh()
     num_devices = self.mesh.size
@@ -126,10 +128,14 @@ class Trainer:
     self.model_signature = checkpoint.model_signature(
         config, self.dataset.channels, len(self.dataset))
     checkpoint.check_model_signature(workdir, self.model_signature)
+    self._settings_written = mode != TRAINING
     # The hosts of one run share the workdir: the first one holds it.
     self.lock = (checkpoint.WorkdirLock(workdir, mode)
                  if jax.process_index() == 0 else None)
     try:
+      # A second command on a busy workdir is told so first, by the lock.
+      if mode == TRAINING:
+        checkpoint.check_resume_settings(workdir, config)
       self._set_up(config, workdir, mode)
     except BaseException:
       self.release_lock()
@@ -253,6 +259,9 @@ class Trainer:
     self.check_finite()
     if jax.process_index() == 0:  # one writer on a shared workdir
       checkpoint.write_model_signature(self.workdir, self.model_signature)
+      if not self._settings_written:  # the settings this training ran with
+        checkpoint.write_settings(self.workdir, self.config)
+        self._settings_written = True
     self.checkpoints.save(int(self.state.step), self._checkpoint_tree(), force)
 
   def check_finite(self) -> None:
@@ -597,9 +606,12 @@ class Trainer:
       images = self.dataset.images
       if self._instance_only:
         images = images[self.clustered]
+      names = self.dataset.image_names
+      if names is not None and self._instance_only:
+        names = [names[i] for i in self.clustered]
       path = report.write_report(
           self.workdir, images, labels, outputs['cluster_probs'],
-          outputs['student_t'], results, self.dataset.class_names)
+          outputs['student_t'], results, self.dataset.class_names, names)
       logging.info('Wrote the cluster report to %s.', path)
     self.writer.write_scalars(int(self.state.step), {
         f'eval/{name}_{metric}': value

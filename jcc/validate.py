@@ -173,6 +173,7 @@ FIELDS: dict[str, Rule] = {
     # 0 would keep no checkpoint: the trained model would be lost.
     'train.max_checkpoints': integer(1),
     'train.eval_batch_size': integer(1),
+    'train.accept_changed_settings': FLAG,
     'predict.input': TEXT,
 }
 

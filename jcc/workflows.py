@@ -25,6 +25,23 @@ from jcc.errors import (CheckpointError, ConfigError, DataError, UserError,
 from jcc.train import EvaluationStopped, Trainer
 
 
+# Config fields that name files or folders: a leading ~ is the home folder
+# (a shell expands it only at a word's start, not after --config.X=).
+PATH_FIELDS = (('dataset', 'path'), ('dataset', 'tfds_data_dir'),
+               ('dataset', 'manual_dir'), ('predict', 'input'))
+
+
+def expand_paths(config: ml_collections.ConfigDict
+                 ) -> ml_collections.ConfigDict:
+  """A copy of ``config`` with ~ expanded in every path field."""
+  config = config.copy_and_resolve_references()
+  for group, field in PATH_FIELDS:
+    if field in config.get(group, {}) and isinstance(config[group][field],
+                                                     str):
+      config[group][field] = os.path.expanduser(config[group][field])
+  return config
+
+
 def train_and_evaluate(
     config: ml_collections.ConfigDict, workdir: str) -> dict | None:
   """Trains (resuming from WORKDIR's latest checkpoint), then evaluates.
@@ -33,6 +50,7 @@ def train_and_evaluate(
     The results dict also written to WORKDIR/results.json, or None when a
     SIGTERM or SIGINT stopped training early (after writing a checkpoint).
   """
+  config, workdir = expand_paths(config), os.path.expanduser(workdir)
   with _closing(Trainer(config, workdir)) as trainer:
     trainer.restore_latest()
     if not trainer.train():
@@ -93,6 +111,7 @@ def evaluate_workdir(config: ml_collections.ConfigDict,
 
   Returns the results, or None when a stop signal abandoned the evaluation.
   """
+  config, workdir = expand_paths(config), os.path.expanduser(workdir)
   with _closing(_trained(config, workdir, 'an evaluation')) as trainer:
     return _evaluate(trainer)
 
@@ -104,6 +123,7 @@ def predict_workdir(config: ml_collections.ConfigDict,
   Writes WORKDIR/predictions.csv (image, cluster, confidence, dec_cluster;
   one row per image in a stable order) and prints the images per cluster.
   """
+  config, workdir = expand_paths(config), os.path.expanduser(workdir)
   source = config.predict.input
   if not source:
     raise ConfigError('--mode=predict needs images: set '
@@ -111,6 +131,7 @@ def predict_workdir(config: ml_collections.ConfigDict,
   if not os.path.exists(source):
     raise DataError(f'config.predict.input={source!r}: no such file or '
                     'folder.')
+  sources.check_predict_input(source)
   try:
     trained = _trained(config, workdir, 'a prediction')
   except DataError as e:

@@ -211,8 +211,11 @@ def test_fixed_pseudo_labels_are_the_ones_the_step_trains_on():
 def test_fixed_pseudo_labels_come_from_the_stage_start_and_resume(
     tmp_path, monkeypatch):
   def config(epochs, threshold=0.5):
+    # The threshold is chosen after the method's steps: a deliberate change
+    # on resume.
     return tiny_config(num_epochs=2, selflabel_epochs=epochs,
-                       selflabel_threshold=threshold, selflabel_fixed=True)
+                       selflabel_threshold=threshold, selflabel_fixed=True,
+                       accept_changed_settings=True)
   # The model at the end of the method (14 steps) ...
   first = train.Trainer(config(0), str(tmp_path / 'b'))
   first.train()

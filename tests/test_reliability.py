@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 
 import jax
 import numpy as np
@@ -17,6 +18,7 @@ import orbax.checkpoint as ocp
 import pytest
 from PIL import Image
 
+from jcc import evaluate
 from jcc import sources
 from jcc import train
 from jcc import workflows
@@ -109,10 +111,12 @@ def test_sigkill_then_restart_ends_bitwise_like_an_uninterrupted_run(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT])
-def test_sigterm_or_ctrl_c_checkpoints_and_exits_zero(tmp_path, signum):
-  # Ctrl-C (SIGINT) used to exit 130 and lose the steps since the last
-  # periodic checkpoint.
+@pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT,
+                                    signal.SIGHUP])
+def test_sigterm_ctrl_c_or_hangup_checkpoints_and_exits_zero(tmp_path, signum):
+  # Each keeps the steps since the last periodic checkpoint: a Ctrl-C
+  # (SIGINT), a closed terminal or SSH connection (SIGHUP), a scheduler's
+  # SIGTERM.
   workdir = tmp_path / 'run'
   proc = _cli(workdir, '--config.train.num_epochs=1000',
               '--config.train.checkpoint_every_steps=20', wait=False)
@@ -130,7 +134,7 @@ def test_sigterm_or_ctrl_c_checkpoints_and_exits_zero(tmp_path, signum):
 @pytest.mark.slow
 def test_a_stop_during_the_final_evaluation_says_so_and_evaluates_again(
     tmp_path):
-  # SIGTERM during the final evaluation used to exit 143 with no message.
+  # SIGTERM during the final evaluation: one line, and evaluated again.
   workdir = tmp_path / 'run'
   _train_tiny(workdir)  # trained to its last step, not yet evaluated
   flags_ = ('--config.train.num_epochs=2', '--config.train.warmup_epochs=1',
@@ -522,9 +526,205 @@ def test_empty_missing_or_all_bad_folders_are_clear_errors(tmp_path):
     sources.load_dataset(_folder_config(tmp_path))
 
 
-def test_npz_is_read_without_pickle(tmp_path):
-  path = tmp_path / 'objects.npz'
-  np.savez(path, images=np.array([np.zeros((2, 2), np.uint8), None],
-                                 dtype=object))
-  with pytest.raises(DataError, match='not a readable .npz'):
+def test_sixteen_bit_images_are_scaled_not_clipped(tmp_path):
+  # A 0…65535 gradient: PIL's convert('L') clips it to {0, 255}, 99% white.
+  gradient = np.tile(np.linspace(0, 65535, 32).astype(np.uint16), (32, 1))
+  Image.fromarray(gradient).save(tmp_path / 'deep.png')
+  assert Image.open(tmp_path / 'deep.png').mode.startswith('I')
+  ds = sources.load_dataset(_folder_config(tmp_path, image_size=32))
+  row = ds.images[0, 0, :, 0].astype(int)
+  np.testing.assert_allclose(row, np.round(np.linspace(0, 255, 32)), atol=1)
+
+
+def test_exif_orientation_is_applied_as_a_viewer_shows_it(tmp_path):
+  # Stored as a left-bright image, with EXIF orientation 6 (rotate 90° CW to
+  # view): viewed, the bright half is at the top.
+  stored = np.zeros((16, 16, 3), np.uint8)
+  stored[:, :8] = 255
+  exif = Image.Exif()
+  exif[0x0112] = 6
+  Image.fromarray(stored).save(tmp_path / 'turned.jpg', exif=exif,
+                               quality=95)
+  ds = sources.load_dataset(_folder_config(tmp_path, image_size=16))
+  image = ds.images[0].mean(axis=-1)
+  assert image[:8].mean() > 200 and image[8:].mean() < 50
+
+
+def test_dangling_links_and_link_loops_are_reported_not_dropped(
+    tmp_path, caplog):
+  for i in range(3):
+    _write(tmp_path / f'{i}.png', 'RGB')
+  os.symlink(tmp_path / 'gone.png', tmp_path / 'dangling.png')
+  os.symlink(tmp_path / 'loop.png', tmp_path / 'loop.png')
+  with caplog.at_level('WARNING'):
+    ds = sources.load_dataset(_folder_config(tmp_path))
+  assert len(ds) == 3
+  for name in ('dangling.png', 'loop.png'):
+    assert f'{name} (a symbolic link that leads to no file)' in caplog.text
+  with pytest.raises(DataError, match='2 unusable image file'):
+    sources.load_dataset(_folder_config(tmp_path, skip_bad_images=False))
+
+
+def test_a_decompression_bomb_is_called_too_large(tmp_path, caplog,
+                                                  monkeypatch):
+  for i in range(2):
+    _write(tmp_path / f'{i}.png', 'RGB')
+  _write(tmp_path / 'huge.png', 'RGB', size=(64, 64))
+  # Pillow refuses over twice MAX_IMAGE_PIXELS: 64×64 over a limit of 1,000.
+  monkeypatch.setattr(Image, 'MAX_IMAGE_PIXELS', 500)
+  with caplog.at_level('WARNING'):
+    ds = sources.load_dataset(_folder_config(tmp_path))
+  assert len(ds) == 2
+  assert 'huge.png (too large to decode safely' in caplog.text
+  assert 'up to 1,000 pixels' in caplog.text
+
+
+@pytest.mark.parametrize('write,match', [
+    (lambda p: p.write_bytes(b''), r'an empty file \(0 bytes\)'),
+    (lambda p: np.save(open(p, 'wb'), np.zeros((2, 8, 8), np.uint8)),
+     'one .npy array, not an .npz'),
+    (lambda p: p.write_text('just some text\n'), r'not an .npz \(a zip'),
+])
+def test_a_file_that_is_not_an_npz_says_what_it_is(tmp_path, write, match):
+  path = tmp_path / 'data.npz'
+  write(path)
+  with pytest.raises(DataError, match=match) as error:
     sources.load_dataset(_folder_config(path, name='npz'))
+  assert 'allow_pickle' not in str(error.value)  # unsafe advice, and wrong
+
+
+def test_npz_is_read_without_pickle_nor_advice_to_allow_it(tmp_path):
+  path = tmp_path / 'objects.npz'
+  np.savez(path, images=np.array([None, 1], dtype=object))
+  with pytest.raises(DataError, match='object arrays') as error:
+    sources.load_dataset(_folder_config(path, name='npz'))
+  assert 'allow_pickle' not in str(error.value)
+
+
+def test_a_label_beyond_the_images_is_refused_when_loading(tmp_path):
+  path = tmp_path / 'huge.npz'
+  np.savez(path, images=np.zeros((6, 8, 8), np.uint8),
+           labels=np.array([0, 1, 2, 0, 1, 10**12]))
+  with pytest.raises(DataError, match='holds 1000000000000 for 6 images'):
+    sources.load_dataset(_folder_config(path, name='npz'))
+
+
+def test_predict_checks_its_input_before_the_model(tmp_path):
+  # No checkpoint in the workdir: the input's problem is said first.
+  path = tmp_path / 'none.npz'
+  np.savez(path, images=np.zeros((0, 8, 8), np.uint8))
+  config = tiny_config()
+  config.predict.input = str(path)
+  with pytest.raises(DataError, match='holds no image'):
+    workflows.predict_workdir(config, str(tmp_path / 'w'))
+  (tmp_path / 'empty').mkdir()
+  config.predict.input = str(tmp_path / 'empty')
+  with pytest.raises(DataError, match='no images found'):
+    workflows.predict_workdir(config, str(tmp_path / 'w'))
+
+
+def test_a_leading_tilde_is_the_home_folder_in_every_path(tmp_path,
+                                                          monkeypatch):
+  monkeypatch.setenv('HOME', str(tmp_path))
+  np.savez(tmp_path / 'd.npz', images=np.zeros((4, 8, 8), np.uint8))
+  config = tiny_config()
+  config.dataset.name, config.dataset.path = 'npz', '~/d.npz'
+  config.dataset.tfds_data_dir = '~/tfds'
+  config.predict.input = '~/new'
+  expanded = workflows.expand_paths(config)
+  assert expanded.dataset.path == str(tmp_path / 'd.npz')
+  assert expanded.dataset.tfds_data_dir == str(tmp_path / 'tfds')
+  assert expanded.predict.input == str(tmp_path / 'new')
+  assert config.dataset.path == '~/d.npz'  # the caller's config unchanged
+  with pytest.raises(ConfigError, match='exceeds the 4 examples'):
+    workflows.train_and_evaluate(config, '~/w')  # the file was found
+  assert not (tmp_path / 'w').exists()
+
+
+@pytest.mark.parametrize('content,match', [
+    (None, r'cannot be read \(\[Errno 2\] No such file'),
+    ('def get_config(:\n', 'the config file failed .SyntaxError'),
+    ('def get_config():\n  raise RuntimeError("boom")\n',
+     r'the config file failed \(RuntimeError: boom\)'),
+    ('def get_config():\n  return {}["x"]\n',
+     r'the config file failed \(KeyError'),
+])
+def test_a_config_file_that_cannot_load_is_one_line(tmp_path, content, match):
+  path = tmp_path / 'my_config.py'
+  if content is not None:
+    path.write_text(content)
+  finished = cli.run_main(f'--config={path}', f'--workdir={tmp_path / "w"}')
+  assert finished.status == 2 and 'Traceback' not in finished.stderr
+  assert finished.last_line.startswith(f'jcc: error: --config={path}')
+  assert re.search(match, finished.last_line), finished.last_line
+
+
+def test_an_unknown_field_is_named_alone(tmp_path):
+  finished = cli.run_main(
+      f'--config={REPO_ROOT}/configs/digits.py', f'--workdir={tmp_path}/w',
+      '--config.train.num_epochs=2', '--config.train.foo=1',
+      '--config.dataset.image_size=8')
+  assert finished.status == 2
+  assert finished.last_line == ('jcc: error: unknown config field train.foo: '
+                                'configs/default.py lists every field.')
+
+
+def test_configs_load_from_any_working_directory(tmp_path):
+  # The README's configs import their siblings (`from configs import
+  # default`); from another folder that import failed.
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  env.pop('PYTHONPATH', None)
+  proc = subprocess.run(
+      [sys.executable, '-m', 'jcc.main',
+       f'--config={REPO_ROOT}/configs/digits.py', f'--workdir={tmp_path}/w',
+       '--config.train.num_epochs=0'], cwd=tmp_path, env=env,
+      capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert proc.stderr.strip().splitlines()[-1].startswith(
+      'jcc: error: config.train.num_epochs=0')
+
+
+def test_a_platform_jax_cannot_use_is_one_line(tmp_path):
+  env = dict(os.environ, JAX_PLATFORMS='tpu')
+  proc = subprocess.run(
+      [sys.executable, '-m', 'jcc.main',
+       f'--config={REPO_ROOT}/configs/digits.py', f'--workdir={tmp_path}/w'],
+      cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert 'Traceback' not in proc.stderr
+  assert proc.stderr.strip().splitlines()[-1].startswith(
+      'jcc: error: JAX_PLATFORMS=tpu: JAX cannot use it')
+  assert not (tmp_path / 'w').exists()
+
+
+def test_identical_images_are_said_in_jcc_words(tmp_path, caplog):
+  same = np.full((12, 10, 3), 77, np.uint8)
+  for i in range(6):
+    Image.fromarray(same).save(tmp_path / f'{i}.png')
+  config = _folder_config(tmp_path, num_clusters=3)
+  with caplog.at_level('WARNING'):
+    sources.load_dataset(config)
+  assert 'only 1 distinct image(s) among 6, fewer than K=3' in caplog.text
+  caplog.clear()
+  with caplog.at_level('WARNING'):
+    with warnings.catch_warnings():
+      warnings.simplefilter('error')  # scikit-learn's own must not show
+      centroids, labels = evaluate.kmeans(np.ones((6, 4)), 3, seed=0,
+                                          n_init=1)
+  assert 'k-means found 1 distinct embeddings for K=3' in caplog.text
+  assert centroids.shape == (3, 4) and labels.shape == (6,)
+
+
+@pytest.mark.parametrize('flags_,fragment', [
+    (['--config.train.batch_size=1e3'], "invalid literal for int()"),
+    (['--config.model.convnet_widths=(8,'], 'Error while parsing string'),
+    (['--mode=bogus'], 'value should be one of'),
+    (['--workdir='], '--workdir is empty'),
+])
+def test_flag_mistakes_are_one_line(tmp_path, flags_, fragment):
+  finished = cli.run_main(f'--config={REPO_ROOT}/configs/digits.py',
+                          f'--workdir={tmp_path / "w"}', *flags_)
+  assert finished.status == 2
+  lines = finished.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith('jcc: error:'), lines
+  assert fragment in lines[0]

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 
 import numpy as np
 import pytest
@@ -110,6 +111,8 @@ def test_predict_on_a_folder_matches_evaluate(trained, digits_folder):
   assert [r['image'] for r in written] == names
   with open(workdir / 'report' / 'assignments.csv') as f:
     evaluated = list(csv.DictReader(f))
+  # The training report names each image's file, as predictions.csv does.
+  assert [r['image'] for r in evaluated] == names
   # The folder source lists the same files in the same order.
   assert [int(r['cluster']) for r in written] == [
       int(r['cluster']) for r in evaluated]
@@ -154,3 +157,21 @@ def test_predict_says_it_needs_the_training_data(tmp_path):
   with pytest.raises(errors.DataError,
                      match='train.npz.*--mode=predict reads the training data'):
     workflows.predict_workdir(config, str(tmp_path / 'run'))
+
+
+def test_predict_writes_every_row_for_odd_file_names(trained, tmp_path):
+  config, workdir, _ = trained
+  config = config.copy_and_resolve_references()
+  folder = tmp_path / 'new'
+  folder.mkdir()
+  pixels = np.random.default_rng(0).integers(0, 256, (8, 8), np.uint8)
+  names = [b'bad\xffbyte.png', b'=1+2.png', b'plain.png', 'café.png'.encode()]
+  for name in names:
+    Image.fromarray(pixels, 'L').save(os.path.join(os.fsencode(folder), name))
+  config.predict.input = str(folder)
+  rows = workflows.predict_workdir(config, str(workdir))
+  assert len(rows) == len(names)
+  with open(workdir / 'predictions.csv', newline='', encoding='utf-8') as f:
+    written = sorted(r['image'] for r in csv.DictReader(f))
+  assert written == sorted(["'=1+2.png", 'bad\\xffbyte.png', 'café.png',
+                            'plain.png'])

@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -176,6 +177,14 @@ def test_the_command_line_refuses_a_step_no_machine_can_hold(tmp_path):
                          'config.dataset.image_size=512 needs about'), last
 
 
+def test_a_hangup_stops_a_run_as_sigterm_does():
+  # Closing the terminal or losing an SSH connection sends SIGHUP.
+  got = []
+  with train.on_stop_signals(lambda signum, frame: got.append(signum)):
+    os.kill(os.getpid(), signal.SIGHUP)
+  assert got == [signal.SIGHUP]
+
+
 def test_learning_rate_schedules():
   config = tiny_config(learning_rate=1e-3)
   constant = step.learning_rate_schedule(config.train, 100)
@@ -246,3 +255,39 @@ def test_a_small_dataset_trains_at_least_min_steps(tmp_path, caplog):
   trainer.close()
   assert trainer.total_steps == 63
   assert 'min_steps' not in caplog.text
+
+
+def test_a_resume_with_other_training_settings_is_refused(trained_copy):
+  results = (trained_copy / 'results.json').read_bytes()
+  saved = json.loads((trained_copy / 'config.json').read_text())
+  assert saved['train']['checkpoint_every_steps'] == 7
+  changed = tiny_config(batch_size=128, learning_rate=2e-3)
+  with pytest.raises(errors.ConfigError) as error:
+    workflows.train_and_evaluate(changed, str(trained_copy))
+  message = str(error.value)
+  assert 'train.batch_size: 256 there, 128 now' in message
+  assert 'train.learning_rate: 0.001 there, 0.002 now' in message
+  assert 'another --workdir' in message and (
+      'accept_changed_settings=True') in message
+  # Nothing retrained, nothing rewritten.
+  assert (trained_copy / 'results.json').read_bytes() == results
+
+
+def test_a_resume_may_change_intervals_and_epochs(trained_copy, caplog):
+  config = tiny_config(num_epochs=3, log_every_steps=5,
+                       checkpoint_every_steps=100)
+  with caplog.at_level('INFO'):
+    trainer = train.Trainer(config, str(trained_copy))
+  try:
+    assert 'Resuming with train.num_epochs=3 (the run had 2)' in caplog.text
+  finally:
+    trainer.close()
+  accepted = tiny_config(learning_rate=2e-3, accept_changed_settings=True)
+  with caplog.at_level('WARNING'):
+    trainer = train.Trainer(accepted, str(trained_copy))
+    trainer.restore_latest()
+    trainer.save(force=True)  # the new settings are the run's from now on
+    trainer.close()
+  assert 'train.learning_rate: 0.001 there, 0.002 now' in caplog.text
+  saved = json.loads((trained_copy / 'config.json').read_text())
+  assert saved['train']['learning_rate'] == 2e-3

@@ -75,6 +75,7 @@ BAD_VALUES = {
     'train.selflabel_threshold': [1.5, -0.1],
     'train.selflabel_balance': [1],
     'train.selflabel_fixed': ['yes', 0],
+    'train.accept_changed_settings': ['yes', 1],
     'train.selflabel_weight': [-1.0],
     'train.selflabel_cutout': [1.5, -0.1],
     'train.min_steps': [-1, 2.5],
