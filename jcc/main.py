@@ -31,7 +31,7 @@ from ml_collections import config_flags
 from jcc import distributed
 from jcc import workflows
 from jcc.errors import UserError
-from jcc.train import EvaluationStopped
+from jcc.signals import EvaluationStopped
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Training configuration file.', lock_config=True)

@@ -53,7 +53,8 @@ def cpu_devices_hint(devices: list[jax.Device], batch_size: int,
       batch_size % cores):
     return None
   return (f'One CPU device on {cores} cores: JAX_NUM_CPU_DEVICES={cores} '
-          'splits each batch over them, often faster (README, "On a CPU").')
+          'splits each batch over them, often faster (docs/multihost.md, '
+          '"On a CPU").')
 
 
 def make_mesh(devices: list[jax.Device] | None = None) -> jax.sharding.Mesh:

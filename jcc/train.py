@@ -26,9 +26,7 @@ a step depend only on (seed, step).
 
 from __future__ import annotations
 
-import contextlib
 import signal
-import threading
 import time
 
 from absl import logging
@@ -47,55 +45,17 @@ from jcc import models
 from jcc import neighbors
 from jcc import parallel
 from jcc import pipeline
+from jcc import plan as plan_lib
 from jcc import report
+from jcc import signals
 from jcc import sources
 from jcc import step as step_lib
 from jcc import validate
 from jcc.errors import ConfigError
 
 
-# Signals that stop a run: training checkpoints after the current step and
-# returns; an evaluation is abandoned (EvaluationStopped). SIGHUP: the
-# terminal closed or the SSH connection dropped.
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-
 # What a Trainer is built for, as the workdir's lock names it to a second run.
 TRAINING = 'a training'
-
-
-class EvaluationStopped(BaseException):
-  """A stop signal during an evaluation; the checkpoints are untouched.
-
-  Raised from the signal handler wherever the evaluation is, so it is a
-  BaseException, as KeyboardInterrupt is: an ``except Exception`` on the way
-  (logging's own, a library's) must not swallow it.
-  """
-
-
-@contextlib.contextmanager
-def on_stop_signals(handler):
-  """Routes STOP_SIGNALS to ``handler`` inside the block (main thread only)."""
-  if threading.current_thread() is not threading.main_thread():
-    yield
-    return
-  previous = {signum: signal.signal(signum, handler)
-              for signum in STOP_SIGNALS}
-  try:
-    yield
-  finally:
-    for signum, old in previous.items():
-      signal.signal(signum, old)
-
-
-def _stop_evaluation(signum, frame):
-  del frame
-  raise EvaluationStopped(signal.Signals(signum).name)
-
-
-def min_steps_factor(method_steps: int, min_steps: int) -> int:
-  """The smallest whole number of times the method's epochs must be
-  repeated to reach ``min_steps`` (1 when they already do)."""
-  return max(1, -(-min_steps // max(method_steps, 1)))
 
 
 class Trainer:
@@ -144,29 +104,23 @@ class Trainer:
   def _set_up(self, config: ml_collections.ConfigDict, workdir: str,
               mode: str) -> None:
     """The model, the state, the compiled step and the checkpoints."""
-    n, bs = len(self.dataset), config.train.batch_size
-    self.steps_per_epoch = n // bs
-    # A small dataset has few steps per epoch: its epochs are repeated
-    # (warm-up and self-labelling in proportion) until the method has at
-    # least train.min_steps, since the epoch counts were set on larger sets.
-    self.epoch_factor = min_steps_factor(
-        config.train.num_epochs * self.steps_per_epoch,
-        config.train.min_steps)
-    self.num_epochs = config.train.num_epochs * self.epoch_factor
-    self.selflabel_epochs = config.train.selflabel_epochs * self.epoch_factor
+    n = len(self.dataset)
+    self.plan = plan = plan_lib.plan_run(config.train, n)
+    self.steps_per_epoch, self.epoch_factor = (plan.steps_per_epoch,
+                                               plan.epoch_factor)
+    self.num_epochs, self.selflabel_epochs = (plan.num_epochs,
+                                              plan.selflabel_epochs)
+    self.warmup_steps, self.joint_end, self.total_steps = (
+        plan.warmup_steps, plan.joint_end, plan.total_steps)
     # Said only when training: an evaluation or prediction trains nothing.
-    if self.epoch_factor > 1 and mode == TRAINING:
+    if plan.epoch_factor > 1 and mode == TRAINING:
       logging.info(
           '%d epochs of %d images are %d steps, under train.min_steps=%d: '
           'training %d epochs (warm-up %d) instead; train.min_steps=0 trains '
           'the epochs as asked.', config.train.num_epochs,
-          n, config.train.num_epochs * self.steps_per_epoch,
-          config.train.min_steps, self.num_epochs,
-          config.train.warmup_epochs * self.epoch_factor)
-    # The steps of the method, then those of the self-labelling stage.
-    self.joint_end = self.num_epochs * self.steps_per_epoch
-    self.total_steps = self.joint_end + (
-        self.selflabel_epochs * self.steps_per_epoch)
+          n, config.train.num_epochs * plan.steps_per_epoch,
+          config.train.min_steps, plan.num_epochs,
+          config.train.warmup_epochs * plan.epoch_factor)
     self.model = models.build_model(
         config, self.dataset.channels, step_lib.compute_dtype(config))
     self.learning_rate = step_lib.learning_rate_schedule(
@@ -174,8 +128,6 @@ class Trainer:
     self.tx = optax.adam(self.learning_rate)
     self.replicated, self.batch_sharding = parallel.shardings(self.mesh)
 
-    self.warmup_steps = min(config.train.warmup_epochs * self.epoch_factor *
-                            self.steps_per_epoch, self.joint_end)
     num_devices = self.mesh.size
     eval_bs = max(config.train.eval_batch_size, num_devices)
     self.eval_batch_size = -(-eval_bs // num_devices) * num_devices
@@ -381,7 +333,7 @@ class Trainer:
 
   def train(self) -> bool:
     """Trains to the last step; False if stopped early by SIGTERM or SIGINT."""
-    with on_stop_signals(self.request_stop):
+    with signals.on_stop_signals(self.request_stop):
       return self._train()
 
   def _compile_train_steps(self):
@@ -455,12 +407,12 @@ class Trainer:
       if step == self.warmup_steps and kl_on and joint:
         self.init_centroids()
       # The self-labelling stage keeps the method's terms, KL's P included.
-      if kl_on and self.warmup_steps <= step and is_time(
+      if kl_on and self.warmup_steps <= step and plan_lib.is_time(
           step, config.train.target_update_every_steps,
           start=self.warmup_steps):
         self.refresh_target()
       if self._use_neighbors and joint and (
-          step == self.warmup_steps or is_time(
+          step == self.warmup_steps or plan_lib.is_time(
               step, config.train.neighbor_update_every_steps,
               start=self.warmup_steps)):
         self.mine_neighbors()
@@ -483,7 +435,8 @@ class Trainer:
         logging.info('Compiled and ran the first step in %.1f s.',
                      time.time() - last_log_time)
         last_log_time, last_log_step = time.time(), done
-      elif is_time(done, config.train.log_every_steps, self.total_steps):
+      elif plan_lib.is_time(done, config.train.log_every_steps,
+                            self.total_steps):
         metrics = jax.device_get(metrics)  # waits for the step to finish
         now = time.time()
         self.check_finite()
@@ -501,10 +454,10 @@ class Trainer:
             'images_per_second': rate})
         last_log_time, last_log_step = now, done
       # The last step's evaluation and checkpoint follow the loop.
-      if (is_time(done, config.train.eval_every_steps) and
+      if (plan_lib.is_time(done, config.train.eval_every_steps) and
           done < self.total_steps):
         self.evaluate_during_training(done)
-      if is_time(done, config.train.checkpoint_every_steps):
+      if plan_lib.is_time(done, config.train.checkpoint_every_steps):
         self.save()
       if self._stop_now(done):
         self.save(force=True)
@@ -537,7 +490,7 @@ class Trainer:
     """
     if not distributed.is_multiprocess():
       return self.stop_requested
-    return (is_time(done, self.config.train.log_every_steps) and
+    return (plan_lib.is_time(done, self.config.train.log_every_steps) and
             distributed.any_process(self.stop_requested))
 
   def _clustered_labels(self) -> np.ndarray | None:
@@ -578,7 +531,7 @@ class Trainer:
     Raises EvaluationStopped on SIGTERM or SIGINT: the evaluation is
     abandoned, and evaluating the same checkpoint again redoes it.
     """
-    with on_stop_signals(_stop_evaluation):
+    with signals.on_stop_signals(signals.stop_evaluation):
       logging.info('Evaluating the model of step %d.', int(self.state.step))
       return self._evaluate()
 
@@ -631,19 +584,6 @@ class Trainer:
       self.writer.close()
     finally:
       self.release_lock()
-
-
-def is_time(step: int, every: int, last: int | None = None,
-            start: int = 0) -> bool:
-  """Whether a periodic action is due at ``step`` (big_vision's itstime).
-
-  Due every ``every`` steps counted from ``start`` (never when ``every`` is
-  0), and at ``last``, where given. Logging, evaluation and checkpoints ask
-  after a step (``step`` = steps done), the P refresh before one.
-  """
-  if step == last:
-    return True
-  return every > 0 and step >= start and (step - start) % every == 0
 
 
 def _format_seconds(seconds: float) -> str:

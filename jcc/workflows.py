@@ -22,7 +22,8 @@ from jcc import report
 from jcc import sources
 from jcc.errors import (CheckpointError, ConfigError, DataError, UserError,
                         is_disk_full)
-from jcc.train import EvaluationStopped, Trainer
+from jcc.signals import EvaluationStopped
+from jcc.train import Trainer
 
 
 # Config fields that name files or folders: a leading ~ is the home folder

@@ -14,7 +14,9 @@ import re
 import shlex
 import sys
 
-README = pathlib.Path(__file__).resolve().parents[1] / 'README.md'
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+README = ROOT / 'README.md'
+MULTIHOST = ROOT / 'docs' / 'multihost.md'
 
 
 def section(title: str, text: str | None = None) -> str:
@@ -55,16 +57,16 @@ def slow_tests_command() -> str:
 
 
 def multiprocess_recipe() -> tuple[dict[str, str], list[str]]:
-  """The one-machine recipe of "Several hosts": (environment, argv).
+  """The one-machine recipe of docs/multihost.md: (environment, argv).
 
   argv is the command each process runs, with ``$id`` where its process id
   goes; the environment holds the variables set before it.
   """
-  blocks = [b for b in code_blocks('bash', section('Multi-GPU, TPU and multi-host'))
+  blocks = [b for b in code_blocks('bash', MULTIHOST.read_text())
             if b.startswith('for id in')]
   if len(blocks) != 1:
-    raise LookupError('README.md\'s "Several hosts" needs one bash block '
-                      'starting "for id in": the one-machine recipe.')
+    raise LookupError('docs/multihost.md needs one bash block starting '
+                      '"for id in": the one-machine recipe.')
   joined = blocks[0].replace('\\\n', ' ')
   line = next(l for l in joined.splitlines() if 'jcc.main' in l)
   words = shlex.split(line.strip().rstrip('&'), posix=False)

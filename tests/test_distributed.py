@@ -1,4 +1,4 @@
-"""Several processes as one run, on one machine: the README's recipe.
+"""Several processes as one run, on one machine, as docs/multihost.md says.
 
 Two processes with two CPU devices each talk over 127.0.0.1 with gloo, as
 hosts of a cluster would; they are compared with one process of four
@@ -102,7 +102,7 @@ def test_one_process_agrees_with_itself():
 
 
 # ---------------------------------------------------------------------------
-# Real processes, launched as the README's recipe launches them.
+# Real processes, launched as docs/multihost.md's recipe launches them.
 
 
 def _free_port() -> int:
@@ -124,7 +124,7 @@ def _compilation_cache(arm: str) -> dict:
 
 
 class Processes:
-  """The README's one-machine recipe, started as N real processes."""
+  """docs/multihost.md's one-machine recipe, started as N real processes."""
 
   def __init__(self, workdir, *flags, port=None, num_processes=2,
                per_process_flags=None, ids=None):

@@ -148,7 +148,7 @@ def test_unknown_compute_dtype_is_a_config_error():
 def test_one_cpu_device_on_several_cores_gets_a_hint():
   cpu = jax.devices('cpu')
   hint = parallel.cpu_devices_hint(cpu[:1], 256, cores=2)
-  assert 'JAX_NUM_CPU_DEVICES=2' in hint and 'README' in hint
+  assert 'JAX_NUM_CPU_DEVICES=2' in hint and 'docs/multihost.md' in hint
   assert parallel.cpu_devices_hint(cpu[:2], 256, cores=2) is None  # split
   assert parallel.cpu_devices_hint(cpu[:1], 256, cores=1) is None
   assert parallel.cpu_devices_hint(cpu[:1], 256, cores=3) is None  # 256 % 3

@@ -20,6 +20,7 @@ from jcc import errors
 from jcc import losses
 from jcc import pipeline
 from jcc import sources
+from jcc.sources import tfds as sources_tfds
 from jcc import models
 from jcc import step
 from jcc import workflows
@@ -289,12 +290,12 @@ def test_a_tfds_source_without_the_extra_names_the_install(name, monkeypatch):
   # As on a plain install: `import tensorflow` fails.
   for module in ('tensorflow', 'tensorflow_datasets'):
     monkeypatch.setitem(sys.modules, module, None)
-  sources._import_tensorflow.cache_clear()  # pylint: disable=protected-access
+  sources_tfds._import_tensorflow.cache_clear()  # pylint: disable=protected-access
   try:
     with pytest.raises(errors.DataError) as error:
       sources.load_dataset(_dataset_config(name))
   finally:
-    sources._import_tensorflow.cache_clear()  # pylint: disable=protected-access
+    sources_tfds._import_tensorflow.cache_clear()  # pylint: disable=protected-access
   message = str(error.value)
   assert "pip install 'jcc-clustering[tfds]'" in message
   assert '\n' not in message and repr(name) in message

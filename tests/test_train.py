@@ -14,6 +14,8 @@ import pytest
 from jcc import errors
 from jcc import models
 from jcc import parallel
+from jcc import plan
+from jcc import signals
 from jcc import step
 from jcc import train
 from jcc import validate
@@ -180,7 +182,7 @@ def test_the_command_line_refuses_a_step_no_machine_can_hold(tmp_path):
 def test_a_hangup_stops_a_run_as_sigterm_does():
   # Closing the terminal or losing an SSH connection sends SIGHUP.
   got = []
-  with train.on_stop_signals(lambda signum, frame: got.append(signum)):
+  with signals.on_stop_signals(lambda signum, frame: got.append(signum)):
     os.kill(os.getpid(), signal.SIGHUP)
   assert got == [signal.SIGHUP]
 
@@ -200,7 +202,7 @@ def test_learning_rate_schedules():
 
 
 def test_is_time_for_periodic_actions():
-  due = lambda **kw: [s for s in range(13) if train.is_time(s, **kw)]
+  due = lambda **kw: [s for s in range(13) if plan.is_time(s, **kw)]
   assert due(every=5) == [0, 5, 10]
   assert due(every=5, last=12) == [0, 5, 10, 12]
   assert due(every=0) == [] and due(every=0, last=12) == [12]
@@ -229,10 +231,10 @@ def test_cosine_run_logs_the_decaying_learning_rate(tmp_path):
 
 
 def test_min_steps_factor_is_the_smallest_whole_multiple():
-  assert train.min_steps_factor(14, 0) == 1
-  assert train.min_steps_factor(14, 14) == 1
-  assert train.min_steps_factor(14, 15) == 2
-  assert train.min_steps_factor(220, 1000) == 5
+  assert plan.min_steps_factor(14, 0) == 1
+  assert plan.min_steps_factor(14, 14) == 1
+  assert plan.min_steps_factor(14, 15) == 2
+  assert plan.min_steps_factor(220, 1000) == 5
 
 
 def test_a_small_dataset_trains_at_least_min_steps(tmp_path, caplog):
@@ -291,3 +293,14 @@ def test_a_resume_may_change_intervals_and_epochs(trained_copy, caplog):
   assert 'train.learning_rate: 0.001 there, 0.002 now' in caplog.text
   saved = json.loads((trained_copy / 'config.json').read_text())
   assert saved['train']['learning_rate'] == 2e-3
+
+
+def test_the_plan_turns_every_epoch_count_into_steps_once():
+  # digits at batch 256: 7 steps an epoch.
+  p = plan.plan_run(tiny_config(num_epochs=4, warmup_epochs=1,
+                                selflabel_epochs=2).train, 1797)
+  assert (p.steps_per_epoch, p.epoch_factor) == (7, 1)
+  assert (p.warmup_steps, p.joint_end, p.total_steps) == (7, 28, 42)
+  # A warm-up longer than the run ends with it.
+  p = plan.plan_run(tiny_config(num_epochs=1, warmup_epochs=3).train, 1797)
+  assert (p.warmup_steps, p.joint_end, p.total_steps) == (7, 7, 7)

@@ -1,0 +1,70 @@
+"""The run plan: every duration of the config resolved to steps, once.
+
+The config counts in epochs of the dataset it was made for; the loop only
+sees steps. A dataset so small that ``train.num_epochs`` are fewer than
+``train.min_steps`` steps trains a whole multiple of every epoch count
+(warm-up and self-labelling in proportion) instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import ml_collections
+
+
+def min_steps_factor(method_steps: int, min_steps: int) -> int:
+  """The smallest whole number of times the method's epochs must be
+  repeated to reach ``min_steps`` (1 when they already do)."""
+  return max(1, -(-min_steps // max(method_steps, 1)))
+
+
+@dataclasses.dataclass(frozen=True)
+class RunPlan:
+  """Step counts of a run; step s is in phase
+
+  * warm-up: s < warmup_steps;
+  * joint training: warmup_steps <= s < joint_end;
+  * self-labelling: joint_end <= s < total_steps.
+  """
+  steps_per_epoch: int
+  epoch_factor: int  # how many times every epoch count is repeated
+  num_epochs: int  # of the method (warm-up and joint), after the factor
+  selflabel_epochs: int
+  warmup_steps: int
+  joint_end: int
+  total_steps: int
+
+  @property
+  def warmup_epochs(self) -> int:
+    return self.warmup_steps // max(self.steps_per_epoch, 1)
+
+
+def plan_run(train: ml_collections.ConfigDict, num_examples: int) -> RunPlan:
+  """``config.train``'s epochs as steps for ``num_examples`` images."""
+  steps_per_epoch = num_examples // train.batch_size
+  factor = min_steps_factor(train.num_epochs * steps_per_epoch,
+                            train.min_steps)
+  num_epochs = train.num_epochs * factor
+  selflabel_epochs = train.selflabel_epochs * factor
+  joint_end = num_epochs * steps_per_epoch
+  return RunPlan(
+      steps_per_epoch=steps_per_epoch, epoch_factor=factor,
+      num_epochs=num_epochs, selflabel_epochs=selflabel_epochs,
+      warmup_steps=min(train.warmup_epochs * factor * steps_per_epoch,
+                       joint_end),
+      joint_end=joint_end,
+      total_steps=joint_end + selflabel_epochs * steps_per_epoch)
+
+
+def is_time(step: int, every: int, last: int | None = None,
+            start: int = 0) -> bool:
+  """Whether a periodic action is due at ``step`` (big_vision's itstime).
+
+  Due every ``every`` steps counted from ``start`` (never when ``every`` is
+  0), and at ``last``, where given. Logging, evaluation and checkpoints ask
+  after a step (``step`` = steps done), the P refresh before one.
+  """
+  if step == last:
+    return True
+  return every > 0 and step >= start and (step - start) % every == 0

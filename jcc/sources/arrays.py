@@ -1,0 +1,82 @@
+"""Sources held as arrays: scikit-learn's embedded digits and .npz files."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from jcc.errors import DataError
+from jcc.sources.dataset import ImageDataset, _as_nhwc_uint8, _class_indices
+
+
+def load_digits(dataset_config) -> ImageDataset:
+  """scikit-learn's bundled 8×8 digits (1,797 images), scaled to uint8."""
+  del dataset_config
+  from sklearn import datasets  # pylint: disable=g-import-not-at-top
+  digits = datasets.load_digits()
+  images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
+  return ImageDataset('digits', images[..., None],
+                      digits.target.astype(np.int64),
+                      class_names=tuple(str(d) for d in range(10)))
+
+
+def load_npz(dataset_config) -> ImageDataset:
+  """An .npz with uint8 `images` (NHW or NHWC) and optional int `labels`.
+
+  Read without pickle: object arrays are refused.
+  """
+  path = dataset_config.path
+  if not path:
+    raise DataError(
+        "dataset 'npz' needs a file: set --config.dataset.path=FILE.npz")
+  if not os.path.isfile(path):
+    raise DataError(
+        f"dataset 'npz': no file at {path!r} (config.dataset.path).")
+  _check_npz_file(path)
+  try:
+    with np.load(path, allow_pickle=False) as data:
+      if 'images' not in data:
+        raise DataError(
+            f'{path}: has no `images` array (found {data.files}).')
+      images = _as_nhwc_uint8(data['images'], path)
+      labels = (_class_indices(data['labels'], f'{path}: `labels`')
+                if 'labels' in data else None)
+      class_names = None
+      if 'class_names' in data and data['class_names'].dtype.kind == 'U':
+        class_names = tuple(str(c) for c in data['class_names'])
+  except (ValueError, OSError, EOFError) as e:
+    if isinstance(e, DataError):
+      raise
+    if 'allow_pickle' in str(e) or 'Object arrays' in str(e):
+      raise DataError(
+          f'{path}: holds object arrays, which jcc does not load (loading '
+          'them can run code). Save the images as a uint8 array: '
+          'np.savez(path, images=images).') from None
+    raise DataError(f'{path}: not a readable .npz of arrays ({e}).') from e
+  if labels is not None and labels.shape != (images.shape[0],):
+    raise DataError(
+        f'{path}: `labels` has shape {labels.shape}, expected '
+        f'({images.shape[0]},).')
+  if labels is not None and labels.size and labels.max() >= len(images):
+    raise DataError(
+        f'{path}: `labels` holds {labels.max()} for {len(images)} images; '
+        'labels must be class indices 0, 1, 2, … (fewer classes than '
+        'images).')
+  return ImageDataset('npz', images, labels, class_names=class_names)
+
+
+def _check_npz_file(path: str) -> None:
+  """Raises DataError, saying what the file is, unless it is a zip (.npz)."""
+  with open(path, 'rb') as f:
+    start = f.read(6)
+  if start.startswith(b'PK'):
+    return
+  if not start:
+    what = 'an empty file (0 bytes)'
+  elif start.startswith(b'\x93NUMPY'):
+    what = 'one .npy array, not an .npz'
+  else:
+    what = 'not an .npz (a zip of arrays)'
+  raise DataError(f'{path}: {what}. Write one with np.savez(path, '
+                  'images=images[, labels=labels]).')

@@ -1,0 +1,120 @@
+"""The in-memory dataset every source ends in, and the one resizer.
+
+:class:`ImageDataset` holds uint8 NHWC images and, where they exist, labels
+(used only for evaluation); :func:`resize_image` brings every source's images
+to ``config.dataset.image_size``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from jcc.errors import DataError
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageDataset:
+  """Images in memory.
+
+  Attributes:
+    name: registry name of the source.
+    images: (N, H, W, C) uint8.
+    labels: (N,) int64 ground truth for evaluation, or None.
+    instance_only: (N,) bool, True for examples that train the instance
+      objective alone (STL-10's unlabelled split): they take no part in the
+      cluster, entropy and KL terms, the centroids or the evaluation. None
+      when every example is clustered.
+    class_names: the name of each label value, when the source knows them.
+    image_names: each image's file, relative to the folder it was read from,
+      for sources of image files (the report names them).
+  """
+  name: str
+  images: np.ndarray
+  labels: np.ndarray | None
+  instance_only: np.ndarray | None = None
+  class_names: tuple[str, ...] | None = None
+  image_names: tuple[str, ...] | None = None
+
+  def __len__(self) -> int:
+    return self.images.shape[0]
+
+  @property
+  def channels(self) -> int:
+    return self.images.shape[-1]
+
+  @property
+  def clustered(self) -> np.ndarray:
+    """Indices of the examples that are clustered and evaluated."""
+    if self.instance_only is None:
+      return np.arange(len(self))
+    return np.flatnonzero(~self.instance_only)
+
+
+def _as_nhwc_uint8(images: np.ndarray, where: str) -> np.ndarray:
+  if images.dtype != np.uint8:
+    raise DataError(f'{where}: images must be uint8, got {images.dtype}.')
+  if images.ndim == 3:
+    images = images[..., None]
+  if images.ndim != 4 or images.shape[-1] not in (1, 3):
+    raise DataError(
+        f'{where}: images must be (N, H, W) or (N, H, W, 1|3); got shape '
+        f'{images.shape}.')
+  return images
+
+
+def _class_indices(labels: np.ndarray, where: str) -> np.ndarray:
+  """``labels`` as int64 class indices; a DataError unless integral and >= 0."""
+  if labels.dtype.kind == 'f':
+    bad = ~np.isfinite(labels) | (labels != np.round(labels))
+    if bad.any():
+      raise DataError(
+          f'{where}: {int(bad.sum())} value(s) are not whole numbers (first: '
+          f'{labels[bad][0]}); labels must be class indices 0, 1, 2, …')
+  elif labels.dtype.kind not in 'iub':
+    raise DataError(f'{where}: dtype {labels.dtype}; labels must be integer '
+                    'class indices 0, 1, 2, …')
+  labels = labels.astype(np.int64)
+  if labels.size and labels.min() < 0:
+    raise DataError(
+        f'{where}: {int((labels < 0).sum())} negative value(s) (first: '
+        f'{labels[labels < 0][0]}); labels must be class indices 0, 1, 2, …')
+  return labels
+
+
+def resize_image(image: np.ndarray, size: int) -> np.ndarray:
+  """One uint8 HWC image at size × size: the resizer of every source.
+
+  PIL's bilinear filter, which antialiases when it shrinks; an image already
+  at the size is passed through, so its pixels stay exact. Runs on the host,
+  so loading data compiles nothing.
+  """
+  if image.shape[:2] == (size, size):
+    return image
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+  resized = np.asarray(pil.resize((size, size), Image.Resampling.BILINEAR))
+  return resized.reshape(size, size, image.shape[-1])
+
+
+def resize_images(images: np.ndarray, size: int) -> np.ndarray:
+  """Resizes uint8 NHWC images to size × size (:func:`resize_image`)."""
+  if images.shape[1:3] == (size, size):
+    return images
+  out = np.empty((images.shape[0], size, size, images.shape[3]), np.uint8)
+  for i, image in enumerate(images):
+    out[i] = resize_image(image, size)
+  return out
+
+
+def count_distinct(images: np.ndarray, limit: int = 1000) -> int:
+  """The number of distinct images, counted up to ``limit`` (then ``limit``):
+  enough to tell a dataset of copies from a real one, without hashing all
+  of a large one."""
+  seen = set()
+  for image in images:
+    seen.add(hash(image.tobytes()))
+    if len(seen) >= limit:
+      break
+  return len(seen)

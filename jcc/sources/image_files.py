@@ -1,0 +1,224 @@
+"""Sources of image files: the user's folders and the Tiny-ImageNet layout.
+
+Every source of image files (these, the ILSVRC2012 folder of the ImageNet
+subsets, predict's inputs) goes through :func:`decode_images`: one decode
+path, as a viewer shows an image, with one bad-file policy.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+
+from absl import logging
+import numpy as np
+
+from jcc.errors import DataError
+from jcc.sources.dataset import ImageDataset, resize_image
+
+
+IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.webp', '.tif',
+                    '.tiff')
+
+
+def _images_in(folder: str) -> list[str]:
+  """The image files directly in ``folder``, sorted.
+
+  A symbolic link that leads nowhere (dangling, or a loop) is listed too:
+  decoding then reports it as a bad file, rather than it vanishing.
+  """
+  def is_image(path: str) -> bool:
+    return os.path.isfile(path) or (os.path.islink(path) and
+                                    not os.path.exists(path))
+  return sorted(os.path.join(folder, f) for f in os.listdir(folder)
+                if f.lower().endswith(IMAGE_EXTENSIONS) and
+                is_image(os.path.join(folder, f)))
+
+
+def _class_files(folders: list[str]) -> tuple[list[str], list[int]]:
+  """The image files of each folder (sorted), labelled by its position."""
+  files, labels = [], []
+  for label, folder in enumerate(folders):
+    found = _images_in(folder)
+    files += found
+    labels += [label] * len(found)
+  return files, labels
+
+
+def _list_images(root: str) -> tuple[list[str], list[int] | None, list[str]]:
+  """(files, labels or None, class names): class subfolders, or flat.
+
+  One layout or the other: images both at the top level and in class
+  folders are an error (the top-level ones would have no class).
+  """
+  classes = sorted(d for d in os.listdir(root)
+                   if os.path.isdir(os.path.join(root, d)) and
+                   _images_in(os.path.join(root, d)))
+  top_level = _images_in(root)
+  if not classes:
+    return top_level, None, []
+  if top_level:
+    raise DataError(
+        f'{root}: {len(top_level)} images at its top level (e.g. '
+        f'{os.path.basename(top_level[0])}) beside {len(classes)} class '
+        f'folder(s) ({", ".join(classes[:5])}{", …" if len(classes) > 5 else ""}'
+        '). Use one layout: every image in a class folder, or all of them '
+        'at the top level (no labels).')
+  files, labels = _class_files([os.path.join(root, c) for c in classes])
+  return files, labels, classes
+
+
+class _BadImage(Exception):
+  """An image file that cannot be used; the message says why."""
+
+
+def _eight_bit(image):
+  """Single-channel images of more than 8 bits, scaled (not clipped) to 8.
+
+  PIL's convert('L') clips a 16-bit PNG's 0…65535 to 0…255; its values are
+  scaled by 255/65535 instead ('I;16*', and 'I' holding 16-bit values).
+  Floating-point images are taken as 0…1 where they lie in it, else 0…255.
+  """
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  if image.mode.startswith('I;16') or image.mode == 'I':
+    values = np.asarray(image, np.float64)
+    if image.mode.startswith('I;16') or values.max(initial=0) > 255:
+      values = values * (255 / 65535)
+  elif image.mode == 'F':
+    values = np.asarray(image, np.float64)
+    if values.size and 0 <= values.min() and values.max() <= 1:
+      values = values * 255
+  else:
+    return image
+  return Image.fromarray(np.clip(np.round(values), 0, 255).astype(np.uint8))
+
+
+def _read_image(path: str, size: int, mode: str | None = None):
+  """(size, size, C) uint8 and whether the file is grayscale.
+
+  As a viewer shows it: EXIF orientation applied, 16-bit values scaled to 8
+  bits. ``mode`` 'L' or 'RGB' forces the channels; None keeps gray images
+  gray. Raises _BadImage, saying why, for a file that cannot be used.
+  """
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from PIL import ImageOps  # pylint: disable=g-import-not-at-top
+  if os.path.islink(path) and not os.path.exists(path):
+    raise _BadImage('a symbolic link that leads to no file')
+  try:
+    with Image.open(path) as image:
+      image.load()
+      image = ImageOps.exif_transpose(image)
+      gray = image.mode in ('1', 'L', 'I', 'F') or image.mode.startswith('I;16')
+      image = np.asarray(
+          _eight_bit(image).convert(mode or ('L' if gray else 'RGB')), np.uint8)
+  except Image.DecompressionBombError as e:
+    raise _BadImage(
+        f'too large to decode safely ({e}); Pillow allows up to '
+        f'{2 * Image.MAX_IMAGE_PIXELS:,} pixels') from None
+  except (OSError, ValueError, SyntaxError) as e:
+    raise _BadImage(f'unreadable ({type(e).__name__})') from None
+  return resize_image(image.reshape(image.shape[:2] + (-1,)), size), gray
+
+
+def decode_images(files: list[str], size: int, skip_bad_images: bool,
+                  where: str, mode: str | None = None,
+                  ) -> tuple[np.ndarray, np.ndarray]:
+  """Image files → (uint8 NHWC at size × size, indices of the files kept).
+
+  Every source that reads image files decodes them here: PIL, on a pool of
+  threads (decoding and resizing release the GIL). ``mode`` 'L' or 'RGB'
+  forces the channels; None makes all RGB if any file is colour, else keeps
+  them gray. One bad-file policy: unreadable or truncated files are skipped
+  with a warning that lists them when ``skip_bad_images``, else they are an
+  error; no readable file at all is always an error.
+  """
+  def read(path: str):
+    try:
+      return _read_image(path, size, mode)
+    except _BadImage as e:
+      return str(e)
+
+  with concurrent.futures.ThreadPoolExecutor(
+      max_workers=min(32, (os.cpu_count() or 1) + 4)) as pool:
+    decoded = list(pool.map(read, files))
+  bad = [f'{f} ({d})' for f, d in zip(files, decoded) if isinstance(d, str)]
+  if len(bad) == len(files):
+    raise DataError(f'{where}: none of the {len(files)} image files could be '
+                    f'read (first: {bad[0]}).')
+  if bad and not skip_bad_images:
+    raise DataError(
+        f'{where}: {len(bad)} unusable image file(s): {", ".join(bad)}. '
+        'Remove them, or set --config.dataset.skip_bad_images=True.')
+  if bad:
+    logging.warning('Skipped %d unusable image file(s) in %s: %s', len(bad),
+                    where, ', '.join(bad))
+  kept = np.asarray([i for i, d in enumerate(decoded)
+                     if not isinstance(d, str)])
+  any_colour = any(not decoded[i][1] for i in kept)
+  images = [decoded[i][0] for i in kept]
+  if any_colour and mode is None:
+    images = [np.repeat(x, 3, axis=-1) if x.shape[-1] == 1 else x
+              for x in images]
+  return np.stack(images), kept
+
+
+def load_folder(dataset_config) -> ImageDataset:
+  """Images under config.dataset.path, resized to image_size.
+
+  ``PATH/<class>/*.png|jpg|…`` gives labels (class folders in sorted order);
+  a flat folder gives none. Grayscale, RGB and RGBA files may be mixed: if any
+  is colour, all become RGB. Unreadable or truncated files are skipped with a
+  warning that lists them when ``config.dataset.skip_bad_images`` is True
+  (else they are an error); a folder with no readable image is an error.
+  """
+  root = dataset_config.path
+  if not root:
+    raise DataError(
+        "dataset 'folder' needs a directory: set "
+        '--config.dataset.path=DIR (DIR/<class>/*.jpg, or a flat DIR).')
+  if not os.path.isdir(root):
+    raise DataError(
+        f"dataset 'folder': no directory at {root!r} (config.dataset.path).")
+  files, labels, classes = _list_images(root)
+  if not files:
+    raise DataError(
+        f'{root}: no images found (looked for {", ".join(IMAGE_EXTENSIONS)} '
+        'directly inside it and in its class subfolders).')
+  images, kept = decode_images(files, dataset_config.image_size,
+                                dataset_config.skip_bad_images, root)
+  label_array = None if labels is None else np.asarray(labels, np.int64)[kept]
+  logging.info('%s: %d images, %s.', root, len(images),
+               f'{len(classes)} class folders ({", ".join(classes)})'
+               if classes else 'flat (no labels)')
+  return ImageDataset('folder', images, label_array,
+                      class_names=tuple(classes) or None,
+                      image_names=tuple(os.path.relpath(files[i], root)
+                                        for i in kept))
+
+
+def load_tiny_imagenet(dataset_config) -> ImageDataset:
+  """Tiny-ImageNet's 100,000 train images from the official folder layout.
+
+  ``config.dataset.path`` is the extracted ``tiny-imagenet-200`` folder:
+  ``train/<wnid>/images/*.JPEG``; labels are the wnids in sorted order.
+  """
+  root = dataset_config.path
+  train = os.path.join(root, 'train') if root else ''
+  if not root or not os.path.isdir(train):
+    raise DataError(
+        "Dataset 'tiny_imagenet' has no TFDS builder: download "
+        'tiny-imagenet-200.zip (http://cs231n.stanford.edu/tiny-imagenet-200'
+        '.zip), extract it and set --config.dataset.path to the folder that '
+        f'holds train/ (looked for {train or "train/ under an empty path"}).')
+  wnids = sorted(d for d in os.listdir(train)
+                 if os.path.isdir(os.path.join(train, d, 'images')))
+  files, labels = _class_files(
+      [os.path.join(train, wnid, 'images') for wnid in wnids])
+  if not files:
+    raise DataError(f'{train}: no images in train/<wnid>/images/.')
+  images, kept = decode_images(
+      files, dataset_config.image_size, dataset_config.skip_bad_images,
+      f'tiny_imagenet ({root})', mode='RGB')
+  return ImageDataset('tiny_imagenet', images,
+                      np.asarray(labels, np.int64)[kept],
+                      class_names=tuple(wnids))
