@@ -9,7 +9,7 @@ import optax
 from jcc import models
 from jcc import parallel
 from jcc import step
-from jcc import validate
+from jcc import terms
 
 
 def step_runner(config, channels: int, devices=None):
@@ -34,7 +34,7 @@ def step_runner(config, channels: int, devices=None):
   args = (parallel.to_global(target, rep), parallel.to_global(images, shard),
           parallel.to_global(np.arange(batch, dtype=np.int32), shard),
           np.float32(1.0))
-  if validate.uses_neighbors(config):
+  if terms.uses_neighbors(config):
     args += (parallel.to_global(images[::-1].copy(), shard),)
   holder = {'state': state}
 

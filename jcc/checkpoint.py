@@ -25,7 +25,7 @@ import orbax.checkpoint as ocp
 
 from jcc import distributed
 from jcc import files
-from jcc import validate
+from jcc import terms
 from jcc.errors import CheckpointError, ConfigError, is_disk_full
 
 
@@ -65,7 +65,7 @@ def model_signature(config: ml_collections.ConfigDict, channels: int,
       'head_hidden': config.model.head_hidden,
       'projection_dim': config.model.projection_dim,
       'decoder_width': config.model.decoder_width,
-      'neighbor_terms': validate.uses_neighbors(config),
+      'neighbor_terms': terms.uses_neighbors(config),
       'selflabel_fixed': config.train.selflabel_fixed,
   }
 
@@ -306,7 +306,7 @@ class Checkpoints:
   def _set_aside(self, steps: list[int]) -> None:
     """Moves damaged checkpoints out of the manager's way, keeping them."""
     self._manager.close()
-    if jax.process_index() == 0:  # the processes of a run share the workdir
+    if distributed.writes_shared_files():
       aside = os.path.join(self.workdir, 'damaged_checkpoints')
       os.makedirs(aside, exist_ok=True)
       for step in steps:

@@ -38,7 +38,6 @@ from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
-from jcc import validate
 from jcc.errors import ConfigError
 
 # EX_TEMPFAIL: nothing is wrong with the command; run it again on every host
@@ -164,6 +163,14 @@ def _describe(config: ml_collections.ConfigDict) -> str:
           f'num_processes={d.num_processes}, process_id={d.process_id}')
 
 
+def writes_shared_files() -> bool:
+  """Whether this process writes the workdir's shared files: results.json,
+  the report, predictions, the metric logs, model.json and config.json, and
+  holds the lock. Process 0 of a run; every process writes its own part of
+  each checkpoint (orbax)."""
+  return jax.process_index() == 0
+
+
 def is_multiprocess() -> bool:
   return jax.distributed.is_initialized() and jax.process_count() > 1
 
@@ -177,14 +184,16 @@ def fingerprint(config: ml_collections.ConfigDict,
   (a host whose copy of the data differs), the source of the jcc package
   (``package``, default: this one) and the JAX version.
   """
-  values = {k: v for k, v in validate.flatten(config)
-            if k not in PER_PROCESS_FIELDS}
+  values = config.to_dict()
+  for field in PER_PROCESS_FIELDS:
+    group, name = field.split('.')
+    values.get(group, {}).pop(name, None)
   digest = hashlib.sha256()
   digest.update(json.dumps(values, sort_keys=True, default=str).encode())
   digest.update(repr(tuple(data_shape)).encode())
   package = package or pathlib.Path(__file__).parent
-  for path in sorted(package.glob('*.py')):
-    digest.update(path.name.encode())
+  for path in sorted(package.rglob('*.py')):
+    digest.update(str(path.relative_to(package)).encode())
     digest.update(path.read_bytes())
   digest.update(jax.__version__.encode())
   return digest.digest()

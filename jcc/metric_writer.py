@@ -21,8 +21,8 @@ import types
 from collections.abc import Mapping
 
 from absl import logging
-import jax
 
+from jcc import distributed
 from jcc.errors import is_disk_full
 
 
@@ -54,7 +54,7 @@ class MetricWriter:
   """Writes scalars for a step to TensorBoard and WORKDIR/metrics.jsonl."""
 
   def __init__(self, workdir: str):
-    self.enabled = jax.process_index() == 0
+    self.enabled = distributed.writes_shared_files()
     self._summary = None
     self._jsonl = None
     if not self.enabled:

@@ -21,12 +21,13 @@ from jcc import augment
 from jcc import losses
 from jcc import models
 from jcc import parallel
-from jcc import validate
+from jcc.terms import (JOINT_TERMS, LOSS_WEIGHTS, NEIGHBOR_TERMS,
+                       uses_neighbors)
 
 
 # Loss terms, in the order they are reported: one per weight in config.loss,
 # then the self-labelling stage's one term.
-TERMS = validate.LOSS_WEIGHTS + ('self_labeling',)
+TERMS = LOSS_WEIGHTS + ('self_labeling',)
 # What a step checks for finiteness: each term, the total and the gradient,
 # and the updated parameters (a finite gradient with a NaN learning rate).
 # Bit i of TrainState.nonfinite_terms is entry i: later terms go at the end,
@@ -56,9 +57,7 @@ def nonfinite_names(nonfinite_terms: int) -> list[str]:
 
 def compute_dtype(config: ml_collections.ConfigDict) -> jnp.dtype:
   """config.train.compute_dtype as a dtype (float32 or bfloat16)."""
-  name = config.train.get('compute_dtype', 'float32')
-  validate.check_choice('train.compute_dtype', name, validate.COMPUTE_DTYPES)
-  return jnp.dtype(name)
+  return jnp.dtype(config.train.get('compute_dtype', 'float32'))
 
 
 def learning_rate_schedule(train_config: ml_collections.ConfigDict,
@@ -68,9 +67,7 @@ def learning_rate_schedule(train_config: ml_collections.ConfigDict,
   'constant': CC's recipe. 'cosine': lr·½(1 + cos(π·t/T)) over the T steps of
   the whole run, ending at 0.
   """
-  name = train_config.get('lr_schedule', 'constant')
-  validate.check_choice('train.lr_schedule', name, validate.LR_SCHEDULES)
-  if name == 'cosine':
+  if train_config.get('lr_schedule', 'constant') == 'cosine':
     return optax.cosine_decay_schedule(train_config.learning_rate,
                                        max(total_steps, 1))
   return optax.constant_schedule(train_config.learning_rate)
@@ -190,10 +187,10 @@ def make_train_step(model, tx, config, mesh, instance_only: bool = False,
   ``images`` (uint8) and ``indices`` (their rows in the dataset, to look up
   P in ``target``) are the global batch, sharded over 'data'; the state and
   ``target`` are replicated. ``joint_scale`` is 0 in the warm-up, 1 after:
-  it switches the terms of validate.JOINT_TERMS. Then, in this order:
+  it switches the terms of JOINT_TERMS. Then, in this order:
   with ``instance_only``, ``clustered``: (N,) bool, replicated, False for
   the examples that train the instance objective alone; ``with_neighbors``
-  (default: a neighbour term has a weight, :func:`validate.uses_neighbors`),
+  (default: a neighbour term has a weight, :func:`jcc.terms.uses_neighbors`),
   ``neighbor_images``: (B, …) uint8, each image's neighbour, sharded like
   ``images``. Without neighbours the neighbour terms are left out, as in
   the warm-up, where they have no neighbours yet. With ``self_labeling``:
@@ -209,10 +206,10 @@ def make_train_step(model, tx, config, mesh, instance_only: bool = False,
   aug_key = jax.random.fold_in(jax.random.key(config.seed), 1)
   decode = bool(loss_config.reconstruction)
   if with_neighbors is None:
-    with_neighbors = validate.uses_neighbors(config)
+    with_neighbors = uses_neighbors(config)
   if not with_neighbors:
     loss_config = loss_config.copy_and_resolve_references()
-    for name in validate.NEIGHBOR_TERMS:
+    for name in NEIGHBOR_TERMS:
       loss_config[name] = 0.0
 
   def step_fn(state, target, images, indices, joint_scale, *extra):
@@ -253,7 +250,7 @@ def make_train_step(model, tx, config, mesh, instance_only: bool = False,
                                  neighbor)
       total = sum(
           loss_config[name] * value *
-          (joint_scale if name in validate.JOINT_TERMS else 1)
+          (joint_scale if name in JOINT_TERMS else 1)
           for name, value in terms.items())
       if self_labeling:
         total += config.train.selflabel_weight * extra_terms['self_labeling']

@@ -39,18 +39,15 @@ import optax
 from jcc import checkpoint
 from jcc import distributed
 from jcc import evaluate
-from jcc import losses
 from jcc import metric_writer
 from jcc import models
-from jcc import neighbors
 from jcc import parallel
+from jcc import phases
 from jcc import pipeline
 from jcc import plan as plan_lib
-from jcc import report
 from jcc import signals
 from jcc import sources
 from jcc import step as step_lib
-from jcc import validate
 from jcc.errors import ConfigError
 
 
@@ -59,43 +56,27 @@ TRAINING = 'a training'
 
 
 class Trainer:
-  """Holds what a run needs; its methods are the phases of the method."""
+  """Holds what a run needs; its methods are the phases of the method.
+
+  Built by :func:`jcc.workflows.build_trainer`, which checks the config, the
+  data and the workdir first and takes the workdir's lock; the Trainer
+  releases it when closed.
+  """
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str,
+               dataset: sources.ImageDataset, mesh: jax.sharding.Mesh,
+               model_signature: dict, lock: checkpoint.WorkdirLock | None,
                mode: str = TRAINING):
     self.start_time = time.time()
     self.config = config
     self.workdir = workdir
-    # Everything that can be the user's mistake is checked before anything is
-    # compiled or written: the config alone first, then against the data.
-    validate.check_fields(config)
-    # Joining the other processes first: a peer whose data cannot be read
-    # then tells them, rather than leaving them waiting to be joined.
-    distributed.initialize(config)
-    parallel.check_platforms()
-    self.dataset = sources.load_dataset(config.dataset)
-    self.mesh = parallel.make_mesh()
-    num_devices = self.mesh.size
-    distributed.check_same_run(config, self.dataset.images.shape)
-    self.clustered = self.dataset.clustered
-    validate.check_against_data(config, len(self.clustered), num_devices)
-    known = sources.DATASETS[config.dataset.name].num_classes
-    if known and known != config.dataset.num_clusters:
-      logging.warning('%s has %d classes; clustering into K=%d '
-                      '(config.dataset.num_clusters).', config.dataset.name,
-                      known, config.dataset.num_clusters)
-    checkpoint.check_workdir(workdir)
-    self.model_signature = checkpoint.model_signature(
-        config, self.dataset.channels, len(self.dataset))
-    checkpoint.check_model_signature(workdir, self.model_signature)
+    self.dataset = dataset
+    self.mesh = mesh
+    self.clustered = dataset.clustered
+    self.model_signature = model_signature
     self._settings_written = mode != TRAINING
-    # The hosts of one run share the workdir: the first one holds it.
-    self.lock = (checkpoint.WorkdirLock(workdir, mode)
-                 if jax.process_index() == 0 else None)
+    self.lock = lock
     try:
-      # A second command on a busy workdir is told so first, by the lock.
-      if mode == TRAINING:
-        checkpoint.check_resume_settings(workdir, config)
       self._set_up(config, workdir, mode)
     except BaseException:
       self.release_lock()
@@ -142,7 +123,9 @@ class Trainer:
     # DEC's target P (rows of instance-only examples are 0 and unused).
     k = config.dataset.num_clusters
     self._instance_only = self.dataset.instance_only is not None
-    self.target = self._target_array(np.full((len(self.clustered), k), 1 / k))
+    uniform = np.zeros((len(self.dataset), k), np.float32)
+    uniform[self.clustered] = 1 / k
+    self.target = parallel.to_global(uniform, self.replicated)
     # The step's arguments besides the state, target and batch, placed once.
     self._joint_scales = [
         parallel.to_global(np.float32(scale), self.replicated)
@@ -151,7 +134,7 @@ class Trainer:
         parallel.to_global(~self.dataset.instance_only, self.replicated),)
     # Each image's nearest neighbours, (N, k), mined at the end of the
     # warm-up (until then each image stands in for its own, unused).
-    self._use_neighbors = validate.uses_neighbors(config)
+    self._use_neighbors = step_lib.uses_neighbors(config)
     self.neighbors = np.repeat(
         np.arange(len(self.dataset), dtype=np.int32)[:, None],
         config.train.num_neighbors, axis=1) if self._use_neighbors else None
@@ -209,7 +192,7 @@ class Trainer:
   def save(self, force: bool = False) -> None:
     """Checkpoints the state, unless it went non-finite (then it raises)."""
     self.check_finite()
-    if jax.process_index() == 0:  # one writer on a shared workdir
+    if distributed.writes_shared_files():
       checkpoint.write_model_signature(self.workdir, self.model_signature)
       if not self._settings_written:  # the settings this training ran with
         checkpoint.write_settings(self.workdir, self.config)
@@ -228,15 +211,7 @@ class Trainer:
         'stopped; the checkpoints in the workdir are from before it. Lower '
         'config.train.learning_rate or check the data.')
 
-  # -- passes over the whole dataset --------------------------------------
-
-  def _target_array(self, p_clustered: np.ndarray) -> jax.Array:
-    """(N, K) replicated P: given rows for the clustered examples, else 0."""
-    if not self._instance_only:
-      return parallel.to_global(p_clustered.astype(np.float32), self.replicated)
-    full = np.zeros((len(self.dataset), p_clustered.shape[1]), np.float32)
-    full[self.clustered] = p_clustered
-    return parallel.to_global(full, self.replicated)
+  # -- passes over the whole dataset (jcc.phases) -------------------------
 
   def predict(self, images: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Embeddings, cluster-head probabilities and q for each image.
@@ -244,9 +219,7 @@ class Trainer:
     Default: the clustered training images (all but instance-only ones).
     """
     if images is None:
-      images = self.dataset.images
-      if self._instance_only:
-        images = images[self.clustered]
+      images = self.dataset.images[self.clustered]
     variables = {'params': self.state.params,
                  'batch_stats': self.state.batch_stats}
     return evaluate.predict_batches(
@@ -255,61 +228,50 @@ class Trainer:
         lambda batch: parallel.to_global(batch, self.batch_sharding))
 
   def init_centroids(self) -> None:
-    """Phase 2: centroids ← k-means on the embeddings of the whole dataset."""
-    start = time.time()
-    embeddings = self.predict()['embedding']
-    centroids, _ = evaluate.kmeans(
-        embeddings, self.config.dataset.num_clusters, self.config.seed,
-        self.config.train.kmeans_n_init)
-    # k-means runs on each host; its float rounding may differ between them.
-    centroids = distributed.from_process_zero(centroids)
+    """DEC's centroids ← k-means on the embeddings of the whole dataset."""
+    centroids = phases.kmeans_centroids(self.predict()['embedding'],
+                                        self.config)
     params = flax.core.unfreeze(self.state.params)
-    params['clustering']['centroids'] = parallel.to_global(centroids, self.replicated)
+    params['clustering']['centroids'] = parallel.to_global(centroids,
+                                                           self.replicated)
     self.state = self.state.replace(params=params)
-    logging.info('Centroids initialised by k-means (n_init=%d) on %d '
-                 'embeddings in %.1f s.', self.config.train.kmeans_n_init,
-                 len(embeddings), time.time() - start)
 
   def refresh_target(self) -> None:
     """Recomputes DEC's target distribution P over the whole dataset."""
-    q = self.predict()['student_t']
-    self.target = self._target_array(
-        np.asarray(losses.target_distribution(q)))
+    self.target = parallel.to_global(phases.target_rows(
+        self.predict()['student_t'], len(self.dataset), self.clustered),
+                                     self.replicated)
 
   def start_self_labeling(self) -> None:
-    """Says what the self-labelling stage starts from (the share of images
-    confident enough to be pseudo-labels and, with labels, how right), and
-    with train.selflabel_fixed, fixes those pseudo-labels for the stage."""
-    threshold = self.config.train.selflabel_threshold
+    """Says what the stage starts from; with train.selflabel_fixed, fixes
+    the pseudo-labels for the stage."""
     probs = self.predict()['cluster_probs']
-    confident = evaluate.confident_predictions(
-        self._clustered_labels(), probs, threshold)
     if self.pseudo_labels is not None:
-      # The predictions run on each host; float rounding may differ there.
-      self.pseudo_labels = np.full(len(self.dataset), -1, np.int32)
-      self.pseudo_labels[self.clustered] = distributed.from_process_zero(
-          evaluate.pseudo_labels(probs, threshold))
-    logging.info(
-        'Self-labelling: %d steps; pseudo-labels (the cluster head above '
-        'train.selflabel_threshold): %s; %s.',
-        self.total_steps - self.joint_end,
-        evaluate.describe_confident(confident),
-        'fixed for the stage (train.selflabel_fixed)'
-        if self.pseudo_labels is not None else 're-read at every step')
+      self.pseudo_labels = phases.pseudo_labels(
+          probs, self.config.train.selflabel_threshold, len(self.dataset),
+          self.clustered)
+    phases.log_self_labeling_start(
+        probs, self.clustered_labels(), self.config.train,
+        self.total_steps - self.joint_end, self.pseudo_labels is not None)
 
   def mine_neighbors(self) -> None:
     """Each image's nearest neighbours in the embedding, over all N."""
-    start = time.time()
-    embeddings = self.predict(self.dataset.images)['embedding']
-    self.neighbors = neighbors.nearest_neighbors(
-        embeddings, self.config.train.num_neighbors, self.mesh)
+    self.neighbors = phases.nearest_neighbors(
+        self.predict(self.dataset.images)['embedding'],
+        self.config.train.num_neighbors, self.mesh,
+        None if self._instance_only else self.dataset.labels)
+
+  def dec_centroids_for_evaluation(self) -> None:
+    """k-means centroids for DEC's assignment where no joint phase set them
+    (then DEC's assignment is nearest-centroid of k-means on the final
+    embeddings, deterministic in the seed)."""
+    if self.joint_end <= self.warmup_steps or not self.config.loss.kl:
+      self.init_centroids()
+
+  def clustered_labels(self) -> np.ndarray | None:
+    """The labels of the clustered examples, where the data has labels."""
     labels = self.dataset.labels
-    agreement = '' if labels is None or self._instance_only else (
-        f'; {neighbors.neighbor_accuracy(self.neighbors, labels):.3f} '
-        'share their image\'s label')
-    logging.info('Mined %d neighbours of each of %d images in %.1f s%s.',
-                 self.neighbors.shape[1], len(embeddings),
-                 time.time() - start, agreement)
+    return None if labels is None else labels[self.clustered]
 
   # -- the loop ------------------------------------------------------------
 
@@ -493,86 +455,17 @@ class Trainer:
     return (plan_lib.is_time(done, self.config.train.log_every_steps) and
             distributed.any_process(self.stop_requested))
 
-  def _clustered_labels(self) -> np.ndarray | None:
-    labels = self.dataset.labels
-    return None if labels is None else labels[self.clustered]
-
   def evaluate_during_training(self, step: int) -> None:
     """ACC/NMI/ARI of the cluster head and DEC now, to the metric logs."""
-    labels = self._clustered_labels()
+    labels = self.clustered_labels()
     if labels is None:
       return
-    outputs = self.predict()
-    scalars = {}
-    for name, probs in (('cluster_head', outputs['cluster_probs']),
-                        ('dec', outputs['student_t'])):
-      if name == 'dec' and (step <= self.warmup_steps or
-                            not self.config.loss.kl):
-        continue  # the centroids have not been set yet
-      for metric, value in evaluate.clustering_metrics(
-          labels, probs.argmax(1)).items():
-        scalars[f'eval/{name}_{metric}'] = value
+    scalars = phases.evaluation_scalars(
+        labels, self.predict(),
+        centroids_set=step > self.warmup_steps and bool(self.config.loss.kl))
     logging.info('evaluation at step %d: %s', step, ' '.join(
         f'{k[5:]}={v:.3f}' for k, v in scalars.items()))
     self.writer.write_scalars(step, scalars)
-
-  def finish_dec_assignment(self) -> None:
-    """Centroids for DEC's assignment when no joint phase set them.
-
-    Then DEC's assignment is nearest-centroid of k-means on the final
-    embeddings (deterministic in the seed).
-    """
-    if self.joint_end <= self.warmup_steps or not self.config.loss.kl:
-      self.init_centroids()
-
-  def evaluate(self) -> dict:
-    """Metrics of the three assignments: results.json, report/, metric logs.
-
-    Raises EvaluationStopped on SIGTERM or SIGINT: the evaluation is
-    abandoned, and evaluating the same checkpoint again redoes it.
-    """
-    with signals.on_stop_signals(signals.stop_evaluation):
-      logging.info('Evaluating the model of step %d.', int(self.state.step))
-      return self._evaluate()
-
-  def _evaluate(self) -> dict:
-    self.finish_dec_assignment()
-    outputs = self.predict()
-    k = self.config.dataset.num_clusters
-    labels = self._clustered_labels()
-    metrics = evaluate.evaluate_assignments(
-        labels, outputs['cluster_probs'], outputs['student_t'],
-        outputs['embedding'], k, self.config.seed)
-    results = {
-        'dataset': self.config.dataset.name,
-        'num_examples': len(self.clustered),
-        'num_clusters': k,
-        'seconds': time.time() - self.start_time,
-        **metrics,
-        # How much self-labelling would (or did) rest on, and how right.
-        'confident': evaluate.confident_predictions(
-            labels, outputs['cluster_probs'],
-            self.config.train.selflabel_threshold),
-    }
-    if jax.process_index() == 0:  # one writer on a shared workdir
-      evaluate.write_results(self.workdir, results)
-      images = self.dataset.images
-      if self._instance_only:
-        images = images[self.clustered]
-      names = self.dataset.image_names
-      if names is not None and self._instance_only:
-        names = [names[i] for i in self.clustered]
-      path = report.write_report(
-          self.workdir, images, labels, outputs['cluster_probs'],
-          outputs['student_t'], results, self.dataset.class_names, names)
-      logging.info('Wrote the cluster report to %s.', path)
-    self.writer.write_scalars(int(self.state.step), {
-        f'eval/{name}_{metric}': value
-        for name, values in metrics.items() if values
-        for metric, value in values.items()})
-    if jax.process_index() == 0:
-      print(evaluate.format_results_table(results), flush=True)
-    return results
 
   def release_lock(self) -> None:
     if self.lock is not None:

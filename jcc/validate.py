@@ -18,16 +18,12 @@ from typing import Any
 import ml_collections
 
 from jcc.errors import ConfigError
+from jcc.terms import (COMPUTE_DTYPES, JOINT_TERMS, LOSS_WEIGHTS,
+                       LR_SCHEDULES, NEIGHBOR_TERMS, uses_neighbors)
 
-# The weights in config.loss, one per term of the objective; 0 removes one.
-LOSS_WEIGHTS = ('instance', 'cluster', 'entropy', 'reconstruction', 'kl',
-                'neighbor_consistency', 'neighbor_instance')
-# The terms that start after the warm-up (DEC's centroids and the
-# neighbours are set at its end).
-JOINT_TERMS = ('kl', 'neighbor_consistency', 'neighbor_instance')
-NEIGHBOR_TERMS = ('neighbor_consistency', 'neighbor_instance')
-COMPUTE_DTYPES = ('float32', 'bfloat16')
-LR_SCHEDULES = ('constant', 'cosine')
+__all__ = ['COMPUTE_DTYPES', 'JOINT_TERMS', 'LOSS_WEIGHTS', 'LR_SCHEDULES',
+           'NEIGHBOR_TERMS', 'check_against_data', 'check_fields',
+           'uses_neighbors']
 # Pixels per side: the ConvNet needs a few to pool; above this, one image's
 # activations no longer fit an accelerator's memory at any useful batch.
 IMAGE_SIZES = (8, 512)
@@ -176,12 +172,6 @@ FIELDS: dict[str, Rule] = {
     'train.accept_changed_settings': FLAG,
     'predict.input': TEXT,
 }
-
-
-def uses_neighbors(config: ml_collections.ConfigDict) -> bool:
-  """Whether a neighbour term has a weight (the run then mines neighbours,
-  its joint step takes them and its checkpoints hold them)."""
-  return any(config.loss[name] for name in NEIGHBOR_TERMS)
 
 
 def flatten(config: ml_collections.ConfigDict,

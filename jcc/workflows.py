@@ -10,20 +10,25 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Iterator
 
 from absl import logging
-import jax
 import ml_collections
 import numpy as np
 
+from jcc import checkpoint
 from jcc import distributed
+from jcc import evaluate
+from jcc import parallel
 from jcc import report
+from jcc import signals
 from jcc import sources
+from jcc import validate
 from jcc.errors import (CheckpointError, ConfigError, DataError, UserError,
                         is_disk_full)
 from jcc.signals import EvaluationStopped
-from jcc.train import Trainer
+from jcc.train import TRAINING, Trainer
 
 
 # Config fields that name files or folders: a leading ~ is the home folder
@@ -43,6 +48,44 @@ def expand_paths(config: ml_collections.ConfigDict
   return config
 
 
+def build_trainer(config: ml_collections.ConfigDict, workdir: str,
+                  mode: str = TRAINING) -> Trainer:
+  """A Trainer for ``config`` on ``workdir``, built in the order that reports
+  a mistake before any work: the config alone, the other processes joined,
+  the platform, the data, the config against the data, the workdir, its
+  lock, then the settings a resume may not change."""
+  validate.check_fields(config)
+  # Joining the other processes first: a peer whose data cannot be read
+  # then tells them, rather than leaving them waiting to be joined.
+  distributed.initialize(config)
+  parallel.check_platforms()
+  dataset = sources.load_dataset(config.dataset)
+  mesh = parallel.make_mesh()
+  distributed.check_same_run(config, dataset.images.shape)
+  validate.check_against_data(config, len(dataset.clustered), mesh.size)
+  known = sources.DATASETS[config.dataset.name].num_classes
+  if known and known != config.dataset.num_clusters:
+    logging.warning('%s has %d classes; clustering into K=%d '
+                    '(config.dataset.num_clusters).', config.dataset.name,
+                    known, config.dataset.num_clusters)
+  checkpoint.check_workdir(workdir)
+  signature = checkpoint.model_signature(config, dataset.channels,
+                                         len(dataset))
+  checkpoint.check_model_signature(workdir, signature)
+  # The hosts of one run share the workdir: the first one holds it.
+  lock = (checkpoint.WorkdirLock(workdir, mode)
+          if distributed.writes_shared_files() else None)
+  try:
+    # A second command on a busy workdir is told so first, by the lock.
+    if mode == TRAINING:
+      checkpoint.check_resume_settings(workdir, config)
+    return Trainer(config, workdir, dataset, mesh, signature, lock, mode)
+  except BaseException:
+    if lock is not None:
+      lock.release()
+    raise
+
+
 def train_and_evaluate(
     config: ml_collections.ConfigDict, workdir: str) -> dict | None:
   """Trains (resuming from WORKDIR's latest checkpoint), then evaluates.
@@ -52,7 +95,7 @@ def train_and_evaluate(
     SIGTERM or SIGINT stopped training early (after writing a checkpoint).
   """
   config, workdir = expand_paths(config), os.path.expanduser(workdir)
-  with _closing(Trainer(config, workdir)) as trainer:
+  with _closing(build_trainer(config, workdir)) as trainer:
     trainer.restore_latest()
     if not trainer.train():
       return None
@@ -75,9 +118,14 @@ def _closing(trainer: Trainer) -> Iterator[Trainer]:
 
 
 def _evaluate(trainer: Trainer) -> dict | None:
-  """trainer.evaluate(), or None when a stop signal abandoned it."""
+  """The evaluation of the trained model, written to WORKDIR; None when a
+  stop signal abandoned it (evaluating the same checkpoint again redoes
+  it)."""
   try:
-    return trainer.evaluate()
+    with signals.on_stop_signals(signals.stop_evaluation):
+      logging.info('Evaluating the model of step %d.',
+                   int(trainer.state.step))
+      return _evaluate_and_write(trainer)
   except EvaluationStopped as stop:
     logging.warning(
         '%s during the evaluation: stopped it. The checkpoint of step %d is '
@@ -88,6 +136,46 @@ def _evaluate(trainer: Trainer) -> dict | None:
     return None
 
 
+def _evaluate_and_write(trainer: Trainer) -> dict:
+  """Metrics of the three assignments: results.json, report/, metric logs
+  and the results table."""
+  trainer.dec_centroids_for_evaluation()
+  outputs = trainer.predict()
+  config, dataset = trainer.config, trainer.dataset
+  labels = trainer.clustered_labels()
+  metrics = evaluate.evaluate_assignments(
+      labels, outputs['cluster_probs'], outputs['student_t'],
+      outputs['embedding'], config.dataset.num_clusters, config.seed)
+  results = {
+      'dataset': config.dataset.name,
+      'num_examples': len(trainer.clustered),
+      'num_clusters': config.dataset.num_clusters,
+      'seconds': time.time() - trainer.start_time,
+      **metrics,
+      # How much self-labelling would (or did) rest on, and how right.
+      'confident': evaluate.confident_predictions(
+          labels, outputs['cluster_probs'],
+          config.train.selflabel_threshold),
+  }
+  if distributed.writes_shared_files():
+    evaluate.write_results(trainer.workdir, results)
+    images, names = dataset.images, dataset.image_names
+    if dataset.instance_only is not None:
+      images = images[trainer.clustered]
+      names = names and [names[i] for i in trainer.clustered]
+    path = report.write_report(
+        trainer.workdir, images, labels, outputs['cluster_probs'],
+        outputs['student_t'], results, dataset.class_names, names)
+    logging.info('Wrote the cluster report to %s.', path)
+  trainer.writer.write_scalars(int(trainer.state.step), {
+      f'eval/{name}_{metric}': value
+      for name, values in metrics.items() if values
+      for metric, value in values.items()})
+  if distributed.writes_shared_files():
+    print(evaluate.format_results_table(results), flush=True)
+  return results
+
+
 def _trained(config: ml_collections.ConfigDict, workdir: str,
              mode: str) -> Trainer:
   """A Trainer restored from WORKDIR's latest checkpoint (error if none)."""
@@ -96,7 +184,7 @@ def _trained(config: ml_collections.ConfigDict, workdir: str,
       'with this --workdir.')
   if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
     raise missing
-  trainer = Trainer(config, workdir, mode)
+  trainer = build_trainer(config, workdir, mode)
   try:
     if not trainer.restore_latest():
       raise missing
@@ -144,11 +232,11 @@ def predict_workdir(config: ml_collections.ConfigDict,
     names, images = sources.load_predict_images(
         source, config.dataset.image_size, trainer.dataset.channels,
         config.dataset.skip_bad_images)
-    trainer.finish_dec_assignment()
+    trainer.dec_centroids_for_evaluation()
     outputs = trainer.predict(images)
     rows = report.assignment_rows({'image': names}, outputs['cluster_probs'],
                                   outputs['student_t'])
-    if jax.process_index() == 0:
+    if distributed.writes_shared_files():
       path = os.path.join(workdir, 'predictions.csv')
       report.write_assignments(path, rows)
       sizes = np.bincount([r['cluster'] for r in rows],

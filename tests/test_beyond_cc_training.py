@@ -17,6 +17,7 @@ from jcc import sources
 from jcc import step
 from jcc import train
 from jcc import validate
+from jcc import workflows
 from tests.conftest import tiny_config
 
 
@@ -72,16 +73,16 @@ def test_the_pipeline_pairs_each_row_with_a_chosen_neighbour():
 def test_neighbors_are_mined_after_the_warm_up_and_resume_exactly(tmp_path):
   # 3 epochs of 7 steps; mined at steps 7, 10, 13, 16, 19. The resumed run
   # restarts at 14 between two minings: it must use the saved neighbours.
-  straight = train.Trainer(_with_neighbors(num_epochs=3), str(tmp_path / 'a'))
+  straight = workflows.build_trainer(_with_neighbors(num_epochs=3), str(tmp_path / 'a'))
   assert not np.any(straight.neighbors != np.arange(1797)[:, None])
   straight.train()
   table = straight.neighbors
   assert table.shape == (1797, 5)
   assert not np.any(table == np.arange(1797)[:, None])  # never itself
-  first = train.Trainer(_with_neighbors(num_epochs=2), str(tmp_path / 'b'))
+  first = workflows.build_trainer(_with_neighbors(num_epochs=2), str(tmp_path / 'b'))
   first.train()
   first.close()
-  resumed = train.Trainer(_with_neighbors(num_epochs=3), str(tmp_path / 'b'))
+  resumed = workflows.build_trainer(_with_neighbors(num_epochs=3), str(tmp_path / 'b'))
   assert resumed.restore_latest()
   np.testing.assert_array_equal(resumed.neighbors, first.neighbors)
   resumed.train()
@@ -98,7 +99,7 @@ def test_the_warm_up_of_a_neighbour_run_is_the_plain_warm_up(tmp_path):
   runs = []
   for name, config in (('plain', tiny_config(num_epochs=1)),
                        ('neighbors', _with_neighbors(num_epochs=1))):
-    trainer = train.Trainer(config, str(tmp_path / name))
+    trainer = workflows.build_trainer(config, str(tmp_path / name))
     trainer.train()
     runs.append(jax.device_get(trainer.state.params))
     trainer.close()
@@ -115,7 +116,7 @@ def test_self_labelling_follows_the_method_and_resumes_exactly(tmp_path,
     c = tiny_config(num_epochs=2, selflabel_epochs=epochs,
                     selflabel_threshold=0.2)
     return c
-  straight = train.Trainer(config(1), str(tmp_path / 'a'))
+  straight = workflows.build_trainer(config(1), str(tmp_path / 'a'))
   assert (straight.joint_end, straight.total_steps) == (14, 21)
   with caplog.at_level('INFO'):
     straight.train()
@@ -130,7 +131,7 @@ def test_self_labelling_follows_the_method_and_resumes_exactly(tmp_path,
              if 'loss/total' in r)
   assert any(r.get('loss/self_labeling', 0) > 0 for r in records)
   # Stopped at the end of the method, resumed into the stage.
-  first = train.Trainer(config(0), str(tmp_path / 'b'))
+  first = workflows.build_trainer(config(0), str(tmp_path / 'b'))
   first.train()
   # The stage says what it starts from: the confident predictions of the
   # model of step 14 (evaluated, none is above 0.2 yet) ...
@@ -152,7 +153,7 @@ def test_self_labelling_follows_the_method_and_resumes_exactly(tmp_path,
           f'{threshold:g}, ACC {confident["acc"]:.3f} on them; re-read at '
           'every step.') in caplog.text
   first.close()
-  resumed = train.Trainer(config(1), str(tmp_path / 'b'))
+  resumed = workflows.build_trainer(config(1), str(tmp_path / 'b'))
   assert resumed.restore_latest() and int(resumed.state.step) == 14
   resumed.train()
   _assert_same_params(straight, resumed)
@@ -217,7 +218,7 @@ def test_fixed_pseudo_labels_come_from_the_stage_start_and_resume(
                        selflabel_threshold=threshold, selflabel_fixed=True,
                        accept_changed_settings=True)
   # The model at the end of the method (14 steps) ...
-  first = train.Trainer(config(0), str(tmp_path / 'b'))
+  first = workflows.build_trainer(config(0), str(tmp_path / 'b'))
   first.train()
   probs = first.predict()['cluster_probs']
   first.close()
@@ -225,7 +226,7 @@ def test_fixed_pseudo_labels_come_from_the_stage_start_and_resume(
   threshold = float(np.median(probs.max(1)))
   expected = np.where(probs.max(1) > threshold, probs.argmax(1), -1)
   assert 0.4 < np.mean(expected >= 0) < 0.6
-  straight = train.Trainer(config(1, threshold), str(tmp_path / 'a'))
+  straight = workflows.build_trainer(config(1, threshold), str(tmp_path / 'a'))
   straight.train()
   np.testing.assert_array_equal(straight.pseudo_labels, expected)
   records = [json.loads(line) for line in
@@ -233,12 +234,12 @@ def test_fixed_pseudo_labels_come_from_the_stage_start_and_resume(
   assert any(r.get('loss/self_labeling', 0) > 0 for r in records)
   # Resumed into the stage, stopped in its middle, resumed again: the
   # labels fixed at step 14 come back from the checkpoint of step 17.
-  resumed = train.Trainer(config(1, threshold), str(tmp_path / 'b'))
+  resumed = workflows.build_trainer(config(1, threshold), str(tmp_path / 'b'))
   assert resumed.restore_latest() and int(resumed.state.step) == 14
   monkeypatch.setattr(resumed, '_stop_now', lambda done: done == 17)
   assert not resumed.train()
   resumed.close()
-  again = train.Trainer(config(1, threshold), str(tmp_path / 'b'))
+  again = workflows.build_trainer(config(1, threshold), str(tmp_path / 'b'))
   assert again.restore_latest() and int(again.state.step) == 17
   np.testing.assert_array_equal(again.pseudo_labels, expected)
   again.train()

@@ -20,7 +20,6 @@ from PIL import Image
 
 from jcc import evaluate
 from jcc import sources
-from jcc import train
 from jcc import workflows
 from jcc.errors import CheckpointError, ConfigError, DataError
 from tests import cli
@@ -206,16 +205,16 @@ def test_a_full_disk_stops_in_one_line_and_the_rerun_resumes(tmp_path):
 
 def test_a_second_run_on_a_busy_workdir_is_refused(tmp_path):
   workdir = tmp_path / 'run'
-  first = train.Trainer(tiny_config(), str(workdir))
+  first = workflows.build_trainer(tiny_config(), str(workdir))
   try:
     holder = f'a training (PID {os.getpid()} on {socket.gethostname()})'
     with pytest.raises(CheckpointError, match=re.escape(holder)):
-      train.Trainer(tiny_config(), str(workdir))
+      workflows.build_trainer(tiny_config(), str(workdir))
     with pytest.raises(CheckpointError, match='one run per workdir'):
       workflows.evaluate_workdir(tiny_config(), str(workdir))
   finally:
     first.close()
-  second = train.Trainer(tiny_config(), str(workdir))  # released on close
+  second = workflows.build_trainer(tiny_config(), str(workdir))  # released on close
   second.close()
 
 
@@ -242,7 +241,7 @@ def test_two_commands_on_one_workdir_do_not_overwrite_each_other(tmp_path):
 
 
 def _train_tiny(workdir, **overrides):
-  trainer = train.Trainer(tiny_config(**overrides), str(workdir))
+  trainer = workflows.build_trainer(tiny_config(**overrides), str(workdir))
   trainer.train()
   trainer.close()
 
@@ -265,7 +264,7 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous(
   workdir = trained_copy
   assert _steps(workdir) == [7, 14]
   damage(workdir / 'checkpoints' / '14')
-  trainer = train.Trainer(tiny_config(), str(workdir))
+  trainer = workflows.build_trainer(tiny_config(), str(workdir))
   try:
     with caplog.at_level('WARNING'):
       assert trainer.restore_latest()
@@ -283,7 +282,7 @@ def test_no_readable_checkpoint_is_an_error_not_a_fresh_start(trained_copy):
   workdir = trained_copy
   for step in _steps(workdir):
     _truncate_data_files(workdir / 'checkpoints' / str(step))
-  trainer = train.Trainer(tiny_config(), str(workdir))
+  trainer = workflows.build_trainer(tiny_config(), str(workdir))
   try:
     with pytest.raises(CheckpointError, match='can be read'):
       trainer.restore_latest()
@@ -297,7 +296,7 @@ def test_no_readable_checkpoint_is_an_error_not_a_fresh_start(trained_copy):
 
 def test_non_finite_loss_stops_and_writes_no_bad_state(tmp_path):
   workdir = tmp_path / 'run'
-  trainer = train.Trainer(
+  trainer = workflows.build_trainer(
       tiny_config(learning_rate=1e30, checkpoint_every_steps=1), str(workdir))
   try:
     with pytest.raises(FloatingPointError,
@@ -391,14 +390,14 @@ def test_evaluate_with_another_architecture_or_k_is_refused(
   other_net = tiny_config()
   other_net.model.convnet_widths = (8, 16, 32)
   with pytest.raises(CheckpointError, match='convnet_widths'):
-    train.Trainer(other_net, str(workdir))
+    workflows.build_trainer(other_net, str(workdir))
   # A neighbour term adds the neighbours to the checkpoints: named, rather
   # than 'none of the checkpoints can be read'.
   with_neighbors = tiny_config()
   with_neighbors.loss.neighbor_consistency = 1.0
   with pytest.raises(CheckpointError,
                      match='neighbor_terms: False there, True now'):
-    train.Trainer(with_neighbors, str(workdir))
+    workflows.build_trainer(with_neighbors, str(workdir))
   # Another dataset: named, rather than 'none of the checkpoints can be
   # read', whose advice (move them away) threw good checkpoints out.
   path = tmp_path / 'other.npz'
@@ -425,7 +424,7 @@ def test_config_mistakes_are_caught_before_anything_is_written(
     config.train.batch_size = change['batch_size']
   match = match.format(devices=jax.device_count())  # 99 divides over none
   with pytest.raises(ConfigError, match=match):
-    train.Trainer(config, str(tmp_path / 'w'))
+    workflows.build_trainer(config, str(tmp_path / 'w'))
   assert not (tmp_path / 'w').exists()
 
 

@@ -17,7 +17,6 @@ from jcc import parallel
 from jcc import plan
 from jcc import signals
 from jcc import step
-from jcc import train
 from jcc import validate
 from jcc import workflows
 from tests.conftest import REPO_ROOT, tiny_config
@@ -70,7 +69,7 @@ def test_train_evaluate_and_resume(trained_copy):
     assert 0.1 <= on_disk[name]['acc'] <= 1.0
 
   # Resuming with more epochs continues at the saved step.
-  trainer = train.Trainer(tiny_config(num_epochs=3), workdir)
+  trainer = workflows.build_trainer(tiny_config(num_epochs=3), workdir)
   try:
     assert trainer.restore_latest()
     assert int(trainer.state.step) == 14
@@ -88,12 +87,12 @@ def test_train_evaluate_and_resume(trained_copy):
 
 
 def test_resumed_run_matches_an_uninterrupted_one(tmp_path):
-  straight = train.Trainer(tiny_config(), str(tmp_path / 'a'))
+  straight = workflows.build_trainer(tiny_config(), str(tmp_path / 'a'))
   straight.train()
-  first = train.Trainer(tiny_config(num_epochs=1), str(tmp_path / 'b'))
+  first = workflows.build_trainer(tiny_config(num_epochs=1), str(tmp_path / 'b'))
   first.train()
   first.close()
-  resumed = train.Trainer(tiny_config(), str(tmp_path / 'b'))
+  resumed = workflows.build_trainer(tiny_config(), str(tmp_path / 'b'))
   assert resumed.restore_latest()
   resumed.train()
   leaves = zip(jax.tree.leaves(straight.state.params),
@@ -150,7 +149,7 @@ def test_settings_that_would_lose_the_model_are_refused(field, value):
 
 def test_a_step_that_cannot_fit_in_memory_is_refused(tmp_path, monkeypatch):
   monkeypatch.setattr(parallel, 'memory_per_device', lambda: 2**20)  # 1 MiB
-  trainer = train.Trainer(tiny_config(), str(tmp_path))
+  trainer = workflows.build_trainer(tiny_config(), str(tmp_path))
   try:
     with pytest.raises(errors.ConfigError, match=(
         r'batch_size=256 with config.dataset.image_size=8 needs about '
@@ -244,7 +243,7 @@ def test_a_small_dataset_trains_at_least_min_steps(tmp_path, caplog):
                        min_steps=30)
   said = 'under train.min_steps=30: training 6 epochs (warm-up 3) instead'
   with caplog.at_level('INFO'):
-    trainer = train.Trainer(config, str(tmp_path))
+    trainer = workflows.build_trainer(config, str(tmp_path))
   trainer.close()
   assert trainer.epoch_factor == 3
   assert (trainer.warmup_steps, trainer.joint_end, trainer.total_steps) == (
@@ -253,7 +252,7 @@ def test_a_small_dataset_trains_at_least_min_steps(tmp_path, caplog):
   # An evaluation counts the same steps but trains none: it does not say so.
   caplog.clear()
   with caplog.at_level('INFO'):
-    trainer = train.Trainer(config, str(tmp_path), 'an evaluation')
+    trainer = workflows.build_trainer(config, str(tmp_path), 'an evaluation')
   trainer.close()
   assert trainer.total_steps == 63
   assert 'min_steps' not in caplog.text
@@ -279,14 +278,14 @@ def test_a_resume_may_change_intervals_and_epochs(trained_copy, caplog):
   config = tiny_config(num_epochs=3, log_every_steps=5,
                        checkpoint_every_steps=100)
   with caplog.at_level('INFO'):
-    trainer = train.Trainer(config, str(trained_copy))
+    trainer = workflows.build_trainer(config, str(trained_copy))
   try:
     assert 'Resuming with train.num_epochs=3 (the run had 2)' in caplog.text
   finally:
     trainer.close()
   accepted = tiny_config(learning_rate=2e-3, accept_changed_settings=True)
   with caplog.at_level('WARNING'):
-    trainer = train.Trainer(accepted, str(trained_copy))
+    trainer = workflows.build_trainer(accepted, str(trained_copy))
     trainer.restore_latest()
     trainer.save(force=True)  # the new settings are the run's from now on
     trainer.close()

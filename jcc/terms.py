@@ -1,0 +1,25 @@
+"""The method's vocabulary: its loss terms and the choices its config names.
+
+One place for the names that the step computes, the config check accepts,
+the checkpoints record and the tests and benchmarks use. No JAX at import.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+# The weights in config.loss, one per term of the objective; 0 removes one.
+LOSS_WEIGHTS = ('instance', 'cluster', 'entropy', 'reconstruction', 'kl',
+                'neighbor_consistency', 'neighbor_instance')
+# The terms that start after the warm-up (DEC's centroids and the
+# neighbours are set at its end).
+JOINT_TERMS = ('kl', 'neighbor_consistency', 'neighbor_instance')
+NEIGHBOR_TERMS = ('neighbor_consistency', 'neighbor_instance')
+COMPUTE_DTYPES = ('float32', 'bfloat16')
+LR_SCHEDULES = ('constant', 'cosine')
+
+
+def uses_neighbors(config: ml_collections.ConfigDict) -> bool:
+  """Whether a neighbour term has a weight (the run then mines neighbours,
+  its joint step takes them and its checkpoints hold them)."""
+  return any(config.loss[name] for name in NEIGHBOR_TERMS)
