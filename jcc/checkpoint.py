@@ -119,8 +119,7 @@ def check_model_signature(workdir: str, signature: dict) -> None:
 
 # What jcc writes in a workdir: files, then folders.
 WORKDIR_FILES = (SIGNATURE_FILE, SETTINGS_FILE, 'results.json',
-                 'predictions.csv',
-                 'embeddings.npy', 'metrics.jsonl', 'lock')
+                 'predictions.csv', 'metrics.jsonl', 'lock')
 WORKDIR_FOLDERS = ('report', 'checkpoints', 'tensorboard',
                    'damaged_checkpoints')
 
@@ -162,8 +161,9 @@ def check_resume_settings(workdir: str,
         'the checkpoints beside it were trained with; put back the original, '
         'or use another --workdir.') from None
   now = _flat(config.to_dict())
-  changed = [name for name in sorted(set(saved) | set(now))
-             if saved.get(name) != now.get(name) and
+  # Fields that one side lacks (another version of jcc) are not compared.
+  changed = [name for name in sorted(set(saved) & set(now))
+             if saved[name] != now[name] and
              not name.startswith(FREE_ON_RESUME)]
   for name in [n for n in changed if n in LENGTH_ON_RESUME]:
     logging.info('Resuming with %s=%s (the run had %s).', name, now.get(name),
@@ -171,8 +171,8 @@ def check_resume_settings(workdir: str,
   changed = [n for n in changed if n not in LENGTH_ON_RESUME]
   if not changed:
     return
-  listed = '; '.join(f'{name}: {saved.get(name, "absent")!r} there, '
-                     f'{now.get(name, "absent")!r} now' for name in changed)
+  listed = '; '.join(f'{name}: {saved[name]!r} there, {now[name]!r} now'
+                     for name in changed)
   if config.train.get('accept_changed_settings', False):
     logging.warning('Resuming %s with changed settings (%s), as '
                     'train.accept_changed_settings asks.', workdir, listed)

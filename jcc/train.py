@@ -219,7 +219,9 @@ class Trainer:
     Default: the clustered training images (all but instance-only ones).
     """
     if images is None:
-      images = self.dataset.images[self.clustered]
+      images = self.dataset.images
+      if self._instance_only:  # a copy: only where some are left out
+        images = images[self.clustered]
     variables = {'params': self.state.params,
                  'batch_stats': self.state.batch_stats}
     return evaluate.predict_batches(

@@ -295,7 +295,7 @@ def test_two_processes_train_like_one_and_resume_exactly(tmp_path):
   assert _results(tmp_path / 'stopped') == _results(tmp_path / 'two')
 
   # A last checkpoint that cannot be read: process 0 sets it aside on the
-  # shared workdir (both used to move it, and the second one crashed), and
+  # shared workdir (one mover: a second would find it gone and crash), and
   # both resume from the one before and end as before.
   before = sorted(_steps(tmp_path / 'stopped'))[-2]
   _truncate_data_files(tmp_path / 'stopped' / 'checkpoints' / str(LAST_STEP))

@@ -59,8 +59,8 @@ def test_fashion_mnist_test_set_is_the_10000_test_images():
 
 
 def test_fashion_mnist_test_folder_is_shared_and_removed_at_exit():
-  # It used to be a new folder per run, never removed: one left in /tmp for
-  # every Fashion-MNIST run of the benchmark.
+  # One folder for every Fashion-MNIST run of the benchmark, removed at
+  # exit: none is left behind in /tmp.
   script = ('from benchmarks import quality\n'
             'a = quality.fashion_mnist_test_folder()\n'
             'assert a == quality.fashion_mnist_test_folder()\n'
@@ -113,8 +113,8 @@ def test_table_from_the_json_lines_of_two_workers(tmp_path):
 
 
 def test_json_record_keeps_every_assignment():
-  # It used to keep the cluster head and DEC only, so the benchmark's files
-  # could not say whether DEC beat k-means on the same embeddings.
+  # All three assignments: the benchmark's files must say whether DEC beats
+  # k-means on the same embeddings.
   metrics = dict(acc=0.5, nmi=0.4, ari=0.3)
   confident = dict(threshold=0.99, fraction=0.25, acc=0.8)
   result = dict(cluster_head=metrics, dec=None, kmeans=metrics,

@@ -159,7 +159,7 @@ def test_a_stop_during_the_final_evaluation_says_so_and_evaluates_again(
 
 @pytest.mark.slow
 def test_a_full_disk_stops_in_one_line_and_the_rerun_resumes(tmp_path):
-  # A full disk used to print about 500 lines of tracebacks.
+  # One line, not hundreds of lines of tracebacks from orbax's threads.
   disk = tmp_path / 'disk'
   disk.mkdir()
   if subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=30M', 'tmpfs',
@@ -220,8 +220,8 @@ def test_a_second_run_on_a_busy_workdir_is_refused(tmp_path):
 
 @pytest.mark.slow
 def test_two_commands_on_one_workdir_do_not_overwrite_each_other(tmp_path):
-  # Seeds 0 and 1 on one workdir used to both exit 0, the later replacing
-  # the other's checkpoints and results.json.
+  # Seeds 0 and 1 on one workdir at once: the second is refused, rather
+  # than replacing the other's checkpoints and results.json.
   workdir = tmp_path / 'run'
   proc = _cli(workdir, '--config.train.num_epochs=1000',
               '--config.train.checkpoint_every_steps=20', wait=False)
@@ -469,8 +469,8 @@ def test_flat_grayscale_folder_has_no_labels(tmp_path):
 
 
 def test_images_beside_class_folders_are_an_error_not_dropped(tmp_path):
-  # 40 top-level images beside a class folder of 20 used to train on the 20
-  # alone, scored against a single class.
+  # 40 top-level images beside a class folder of 20: an error, rather than
+  # training on the 20 alone, scored against a single class.
   for i in range(4):
     _write(tmp_path / f'top{i}.png', 'RGB')
   (tmp_path / 'cats').mkdir()

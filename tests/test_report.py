@@ -144,7 +144,8 @@ def test_predict_on_an_npz_and_its_errors(trained, tmp_path):
 
 
 def test_predict_says_it_needs_the_training_data(tmp_path):
-  # It failed with "no directory at ..." alone when the data had moved.
+  # Where the training data has moved, the error says why predict needs it
+  # (not "no directory at ..." alone).
   images = np.round(datasets.load_digits().images[:300] * 255 / 16)
   np.savez(tmp_path / 'train.npz', images=images.astype(np.uint8))
   config = tiny_config(num_epochs=1)

@@ -141,8 +141,8 @@ def test_command_line_evaluates_a_trained_workdir(tmp_path):
     ('max_checkpoints', 0), ('learning_rate', float('nan')),
     ('learning_rate', -1e-3), ('learning_rate', 0.0)])
 def test_settings_that_would_lose_the_model_are_refused(field, value):
-  # max_checkpoints=0 used to finish with an empty checkpoints/; a NaN
-  # learning rate wrote NaN parameters.
+  # max_checkpoints=0 would finish with an empty checkpoints/; a NaN
+  # learning rate would write NaN parameters.
   with pytest.raises(errors.ConfigError, match=f'config.train.{field}='):
     validate.check_fields(tiny_config(**{field: value}))
 
@@ -162,8 +162,8 @@ def test_a_step_that_cannot_fit_in_memory_is_refused(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_the_command_line_refuses_a_step_no_machine_can_hold(tmp_path):
-  # image_size=1000 used to try to allocate 533 GB; 512 is the largest size
-  # the config check allows, and batch 1024 of it still needs hundreds.
+  # 512 is the largest image size the config check allows, and batch 1024
+  # of it needs hundreds of GB: refused before any allocation.
   env = dict(os.environ, JAX_PLATFORMS='cpu')
   env.pop('XLA_FLAGS', None)
   run = subprocess.run(
@@ -303,3 +303,15 @@ def test_the_plan_turns_every_epoch_count_into_steps_once():
   # A warm-up longer than the run ends with it.
   p = plan.plan_run(tiny_config(num_epochs=1, warmup_epochs=3).train, 1797)
   assert (p.warmup_steps, p.joint_end, p.total_steps) == (7, 7, 7)
+
+
+def test_a_field_one_version_lacks_is_not_compared_on_resume(trained_copy):
+  # config.json of another version of jcc: an extra field, one missing.
+  path = trained_copy / 'config.json'
+  saved = json.loads(path.read_text())
+  saved['train']['a_field_of_another_version'] = 1
+  del saved['train']['kmeans_n_init']
+  path.write_text(json.dumps(saved))
+  trainer = workflows.build_trainer(
+      tiny_config(checkpoint_every_steps=7), str(trained_copy))
+  trainer.close()
