@@ -97,6 +97,27 @@ def from_process_local(
                for x in arrays)
 
 
+def fits_in_memory(compiled, batch_size: int, image_size: int):
+  """``compiled``, unless it cannot fit in a device's memory (ConfigError).
+
+  XLA's own count of the step's memory (arguments, outputs, temporaries)
+  against what each device has: a config that cannot fit is refused in one
+  line before it tries to allocate, rather than failing deep in XLA.
+  """
+  stats = compiled.memory_analysis()
+  available = memory_per_device()
+  if stats is not None and available is not None:
+    needed = (stats.argument_size_in_bytes + stats.output_size_in_bytes -
+              stats.alias_size_in_bytes + stats.temp_size_in_bytes)
+    if needed > available:
+      raise ConfigError(
+          f'config.train.batch_size={batch_size} with config.dataset.'
+          f'image_size={image_size} needs about {needed / 2**30:.1f} GiB per '
+          f'device for a step, more than the {available / 2**30:.1f} GiB '
+          'available: lower one of them (or use more devices).')
+  return compiled
+
+
 def memory_per_device() -> int | None:
   """Bytes a computation may use on each local device; None if unknown.
 

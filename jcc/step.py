@@ -55,6 +55,19 @@ def nonfinite_names(nonfinite_terms: int) -> list[str]:
           if int(nonfinite_terms) >> i & 1]
 
 
+def check_finite(state: TrainState) -> None:
+  """Raises FloatingPointError if a step met a non-finite loss or update
+  (the state then is the last good one), naming the step and the terms."""
+  bad_step = int(state.nonfinite_step)
+  if bad_step < 0:
+    return
+  names = nonfinite_names(state.nonfinite_terms)
+  raise FloatingPointError(
+      f'Non-finite loss or update at step {bad_step}: {", ".join(names)}. '
+      'Training stopped; the checkpoints in the workdir are from before it. '
+      'Lower config.train.learning_rate or check the data.')
+
+
 def compute_dtype(config: ml_collections.ConfigDict) -> jnp.dtype:
   """config.train.compute_dtype as a dtype (float32 or bfloat16)."""
   return jnp.dtype(config.train.get('compute_dtype', 'float32'))

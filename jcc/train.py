@@ -1,27 +1,13 @@
-"""The Trainer: set-up, the phases of the method, the loop, evaluation hooks.
+"""The Trainer: the loop of the method's phases, its checkpoints and stops.
 
-1. warm-up (``config.train.warmup_epochs``): every weighted term but the KL
-   and the neighbour terms;
-2. at the end of the warm-up, the DEC centroids are initialised by k-means on
-   the embeddings of the whole training set, and P is computed from them;
-   with a neighbour term, each image's nearest neighbours are mined;
-3. joint training of all terms, with P recomputed over the whole training set
-   every ``config.train.target_update_every_steps`` steps (the neighbours
-   every ``config.train.neighbor_update_every_steps``, if not 0);
-4. with ``config.train.selflabel_epochs``, self-labelling: the method's
-   terms go on, on strong views (a Cutout added), and the cluster head's
-   confident predictions on the plain images train its predictions on them
-   (with ``config.train.selflabel_fixed``, those it made at the stage's
-   start, kept for the whole stage).
-
-A dataset too small for ``config.train.min_steps`` in ``num_epochs`` trains
-a whole multiple of every epoch count instead.
-
-Then it evaluates three assignments (cluster head, DEC, k-means on the
-embeddings), writes ``WORKDIR/results.json`` and prints a table. Checkpoints
-(:mod:`jcc.checkpoint`) go to ``WORKDIR/checkpoints``; a restart with the same
-workdir resumes from the latest one, and the batches and augmentation keys of
-a step depend only on (seed, step).
+Warm-up, then (with the KL term) DEC's centroids by k-means and joint
+training with P refreshed every ``train.target_update_every_steps``; with a
+neighbour term, neighbours mined from the warm-up's end; with
+``train.selflabel_epochs``, self-labelling last (docs/method.md). The steps
+come from the run plan (:mod:`jcc.plan`), the passes over the whole dataset
+from :mod:`jcc.phases`. The batches and augmentation keys of a step depend
+only on (seed, step), so a run resumed from a checkpoint ends as one that
+was never stopped.
 """
 
 from __future__ import annotations
@@ -48,7 +34,6 @@ from jcc import plan as plan_lib
 from jcc import signals
 from jcc import sources
 from jcc import step as step_lib
-from jcc.errors import ConfigError
 
 
 # What a Trainer is built for, as the workdir's lock names it to a second run.
@@ -191,25 +176,13 @@ class Trainer:
 
   def save(self, force: bool = False) -> None:
     """Checkpoints the state, unless it went non-finite (then it raises)."""
-    self.check_finite()
+    step_lib.check_finite(self.state)
     if distributed.writes_shared_files():
       checkpoint.write_model_signature(self.workdir, self.model_signature)
       if not self._settings_written:  # the settings this training ran with
         checkpoint.write_settings(self.workdir, self.config)
         self._settings_written = True
     self.checkpoints.save(int(self.state.step), self._checkpoint_tree(), force)
-
-  def check_finite(self) -> None:
-    """Raises if a step met a non-finite loss (the state is the last good)."""
-    bad_step = int(self.state.nonfinite_step)
-    if bad_step < 0:
-      return
-    names = step_lib.nonfinite_names(self.state.nonfinite_terms)
-    raise FloatingPointError(
-        f'Non-finite loss or update at step {bad_step}: {", ".join(names)}. '
-        'Training '
-        'stopped; the checkpoints in the workdir are from before it. Lower '
-        'config.train.learning_rate or check the data.')
 
   # -- passes over the whole dataset (jcc.phases) -------------------------
 
@@ -311,34 +284,13 @@ class Trainer:
                                    sharding=self.batch_sharding)
     arguments = (self.state, self.target, images, indices,
                  self._joint_scales[0], *self._clustered_mask)
-    compile_ = lambda step, *extra: self._checked_memory(  # noqa: E731
-        step.lower(*arguments, *extra).compile())
+    compile_ = lambda step, *extra: parallel.fits_in_memory(  # noqa: E731
+        step.lower(*arguments, *extra).compile(), bs, shape[0])
     warmup = compile_(self.train_step)
     joint = compile_(self.joint_step, images) if self._use_neighbors else (
         warmup)
     return warmup, joint, self.selflabel_step and compile_(
         self.selflabel_step, *self._pseudo_labels_argument())
-
-  def _checked_memory(self, compiled):
-    """``compiled``, unless it cannot fit in memory (then ConfigError).
-
-    XLA's own count of the step's memory (arguments, outputs, temporaries)
-    against what each device has: a config that cannot fit is refused in
-    one line before it tries to allocate, rather than failing deep in XLA.
-    """
-    bs, shape = self.config.train.batch_size, self.dataset.images.shape[1:]
-    stats = compiled.memory_analysis()
-    available = parallel.memory_per_device()
-    if stats is not None and available is not None:
-      needed = (stats.argument_size_in_bytes + stats.output_size_in_bytes -
-                stats.alias_size_in_bytes + stats.temp_size_in_bytes)
-      if needed > available:
-        raise ConfigError(
-            f'config.train.batch_size={bs} with config.dataset.image_size='
-            f'{shape[0]} needs about {needed / 2**30:.1f} GiB per device for a '
-            f'step, more than the {available / 2**30:.1f} GiB available: '
-            'lower one of them (or use more devices).')
-    return compiled
 
   def _train(self) -> bool:
     config, n = self.config, len(self.dataset)
@@ -403,7 +355,7 @@ class Trainer:
                             self.total_steps):
         metrics = jax.device_get(metrics)  # waits for the step to finish
         now = time.time()
-        self.check_finite()
+        step_lib.check_finite(self.state)
         rate = (done - last_log_step) * bs / (now - last_log_time)
         eta = (self.total_steps - done) * bs / rate
         terms = ' '.join(f'{k}={float(metrics[k]):.4f}'
