@@ -152,3 +152,20 @@ def test_one_cpu_device_on_several_cores_gets_a_hint():
   assert parallel.cpu_devices_hint(cpu[:2], 256, cores=2) is None  # split
   assert parallel.cpu_devices_hint(cpu[:1], 256, cores=1) is None
   assert parallel.cpu_devices_hint(cpu[:1], 256, cores=3) is None  # 256 % 3
+
+
+@pytest.mark.parametrize('raised', [AssertionError(), RuntimeError(
+    "Unable to initialize backend 'cuda': no CUDA plugin")])
+def test_a_platform_jax_cannot_start_is_a_config_error(monkeypatch, raised):
+  # JAX_PLATFORMS=cuda without jax's CUDA plugin fails on a bare assert in
+  # JAX; tpu without a TPU with a RuntimeError: both one line.
+  def fail():
+    raise raised
+  monkeypatch.setenv('JAX_PLATFORMS', 'cuda')
+  monkeypatch.setattr(jax, 'devices', fail)
+  with pytest.raises(errors.ConfigError,
+                     match='JAX_PLATFORMS=cuda: JAX cannot use it'):
+    parallel.check_platforms()
+  monkeypatch.delenv('JAX_PLATFORMS')
+  with pytest.raises(type(raised)):  # nothing asked for: JAX's own error
+    parallel.check_platforms()
