@@ -30,12 +30,14 @@ def step_runner(config, channels: int, devices=None):
   batch = config.train.batch_size
   images = rng.integers(0, 256, (batch,) + shape, dtype=np.uint8)
   target = rng.dirichlet(np.ones(k), size=batch).astype(np.float32)
-  rep, shard = parallel.shardings(mesh)
-  args = (parallel.to_global(target, rep), parallel.to_global(images, shard),
-          parallel.to_global(np.arange(batch, dtype=np.int32), shard),
-          np.float32(1.0))
-  if terms.uses_neighbors(config):
-    args += (parallel.to_global(images[::-1].copy(), shard),)
+  with_neighbors = terms.uses_neighbors(config)
+  placed = jax.tree.map(parallel.to_global, step.Batch(
+      images=images, indices=np.arange(batch, dtype=np.int32),
+      joint_scale=np.float32(1.0),
+      neighbor_images=images[::-1].copy() if with_neighbors else None),
+                        step.batch_shardings(mesh, neighbors=with_neighbors))
+  args = (parallel.to_global(target, parallel.shardings(mesh).replicated),
+          placed)
   holder = {'state': state}
 
   def run():

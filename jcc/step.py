@@ -36,6 +36,39 @@ FINITE_CHECKS = TERMS[:5] + ('total or gradient', 'update') + TERMS[5:]
 
 
 @flax.struct.dataclass
+class Batch:
+  """One step's inputs besides the state and P, as one pytree.
+
+  ``images`` (B, H, W, C) uint8 and ``indices`` (B,) int32, their rows in
+  the dataset, are the global batch, sharded on 'data'. ``joint_scale`` ()
+  float32 is 0 in the warm-up and 1 after: it switches the terms of
+  JOINT_TERMS. The optional fields are None where a run has no use for
+  them: ``clustered`` (N,) bool, False for the examples that train the
+  instance objective alone; ``neighbor_images``, sharded like ``images``,
+  each image's neighbour; ``pseudo_labels`` (N,) int32, the self-labelling
+  stage's fixed labels (-1: none). (N,) fields are replicated.
+  """
+  images: jax.Array
+  indices: jax.Array
+  joint_scale: jax.Array
+  clustered: jax.Array | None = None
+  neighbor_images: jax.Array | None = None
+  pseudo_labels: jax.Array | None = None
+
+
+def batch_shardings(mesh: jax.sharding.Mesh, clustered: bool = False,
+                    neighbors: bool = False,
+                    pseudo_labels: bool = False) -> Batch:
+  """The shardings of a :class:`Batch` with the given optional fields: the
+  per-image fields on 'data', the rest replicated."""
+  replicated, sharded = parallel.shardings(mesh)
+  return Batch(images=sharded, indices=sharded, joint_scale=replicated,
+               clustered=replicated if clustered else None,
+               neighbor_images=sharded if neighbors else None,
+               pseudo_labels=replicated if pseudo_labels else None)
+
+
+@flax.struct.dataclass
 class TrainState:
   step: jax.Array
   params: Any
@@ -194,25 +227,20 @@ def self_labeling_terms(labelling_probs: jax.Array, view_probs: jax.Array,
 def make_train_step(model, tx, config, mesh, instance_only: bool = False,
                     with_neighbors: bool | None = None,
                     self_labeling: bool = False, fixed_labels: bool = False):
-  """The jitted step: (state, target, images, indices, joint_scale, …) →
-  (state, metrics).
+  """The jitted step: (state, target, batch) → (state, metrics).
 
-  ``images`` (uint8) and ``indices`` (their rows in the dataset, to look up
-  P in ``target``) are the global batch, sharded over 'data'; the state and
-  ``target`` are replicated. ``joint_scale`` is 0 in the warm-up, 1 after:
-  it switches the terms of JOINT_TERMS. Then, in this order:
-  with ``instance_only``, ``clustered``: (N,) bool, replicated, False for
-  the examples that train the instance objective alone; ``with_neighbors``
-  (default: a neighbour term has a weight, :func:`jcc.terms.uses_neighbors`),
-  ``neighbor_images``: (B, …) uint8, each image's neighbour, sharded like
-  ``images``. Without neighbours the neighbour terms are left out, as in
-  the warm-up, where they have no neighbours yet. With ``self_labeling``:
-  the self-labelling stage's step: the method's terms on two strong views
+  The state and DEC's target P ``target`` (N, K) are replicated; ``batch``
+  is a :class:`Batch` whose optional fields are those the flags ask for:
+  ``clustered`` with ``instance_only``; ``neighbor_images`` with
+  ``with_neighbors`` (default: a neighbour term has a weight,
+  :func:`jcc.terms.uses_neighbors`; without neighbours the neighbour terms
+  are left out, as in the warm-up, where there are none yet);
+  ``pseudo_labels`` with ``fixed_labels``. With ``self_labeling``: the
+  self-labelling stage's step: the method's terms on two strong views
   (config.augment, then a Cutout of train.selflabel_cutout), plus
   train.selflabel_weight × :func:`self_labeling_terms`, whose labels come
   from the plain images in the same pass, or, with ``fixed_labels``, from
-  the last argument, ``pseudo_labels``: (N,) int32, replicated, each image's
-  fixed label (-1: none).
+  ``batch.pseudo_labels``.
   """
   loss_config = config.loss
   aug_config = config.augment
@@ -225,11 +253,11 @@ def make_train_step(model, tx, config, mesh, instance_only: bool = False,
     for name in NEIGHBOR_TERMS:
       loss_config[name] = 0.0
 
-  def step_fn(state, target, images, indices, joint_scale, *extra):
-    extra = list(extra)
-    clustered = extra.pop(0)[indices] if instance_only else None
-    neighbor_images = extra.pop(0) if with_neighbors else None
-    pseudo_labels = extra.pop(0) if fixed_labels else None
+  def step_fn(state, target, batch: Batch):
+    images, indices, joint_scale = (batch.images, batch.indices,
+                                    batch.joint_scale)
+    clustered = batch.clustered[indices] if instance_only else None
+    neighbor_images, pseudo_labels = batch.neighbor_images, batch.pseudo_labels
     key = jax.random.fold_in(aug_key, state.step)
     x = images.astype(jnp.float32) / 255.0
     cutout = config.train.selflabel_cutout if self_labeling else 0.0
@@ -294,13 +322,11 @@ def make_train_step(model, tx, config, mesh, instance_only: bool = False,
         nonfinite_terms=jnp.where(first_bad, mask, state.nonfinite_terms))
     return new_state, dict(terms, total=total)
 
-  replicated, batch = parallel.shardings(mesh)
+  replicated, _ = parallel.shardings(mesh)
   return jax.jit(
       step_fn,
-      in_shardings=(replicated, replicated, batch, batch, replicated) + (
-          (replicated,) if instance_only else ()) + (
-              (batch,) if with_neighbors else ()) + (
-                  (replicated,) if fixed_labels else ()),
+      in_shardings=(replicated, replicated, batch_shardings(
+          mesh, instance_only, with_neighbors, fixed_labels)),
       out_shardings=(replicated, replicated),
       donate_argnums=0)
 

@@ -115,8 +115,8 @@ class Trainer:
     self._joint_scales = [
         parallel.to_global(np.float32(scale), self.replicated)
         for scale in (0, 1)]  # warm-up, joint training
-    self._clustered_mask = () if not self._instance_only else (
-        parallel.to_global(~self.dataset.instance_only, self.replicated),)
+    self._clustered_mask = None if not self._instance_only else (
+        parallel.to_global(~self.dataset.instance_only, self.replicated))
     # Each image's nearest neighbours, (N, k), mined at the end of the
     # warm-up (until then each image stands in for its own, unused).
     self._use_neighbors = step_lib.uses_neighbors(config)
@@ -153,14 +153,14 @@ class Trainer:
     if self._use_neighbors:
       tree['neighbors'] = parallel.to_global(self.neighbors, self.replicated)
     if self.pseudo_labels is not None:
-      tree['pseudo_labels'] = self._pseudo_labels_argument()[0]
+      tree['pseudo_labels'] = self._pseudo_labels_argument()
     return tree
 
-  def _pseudo_labels_argument(self) -> tuple[jax.Array, ...]:
-    """The self-labelling step's last argument: the fixed labels, if any."""
+  def _pseudo_labels_argument(self) -> jax.Array | None:
+    """The fixed pseudo-labels, placed for the step; None without them."""
     if self.pseudo_labels is None:
-      return ()
-    return (parallel.to_global(self.pseudo_labels, self.replicated),)
+      return None
+    return parallel.to_global(self.pseudo_labels, self.replicated)
 
   def restore_latest(self) -> bool:
     """Restores the newest readable checkpoint; False if there is none."""
@@ -280,17 +280,18 @@ class Trainer:
     bs, shape = self.config.train.batch_size, self.dataset.images.shape[1:]
     images = jax.ShapeDtypeStruct((bs,) + shape, np.uint8,
                                   sharding=self.batch_sharding)
-    indices = jax.ShapeDtypeStruct((bs,), np.int32,
-                                   sharding=self.batch_sharding)
-    arguments = (self.state, self.target, images, indices,
-                 self._joint_scales[0], *self._clustered_mask)
-    compile_ = lambda step, *extra: parallel.fits_in_memory(  # noqa: E731
-        step.lower(*arguments, *extra).compile(), bs, shape[0])
-    warmup = compile_(self.train_step)
-    joint = compile_(self.joint_step, images) if self._use_neighbors else (
-        warmup)
+    batch = step_lib.Batch(
+        images=images, indices=jax.ShapeDtypeStruct(
+            (bs,), np.int32, sharding=self.batch_sharding),
+        joint_scale=self._joint_scales[0], clustered=self._clustered_mask)
+    compile_ = lambda step, batch: parallel.fits_in_memory(  # noqa: E731
+        step.lower(self.state, self.target, batch).compile(), bs, shape[0])
+    warmup = compile_(self.train_step, batch)
+    joint = compile_(self.joint_step, batch.replace(
+        neighbor_images=images)) if self._use_neighbors else warmup
     return warmup, joint, self.selflabel_step and compile_(
-        self.selflabel_step, *self._pseudo_labels_argument())
+        self.selflabel_step,
+        batch.replace(pseudo_labels=self._pseudo_labels_argument()))
 
   def _train(self) -> bool:
     config, n = self.config, len(self.dataset)
@@ -340,11 +341,12 @@ class Trainer:
       images, indices, *neighbor_images = next(batches)
       step_fn = (selflabel_step if step >= self.joint_end else
                  joint_step if joint else warmup_step)
-      self.state, metrics = step_fn(
-          self.state, self.target, images, indices,
-          self._joint_scales[step >= self.warmup_steps],
-          *self._clustered_mask, *neighbor_images,
-          *(pseudo_labels if step >= self.joint_end else ()))
+      self.state, metrics = step_fn(self.state, self.target, step_lib.Batch(
+          images=images, indices=indices,
+          joint_scale=self._joint_scales[step >= self.warmup_steps],
+          clustered=self._clustered_mask,
+          neighbor_images=neighbor_images[0] if neighbor_images else None,
+          pseudo_labels=(pseudo_labels if step >= self.joint_end else None)))
       done = step + 1
       if step == start_step:  # compilation: keep it out of the img/s figure
         jax.block_until_ready(metrics)

@@ -191,8 +191,9 @@ def test_fixed_pseudo_labels_are_the_ones_the_step_trains_on():
 
   def self_labeling_term(pseudo_labels):
     _, metrics = fixed_step(
-        jax.tree.map(jnp.copy, state), target, dataset.images[indices],
-        indices, np.float32(1.0), pseudo_labels)
+        jax.tree.map(jnp.copy, state), target, step.Batch(
+            images=dataset.images[indices], indices=indices,
+            joint_scale=np.float32(1.0), pseudo_labels=pseudo_labels))
     return float(metrics['self_labeling'])
 
   none = np.full(len(dataset), -1, np.int32)

@@ -39,11 +39,14 @@ def _setup(config):
 
 
 def _place(mesh, state, target, images, indices):
-  replicated, batch = parallel.shardings(mesh)
+  """(state, target, batch) as the step takes them, placed on ``mesh``."""
+  replicated, _ = parallel.shardings(mesh)
   state = jax.tree.map(
       lambda x: parallel.to_global(np.asarray(x), replicated), state)
-  return (state, parallel.to_global(target, replicated),
-          parallel.to_global(images, batch), parallel.to_global(indices, batch))
+  batch = jax.tree.map(parallel.to_global, step.Batch(
+      images=images, indices=indices, joint_scale=np.float32(1.0)),
+                       step.batch_shardings(mesh))
+  return state, parallel.to_global(target, replicated), batch
 
 
 def test_one_step_on_several_devices_equals_1_device(meshes):
@@ -54,7 +57,7 @@ def test_one_step_on_several_devices_equals_1_device(meshes):
   for mesh in meshes:
     train_step = step.make_train_step(model, tx, config, mesh)
     placed = _place(mesh, state, target, images, indices)
-    new_state, metrics = train_step(*placed, np.float32(1.0))
+    new_state, metrics = train_step(*placed)
     results.append(jax.device_get((new_state, metrics)))
   (state_1, metrics_1), (state_n, metrics_n) = results
   assert set(metrics_1) == {'instance', 'cluster', 'entropy',
@@ -99,11 +102,9 @@ def test_train_step_makes_no_hidden_transfers(meshes):
   mesh = meshes[1]
   train_step = step.make_train_step(model, tx, config, mesh)
   placed = _place(mesh, state, target, dataset.images[indices], indices)
-  kl_scale = parallel.to_global(np.float32(1.0),
-                                parallel.shardings(mesh).replicated)
   with jax.transfer_guard('disallow'):
-    new_state, _ = train_step(*placed, kl_scale)
-    new_state, metrics = train_step(new_state, *placed[1:], kl_scale)
+    new_state, _ = train_step(*placed)
+    new_state, metrics = train_step(new_state, *placed[1:])
   assert int(jax.device_get(new_state.step)) == 2
   assert np.isfinite(jax.device_get(metrics['total']))
 
@@ -118,7 +119,7 @@ def test_a_non_finite_update_leaves_the_state_unchanged(meshes):
   mesh = meshes[0]
   placed = _place(mesh, state, target, dataset.images[indices], indices)
   new_state, metrics = jax.device_get(
-      step.make_train_step(model, tx, config, mesh)(*placed, np.float32(1.0)))
+      step.make_train_step(model, tx, config, mesh)(*placed))
   assert np.isfinite(metrics['total'])
   assert int(new_state.nonfinite_step) == 1
   assert step.nonfinite_names(new_state.nonfinite_terms) == ['update']
@@ -133,7 +134,7 @@ def test_bfloat16_compute_keeps_float32_parameters_and_losses(meshes):
   mesh = meshes[1]
   train_step = step.make_train_step(model, tx, config, mesh)
   placed = _place(mesh, state, target, dataset.images[indices], indices)
-  new_state, metrics = jax.device_get(train_step(*placed, np.float32(1.0)))
+  new_state, metrics = jax.device_get(train_step(*placed))
   for leaf in jax.tree.leaves(new_state.params):
     assert leaf.dtype == jnp.float32 and np.all(np.isfinite(leaf))
   for value in metrics.values():
