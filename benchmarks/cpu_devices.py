@@ -40,7 +40,7 @@ def child(name: str, min_seconds: float) -> None:
   import jax  # pylint: disable=g-import-not-at-top
   from benchmarks import timing  # pylint: disable=g-import-not-at-top
   from benchmarks.jcc_step import step_runner  # pylint: disable=g-import-not-at-top
-  config = importlib.import_module(f'configs.{name}').get_config()
+  config = importlib.import_module(f'jcc.configs.{name}').get_config()
   run = step_runner(config, 1 if name in GRAYSCALE else 3)
   seconds = timing.measure_alternating({'step': run}, 1, min_seconds)['step']
   print(json.dumps({'devices': jax.device_count(),

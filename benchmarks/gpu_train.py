@@ -35,7 +35,7 @@ import numpy as np
 
 from benchmarks import timing
 from benchmarks.jcc_step import step_runner
-from configs import cifar10
+from jcc.configs import cifar10
 from jcc import workflows
 
 

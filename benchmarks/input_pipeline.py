@@ -107,7 +107,7 @@ def main():
         f'{"tf.data":>10s} {"input+aug":>10s} {"train step":>10s} '
         f'{"input+aug/step":>14s}')
   for name in args.configs.split(','):
-    config = importlib.import_module(f'configs.{name}').get_config()
+    config = importlib.import_module(f'jcc.configs.{name}').get_config()
     config.train.compute_dtype = args.compute_dtype
     size = config.dataset.image_size
     channels = 1 if name in ('digits', 'mnist', 'fashion_mnist') else 3

@@ -55,9 +55,9 @@ if __package__ in (None, ''):  # run as `python benchmarks/NAME.py`
 import numpy as np  # pylint: disable=g-import-not-at-top
 from absl import logging
 
-from configs import default
+from jcc.configs import default
 from jcc import evaluate
-from jcc import main as jcc_main
+from jcc import progress
 from jcc import sources
 from jcc import workflows
 
@@ -90,7 +90,7 @@ def subset_npz(module: str, dataset_overrides, size: int = SUBSET_SIZE):
   The same images on every call and machine (rng seed 0), written once per
   process to a temporary .npz, removed when the process exits.
   """
-  config = importlib.import_module(f'configs.{module}').get_config()
+  config = importlib.import_module(f'jcc.configs.{module}').get_config()
   config.dataset.update(dataset_overrides() if callable(dataset_overrides)
                         else dataset_overrides)
   dataset = sources.load_dataset(config.dataset)
@@ -145,7 +145,7 @@ def dataset_config(name: str, overrides: list[str]):
   # The variants start from the paper's method, whatever the dataset
   # config adds to it by default.
   config = default.paper_method(
-      importlib.import_module(f'configs.{module}').get_config())
+      importlib.import_module(f'jcc.configs.{module}').get_config())
   if callable(dataset_overrides):
     dataset_overrides = dataset_overrides()
   config.dataset.update(dataset_overrides)
@@ -261,7 +261,7 @@ def main():
     print(tables_from_json(args.table_from))
     return
   logging.set_verbosity(logging.INFO if args.verbose else logging.WARNING)
-  pylogging.getLogger('absl').addFilter(jcc_main.QuietLibraries())
+  pylogging.getLogger('absl').addFilter(progress.QuietLibraries())
   seeds = [int(s) for s in args.seeds.split(',')]
   for name in args.datasets.split(','):
     config = dataset_config(name, args.override)

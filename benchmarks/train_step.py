@@ -29,7 +29,7 @@ import jax  # pylint: disable=g-import-not-at-top
 from benchmarks import require_torch
 from benchmarks import timing
 from benchmarks.jcc_step import step_runner
-from configs import default
+from jcc.configs import default
 
 torch = require_torch()
 from benchmarks import torch_reference  # pylint: disable=g-import-not-at-top,g-bad-import-order

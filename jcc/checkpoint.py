@@ -119,9 +119,9 @@ def check_model_signature(workdir: str, signature: dict) -> None:
 
 # What jcc writes in a workdir: files, then folders.
 WORKDIR_FILES = (SIGNATURE_FILE, SETTINGS_FILE, 'results.json',
-                 'predictions.csv', 'metrics.jsonl', 'lock')
+                 'predictions.csv', 'embeddings.npy', 'metrics.jsonl', 'lock')
 WORKDIR_FOLDERS = ('report', 'checkpoints', 'tensorboard',
-                   'damaged_checkpoints')
+                   'damaged_checkpoints', 'saved_model')
 
 
 def _flat(tree: dict, prefix: str = '') -> dict:
@@ -218,7 +218,11 @@ class WorkdirLock:
   evaluate and predict all take it: each writes into the workdir.
   """
 
+  HOLDERS = {'train': 'a training', 'evaluate': 'an evaluation',
+             'predict': 'a prediction'}
+
   def __init__(self, workdir: str, mode: str):
+    """Takes the lock for ``mode``: 'train', 'evaluate' or 'predict'."""
     path = os.path.join(workdir, 'lock')
     self._file = open(path, 'a+')  # pylint: disable=consider-using-with
     try:
@@ -232,7 +236,8 @@ class WorkdirLock:
           'it to end or stop it, or use another --workdir.') from None
     self._file.seek(0)
     self._file.truncate()
-    self._file.write(f'{mode} (PID {os.getpid()} on {socket.gethostname()})')
+    self._file.write(f'{self.HOLDERS[mode]} (PID {os.getpid()} on '
+                     f'{socket.gethostname()})')
     self._file.flush()
 
   def release(self) -> None:
@@ -351,9 +356,6 @@ class Checkpoints:
     return CheckpointError(
         f'No space left for {self.workdir}: {need}{_megabytes(free)} free. '
         f'Free some space; the same command then resumes {resume}.')
-
-  def latest_step(self) -> int | None:
-    return self._manager.latest_step()
 
   def wait(self) -> None:
     """Blocks until the asynchronous saves are on disk."""

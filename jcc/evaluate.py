@@ -85,6 +85,43 @@ def kmeans(
   return km.cluster_centers_.astype(np.float32), labels
 
 
+# The K sweep: k-means for K' = 2 .. 2K on a sample of this many embeddings.
+K_SWEEP_SAMPLE = 2000
+
+
+def k_sweep(embeddings: np.ndarray, num_clusters: int, seed: int,
+            sample: int = K_SWEEP_SAMPLE) -> dict:
+  """How many clusters the embedding supports: k-means for K' = 2 .. 2K on
+  a random sample, each partition scored by its silhouette (Rousseeuw,
+  J. Comput. Appl. Math. 20, 1987; scikit-learn's silhouette_score), the
+  mean over points of (b - a) / max(a, b), with a the mean distance to the
+  point's own cluster and b to the nearest other one.
+
+  Returns ``{'best_k': K' of the highest silhouette, 'silhouette':
+  {str(K'): score} (JSON's keys), 'sample': rows used}``; the embeddings
+  are L2-normalised first (the contrastive objectives compare directions).
+  Fewer than 4 distinct rows: ``best_k`` None, no scores.
+  """
+  rng = np.random.default_rng(seed)
+  rows = np.asarray(embeddings, np.float64)
+  if len(rows) > sample:
+    rows = rows[np.sort(rng.choice(len(rows), sample, replace=False))]
+  rows = rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+  scores = {}
+  top = min(2 * num_clusters, len(np.unique(rows, axis=0)) - 1)
+  for k in range(2, top + 1):
+    with warnings.catch_warnings():
+      warnings.simplefilter('ignore', sk_exceptions.ConvergenceWarning)
+      labels = sk_cluster.KMeans(k, n_init=3, random_state=seed).fit_predict(
+          rows)
+    if len(np.unique(labels)) > 1:
+      scores[str(k)] = round(float(sk_metrics.silhouette_score(rows, labels)),
+                             4)
+  best = max(scores, key=scores.get) if scores else None
+  return {'best_k': best and int(best),
+          'silhouette': scores, 'sample': len(rows)}
+
+
 def predict_batches(
     forward: Callable[[jax.Array], dict[str, jax.Array]],
     batches: Iterable[tuple[np.ndarray, np.ndarray]],
@@ -179,6 +216,13 @@ def format_results_table(results: dict) -> str:
                    f'{metrics["ari"]:6.3f}')
   if results.get('confident'):
     lines.append('head confident: ' + describe_confident(results['confident']))
+  sweep = results.get('k_sweep')
+  if sweep and sweep['best_k']:
+    scores, k = sweep['silhouette'], results['num_clusters']
+    at_k = scores.get(str(k))
+    lines.append(f"K the embedding supports: {sweep['best_k']} (silhouette "
+                 f"{scores[str(sweep['best_k'])]:.3f}" + (
+                     f'; at K={k}: {at_k:.3f})' if at_k is not None else ')'))
   return '\n'.join(lines)
 
 

@@ -30,6 +30,8 @@ from collections.abc import Hashable
 import jax
 import jax.numpy as jnp
 
+from jcc import loss_arrays
+
 Array = jax.Array
 AxisName = Hashable | None
 
@@ -39,70 +41,15 @@ _NORM_EPS = 1e-8
 _PROB_EPS = 1e-12
 
 
-def _compute_dtype(*xs: Array) -> jnp.dtype:
-  """float32, or float64 when an input already is float64."""
-  dtype = jnp.result_type(*xs)
-  return jnp.promote_types(dtype, jnp.float32)
-
-
-def _replicate_if_explicit(x: Array) -> Array:
-  """Replicates an array sharded over mesh axes of type ``Explicit``.
-
-  With explicit sharding, contractions over the batch need their output
-  sharding spelled out. Loss inputs are small (B×d, B×K), so gathering them once
-  is cheap and lets one formula serve every sharding mode. Arrays on ``Auto``
-  meshes, inside ``shard_map`` and unsharded arrays pass through unchanged.
-  """
-  sharding = jax.typeof(x).sharding
-  spec = getattr(sharding, 'spec', None)
-  if spec is None or all(axis is None for axis in spec):
-    return x
-  return jax.sharding.reshard(
-      x, jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec()))
-
-
-def _upcast(*xs: Array) -> tuple[Array, ...]:
-  """Upcasts to the compute dtype (see :func:`_compute_dtype`)."""
-  dtype = _compute_dtype(*xs)
-  return tuple(
-      _replicate_if_explicit(jnp.asarray(x).astype(dtype)) for x in xs)
-
-
 def l2_normalize(x: Array, axis: int = -1) -> Array:
   """x / max(‖x‖, eps): a zero vector stays zero with a finite gradient."""
   sq = jnp.sum(x * x, axis=axis, keepdims=True)
   return x * jax.lax.rsqrt(jnp.maximum(sq, _NORM_EPS**2))
 
 
-def _psum(x: Array, axis_name: AxisName) -> Array:
-  return x if axis_name is None else jax.lax.psum(x, axis_name)
-
-
-def _pmean(x: Array, axis_name: AxisName) -> Array:
-  return x if axis_name is None else jax.lax.pmean(x, axis_name)
-
-
 def _xlogx(p: Array) -> Array:
   """p·log p, 0 at p = 0, with a finite (large negative) gradient there."""
   return p * jnp.log(jnp.maximum(p, _PROB_EPS))
-
-
-@jax.custom_jvp
-def _gram(x: Array) -> Array:
-  """x xᵀ, differentiated with one matmul instead of two.
-
-  The tangent of x xᵀ is S + Sᵀ with S = ẋ xᵀ. Stating it so lets reverse mode
-  transpose it into a single product (G + Gᵀ) x, where plain autodiff of the
-  matmul would form G x and Gᵀ x separately.
-  """
-  return jnp.matmul(x, x.T, precision=jax.lax.Precision.HIGHEST)
-
-
-@_gram.defjvp
-def _gram_jvp(primals, tangents):
-  (x,), (x_dot,) = primals, tangents
-  s = jnp.matmul(x_dot, x.T, precision=jax.lax.Precision.HIGHEST)
-  return _gram(x), s + s.T
 
 
 def _paired_cross_entropy(logits: Array, row_ids: Array, n: int) -> Array:
@@ -125,7 +72,7 @@ def _paired_projections(
     axis_name: AxisName) -> tuple[Array, Array, Array, Array, Array | int]:
   """Two (B, d) batches of projections, checked and L2-normalised, with all
   devices' rows of each and the global index of this device's first row."""
-  z_a, z_b = _upcast(z_a, z_b)
+  z_a, z_b = loss_arrays.upcast(z_a, z_b)
   if z_a.shape != z_b.shape or z_a.ndim != 2:
     raise ValueError(f'{names[0]} and {names[1]} must both be (B, d); got '
                      f'{z_a.shape} and {z_b.shape}.')
@@ -171,14 +118,14 @@ def instance_contrastive_loss(
   local_n, n = z_a.shape[0], all_a.shape[0]
   rows = jnp.concatenate([z_a, z_b], axis=0)
   if axis_name is None:
-    logits = _gram(rows) / temperature
+    logits = loss_arrays.gram(rows) / temperature
   else:
     cols = jnp.concatenate([all_a, all_b], axis=0)
     logits = jnp.matmul(
         rows, cols.T, precision=jax.lax.Precision.HIGHEST) / temperature
   local_ids = jnp.arange(local_n) + offset
   row_ids = jnp.concatenate([local_ids, local_ids + n])
-  total = _psum(_paired_cross_entropy(logits, row_ids, n), axis_name)
+  total = loss_arrays.psum(_paired_cross_entropy(logits, row_ids, n), axis_name)
   return total / (2 * n)
 
 
@@ -208,13 +155,13 @@ def cluster_contrastive_loss(
   Returns:
     A float32 scalar: the mean over the 2K rows.
   """
-  c_a, c_b = _upcast(c_a, c_b)
+  c_a, c_b = loss_arrays.upcast(c_a, c_b)
   if c_a.shape != c_b.shape or c_a.ndim != 2:
     raise ValueError(
         f'c_a and c_b must both be (B, K); got {c_a.shape} and {c_b.shape}.')
   k = c_a.shape[1]
   y = jnp.concatenate([c_a, c_b], axis=1)  # (B, 2K): column = cluster
-  gram = _psum(_gram(y.T), axis_name)
+  gram = loss_arrays.psum(loss_arrays.gram(y.T), axis_name)
   inv_norm = jax.lax.rsqrt(jnp.maximum(jnp.diagonal(gram), _NORM_EPS**2))
   logits = gram * inv_norm[:, None] * inv_norm[None, :] / temperature
   return _paired_cross_entropy(logits, jnp.arange(2 * k), k) / (2 * k)
@@ -238,10 +185,10 @@ def cluster_entropy(c: Array, axis_name: AxisName = None) -> Array:
   Returns:
     A float32 scalar in [0, log K].
   """
-  (c,) = _upcast(c)
+  (c,) = loss_arrays.upcast(c)
   if c.ndim != 2:
     raise ValueError(f'c must be (B, K); got shape {c.shape}.')
-  mass = _psum(jnp.sum(c, axis=0), axis_name)
+  mass = loss_arrays.psum(jnp.sum(c, axis=0), axis_name)
   p = mass / jnp.maximum(jnp.sum(mass), _PROB_EPS)
   return jnp.log(jnp.asarray(c.shape[1], p.dtype)) + jnp.sum(_xlogx(p))
 
@@ -261,12 +208,12 @@ def reconstruction_loss(
   Returns:
     A float32 scalar.
   """
-  x, x_hat = _upcast(x, x_hat)
+  x, x_hat = loss_arrays.upcast(x, x_hat)
   if x.shape != x_hat.shape:
     raise ValueError(
         f'x and x_hat must have the same shape; got {x.shape} and '
         f'{x_hat.shape}.')
-  return _pmean(jnp.mean(jnp.square(x - x_hat)), axis_name)
+  return loss_arrays.pmean(jnp.mean(jnp.square(x - x_hat)), axis_name)
 
 
 def student_t_assignment(
@@ -285,7 +232,7 @@ def student_t_assignment(
   Returns:
     (B, K) float32 soft assignments; each row sums to 1.
   """
-  e, centroids = _upcast(e, centroids)
+  e, centroids = loss_arrays.upcast(e, centroids)
   if e.ndim != 2 or centroids.ndim != 2 or e.shape[1] != centroids.shape[1]:
     raise ValueError(
         f'e must be (B, d) and centroids (K, d); got {e.shape} and '
@@ -310,10 +257,10 @@ def target_distribution(q: Array, axis_name: AxisName = None) -> Array:
   Returns:
     (N, K) float32; each row sums to 1.
   """
-  (q,) = _upcast(jax.lax.stop_gradient(q))
+  (q,) = loss_arrays.upcast(jax.lax.stop_gradient(q))
   if q.ndim != 2:
     raise ValueError(f'q must be (N, K); got shape {q.shape}.')
-  frequency = _psum(jnp.sum(q, axis=0), axis_name)
+  frequency = loss_arrays.psum(jnp.sum(q, axis=0), axis_name)
   weight = jnp.square(q) / jnp.maximum(frequency, _PROB_EPS)
   return weight / jnp.maximum(
       jnp.sum(weight, axis=1, keepdims=True), _PROB_EPS)
@@ -337,13 +284,13 @@ def kl_clustering_loss(p: Array, q: Array, axis_name: AxisName = None) -> Array:
   Returns:
     A float32 scalar ≥ 0.
   """
-  p, q = _upcast(p, q)
+  p, q = loss_arrays.upcast(p, q)
   if p.shape != q.shape or p.ndim != 2:
     raise ValueError(
         f'p and q must both be (N, K); got {p.shape} and {q.shape}.')
   per_sample = jnp.sum(
       _xlogx(p) - p * jnp.log(jnp.maximum(q, _PROB_EPS)), axis=1)
-  return _pmean(jnp.mean(per_sample), axis_name)
+  return loss_arrays.pmean(jnp.mean(per_sample), axis_name)
 
 
 # ---------------------------------------------------------------------------
@@ -373,13 +320,13 @@ def neighbor_consistency_loss(
   Returns:
     A float32 scalar ≥ 0.
   """
-  p, p_neighbor = _upcast(p, p_neighbor)
+  p, p_neighbor = loss_arrays.upcast(p, p_neighbor)
   if p.shape != p_neighbor.shape or p.ndim != 2:
     raise ValueError(f'p and p_neighbor must both be (B, K); got {p.shape} '
                      f'and {p_neighbor.shape}.')
   agreement = jnp.sum(p * p_neighbor, axis=1)
-  return _pmean(-jnp.mean(jnp.log(jnp.maximum(agreement, _PROB_EPS))),
-                axis_name)
+  return loss_arrays.pmean(
+      -jnp.mean(jnp.log(jnp.maximum(agreement, _PROB_EPS))), axis_name)
 
 
 def neighbor_instance_loss(
@@ -419,7 +366,7 @@ def neighbor_instance_loss(
                         precision=jax.lax.Precision.HIGHEST) / temperature
     positive = jnp.take_along_axis(logits, own[:, None], axis=1)[:, 0]
     total += jnp.sum(jax.nn.logsumexp(logits, axis=1) - positive)
-  return _psum(total, axis_name) / (2 * n)
+  return loss_arrays.psum(total, axis_name) / (2 * n)
 
 
 def self_labeling_loss(
@@ -452,7 +399,7 @@ def self_labeling_loss(
   Returns:
     A float32 scalar ≥ 0.
   """
-  p_weak, p_strong = _upcast(jax.lax.stop_gradient(p_weak), p_strong)
+  p_weak, p_strong = loss_arrays.upcast(jax.lax.stop_gradient(p_weak), p_strong)
   if p_weak.shape != p_strong.shape or p_weak.ndim != 2:
     raise ValueError(f'p_weak and p_strong must both be (B, K); got '
                      f'{p_weak.shape} and {p_strong.shape}.')
@@ -461,7 +408,7 @@ def self_labeling_loss(
   labels = jnp.argmax(p_weak, axis=1)
   one_hot = jax.nn.one_hot(labels, k, dtype=p_weak.dtype) * confident[:, None]
   if balance:
-    counts = _psum(jnp.sum(one_hot, axis=0), axis_name)
+    counts = loss_arrays.psum(jnp.sum(one_hot, axis=0), axis_name)
     class_weight = jnp.where(counts > 0, jnp.sum(counts) /
                              jnp.maximum(counts, 1.0), 0.0)
   else:
@@ -469,6 +416,6 @@ def self_labeling_loss(
   weight = one_hot @ class_weight  # w_{y_i} m_i
   nll = -jnp.log(jnp.maximum(
       jnp.take_along_axis(p_strong, labels[:, None], axis=1)[:, 0], _PROB_EPS))
-  numerator = _psum(jnp.sum(weight * nll), axis_name)
-  denominator = _psum(jnp.sum(weight), axis_name)
+  numerator = loss_arrays.psum(jnp.sum(weight * nll), axis_name)
+  denominator = loss_arrays.psum(jnp.sum(weight), axis_name)
   return numerator / jnp.maximum(denominator, _PROB_EPS)

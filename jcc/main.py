@@ -1,8 +1,10 @@
 """Command line: python -m jcc.main --config=configs/digits.py --workdir=DIR.
 
 Flags:
-  --config: an ml_collections config file; override fields with
-    --config.train.num_epochs=50 and the like.
+  --config: an ml_collections config file, or the name of one of jcc's own
+    (digits, mnist, cifar10_small, …: jcc/configs/); override fields with
+    --config.train.num_epochs=50 and the like. --mode=predict needs none:
+    the workdir's saved model brings its own.
   --workdir: where checkpoints, results.json and logs go; a run resumes from
     the latest checkpoint found there.
   --mode: train (train, resuming if possible, then evaluate), evaluate
@@ -16,7 +18,6 @@ Ctrl-C aborts at once). In a run of several processes (config.distributed),
 a process that loses a peer exits with status 75 (jcc.distributed).
 """
 
-import logging as pylogging
 import os
 import runpy
 import sys
@@ -24,11 +25,12 @@ import traceback
 
 from absl import app
 from absl import flags
-from absl import logging
 import ml_collections
 from ml_collections import config_flags
 
+import jcc.configs
 from jcc import distributed
+from jcc import progress
 from jcc import workflows
 from jcc.errors import UserError
 from jcc.signals import EvaluationStopped
@@ -39,17 +41,11 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for this run.')
 _MODE = flags.DEFINE_enum(
     'mode', 'train', ['train', 'evaluate', 'predict'],
     'train (and evaluate), evaluate only, or predict new images.')
-flags.mark_flags_as_required(['config', 'workdir'])
+flags.mark_flags_as_required(['workdir'])
 
-_NOISY = ('/orbax/', '/etils/', '/tensorstore/', '/jax/_src/xla_bridge.py')
-
-
-class QuietLibraries(pylogging.Filter):
-  """Drops INFO chatter of checkpointing libraries; keeps their warnings."""
-
-  def filter(self, record: pylogging.LogRecord) -> bool:
-    noisy = any(part in record.pathname for part in _NOISY)
-    return record.levelno >= pylogging.WARNING or not noisy
+CONFIG_FOLDER = os.path.dirname(jcc.configs.__file__)
+PREDICTION_CONFIG = os.path.join(os.path.dirname(CONFIG_FOLDER),
+                                 'prediction_config.py')
 
 
 def _fail(message: str, status: int = 2, prefix: str = 'jcc: error: ') -> None:
@@ -61,27 +57,51 @@ def _fail(message: str, status: int = 2, prefix: str = 'jcc: error: ') -> None:
   sys.exit(status)
 
 
-def _config_argument(argv: list[str]) -> str | None:
-  """The value of --config (FILE or FILE:ARG), where given."""
+def _flag_value(argv: list[str], name: str) -> tuple[int, str] | None:
+  """(position, value) of --NAME=VALUE or --NAME VALUE in argv, where given."""
   for i, arg in enumerate(argv):
-    if arg.startswith('--config='):
-      return arg.split('=', 1)[1]
-    if arg == '--config' and i + 1 < len(argv):
-      return argv[i + 1]
+    if arg.startswith(f'--{name}='):
+      return i, arg.split('=', 1)[1]
+    if arg == f'--{name}' and i + 1 < len(argv):
+      return i, argv[i + 1]
   return None
 
 
-def _importable_config_folder(config_argument: str | None) -> None:
-  """Lets a config file import its siblings (``from configs import
-  default``) from any working directory: the folder above ``configs/``
-  joins the import path, after everything else."""
-  if not config_argument:
-    return
-  folder = os.path.dirname(os.path.abspath(
-      os.path.expanduser(config_argument.split(':', 1)[0])))
-  if (os.path.isfile(os.path.join(folder, '__init__.py')) and
-      os.path.dirname(folder) not in sys.path):
-    sys.path.append(os.path.dirname(folder))
+def _config_argument(argv: list[str]) -> str | None:
+  """The value of --config (FILE or FILE:ARG), where given."""
+  found = _flag_value(argv, 'config')
+  return found and found[1]
+
+
+def _with_config_file(argv: list[str]) -> list[str]:
+  """argv with --config naming a file: a packaged config's name becomes its
+  path, and --mode=predict without --config gets the prediction config."""
+  found = _flag_value(argv, 'config')
+  mode = (_flag_value(argv, 'mode') or (0, 'train'))[1]
+  if found is None:
+    if mode == 'predict':
+      return argv[:1] + [f'--config={PREDICTION_CONFIG}'] + argv[1:]
+    if '--help' in argv or '--helpfull' in argv:
+      return argv
+    _fail('--config is missing: name a config (--config=digits, or a file '
+          'such as configs/digits.py; jcc/configs/ holds them all).')
+  position, value = found
+  name, colon, argument = value.partition(':')
+  packaged = os.path.join(CONFIG_FOLDER, f'{name}.py')
+  if (not name or os.sep in name or name.endswith('.py') or
+      os.path.exists(name)):
+    return argv
+  if not os.path.isfile(packaged):
+    names = sorted(f[:-3] for f in os.listdir(CONFIG_FOLDER)
+                   if f.endswith('.py') and not f.startswith('_'))
+    _fail(f'--config={value}: neither a file nor a config name '
+          f'({", ".join(names)}).')
+  argv = list(argv)
+  if argv[position] == '--config':
+    argv[position + 1] = f'{packaged}{colon}{argument}'
+  else:
+    argv[position] = f'--config={packaged}{colon}{argument}'
+  return argv
 
 
 def _unknown_fields(argv: list[str]) -> list[str]:
@@ -105,13 +125,13 @@ def _unknown_fields(argv: list[str]) -> list[str]:
 
 def _parse_flags(argv: list[str]) -> list[str]:
   """absl's parsing, with config mistakes reported in one line."""
+  argv = _with_config_file(argv)
   config_argument = _config_argument(argv)
-  _importable_config_folder(config_argument)
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
     message = ' '.join(str(e).split())  # one line, whatever absl wrote
-    _fail(f'{message} (--helpfull lists the flags; configs/default.py '
+    _fail(f'{message} (--helpfull lists the flags; jcc/configs/default.py '
           'every config field)')
   except (AttributeError, KeyError) as e:
     # ml_collections raises these for an override of a field that does not
@@ -122,7 +142,8 @@ def _parse_flags(argv: list[str]) -> list[str]:
       unknown = []
     if unknown:
       _fail(f'unknown config field{"s" if len(unknown) > 1 else ""} '
-            f'{", ".join(unknown)}: configs/default.py lists every field.')
+            f'{", ".join(unknown)}: jcc/configs/default.py lists every '
+            'field.')
     _fail(f'--config={config_argument}: the config file failed '
           f'({type(e).__name__}: {e}).')
   except Exception as e:  # pylint: disable=broad-except
@@ -148,8 +169,7 @@ def _loaded_config() -> ml_collections.ConfigDict:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  logging.set_verbosity(logging.INFO)
-  logging.get_absl_handler().addFilter(QuietLibraries())
+  progress.configure_command_line()
   config, workdir = _loaded_config(), _WORKDIR.value
   try:
     if _MODE.value == 'train':

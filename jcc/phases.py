@@ -1,10 +1,11 @@
 """The host-side passes over the whole dataset between training steps.
 
-Each is a function of the model's outputs on every image and of the config:
-DEC's centroids by k-means, its target distribution P, each image's nearest
-neighbours, the self-labelling stage's pseudo-labels, and the metrics of an
-evaluation during training. The Trainer runs them at the steps its plan
-(:mod:`jcc.plan`) sets and keeps what they return.
+:class:`DatasetPasses` runs the model over every image of a run and computes
+what the method needs from the outputs: DEC's centroids by k-means, its
+target distribution P, each image's nearest neighbours, the self-labelling
+stage's pseudo-labels, and the metrics of an evaluation during training. The
+Trainer calls them at the steps its plan (:mod:`jcc.plan`) sets and keeps
+what they return.
 
 Where several processes compute one, each on its own copy of the outputs,
 process 0's result is the one every process keeps: float rounding may
@@ -16,6 +17,7 @@ from __future__ import annotations
 import time
 
 from absl import logging
+import flax
 import jax
 import ml_collections
 import numpy as np
@@ -24,85 +26,121 @@ from jcc import distributed
 from jcc import evaluate
 from jcc import losses
 from jcc import neighbors
+from jcc import parallel
+from jcc import sources
+from jcc import step as step_lib
+from jcc import trained_model
 
 
-def kmeans_centroids(embeddings: np.ndarray,
-                     config: ml_collections.ConfigDict) -> np.ndarray:
-  """DEC's centroids, (K, D): k-means on the embeddings of every image."""
-  start = time.time()
-  centroids, _ = evaluate.kmeans(embeddings, config.dataset.num_clusters,
-                                 config.seed, config.train.kmeans_n_init)
-  centroids = distributed.from_process_zero(centroids)
-  logging.info('Centroids initialised by k-means (n_init=%d) on %d '
-               'embeddings in %.1f s.', config.train.kmeans_n_init,
-               len(embeddings), time.time() - start)
-  return centroids
+class DatasetPasses:
+  """The passes of one run over its dataset.
 
+  The clustered images are all but the instance-only ones (STL-10's
+  unlabelled split); ``labels`` are theirs, None without labels.
+  """
 
-def target_rows(student_t: np.ndarray, num_examples: int,
-                clustered: np.ndarray) -> np.ndarray:
-  """DEC's target P, (N, K) float32: rows of the clustered examples from
-  their q, zeros for instance-only ones (unused)."""
-  p = np.asarray(losses.target_distribution(student_t), np.float32)
-  if len(clustered) == num_examples:
-    return p
-  full = np.zeros((num_examples, p.shape[1]), np.float32)
-  full[clustered] = p
-  return full
+  def __init__(self, config: ml_collections.ConfigDict,
+               dataset: sources.ImageDataset, mesh: jax.sharding.Mesh,
+               predictor: trained_model.Predictor):
+    self.config, self.dataset, self.mesh = config, dataset, mesh
+    self.predictor = predictor
+    self.cluster_indices = dataset.cluster_indices
+    self._some_left_out = dataset.instance_only is not None
+    self.labels = None if dataset.labels is None else (
+        dataset.labels[self.cluster_indices])
 
+  def outputs(self, state: step_lib.TrainState,
+              images: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Embeddings, cluster-head probabilities and q of each image (default:
+    the clustered ones)."""
+    if images is None:
+      images = self.dataset.images
+      if self._some_left_out:  # a copy: only where some are left out
+        images = images[self.cluster_indices]
+    return self.predictor({'params': state.params,
+                           'batch_stats': state.batch_stats}, images)
 
-def pseudo_labels(cluster_probs: np.ndarray, threshold: float,
-                  num_examples: int, clustered: np.ndarray) -> np.ndarray:
-  """The fixed pseudo-labels of the self-labelling stage, (N,) int32: the
-  cluster head's argmax where it exceeds ``threshold``, else -1."""
-  labels = np.full(num_examples, -1, np.int32)
-  labels[clustered] = distributed.from_process_zero(
-      evaluate.pseudo_labels(cluster_probs, threshold))
-  return labels
+  def with_kmeans_centroids(self, state: step_lib.TrainState
+                            ) -> step_lib.TrainState:
+    """``state`` with DEC's centroids ← k-means on every embedding."""
+    config, start = self.config, time.time()
+    embeddings = self.outputs(state)['embedding']
+    centroids, _ = evaluate.kmeans(embeddings, config.dataset.num_clusters,
+                                   config.seed, config.train.kmeans_n_init)
+    centroids = distributed.from_process_zero(centroids)
+    logging.info('Centroids initialised by k-means (n_init=%d) on %d '
+                 'embeddings in %.1f s.', config.train.kmeans_n_init,
+                 len(embeddings), time.time() - start)
+    params = flax.core.unfreeze(state.params)
+    replicated, _ = parallel.shardings(self.mesh)
+    params['clustering']['centroids'] = parallel.to_global(centroids,
+                                                           replicated)
+    return state.replace(params=params)
 
+  def target(self, state: step_lib.TrainState) -> np.ndarray:
+    """DEC's target P, (N, K) float32: rows of the clustered examples from
+    their q, zeros for instance-only ones (unused)."""
+    p = np.asarray(losses.target_distribution(
+        self.outputs(state)['student_t']), np.float32)
+    if not self._some_left_out:
+      return p
+    full = np.zeros((len(self.dataset), p.shape[1]), np.float32)
+    full[self.cluster_indices] = p
+    return full
 
-def log_self_labeling_start(cluster_probs: np.ndarray,
-                            labels: np.ndarray | None,
-                            train: ml_collections.ConfigDict, steps: int,
-                            fixed: bool) -> None:
-  """Says what the self-labelling stage starts from: the share of images
-  confident enough to be pseudo-labels and, with labels, how right."""
-  confident = evaluate.confident_predictions(
-      labels, cluster_probs, train.selflabel_threshold)
-  logging.info(
-      'Self-labelling: %d steps; pseudo-labels (the cluster head above '
-      'train.selflabel_threshold): %s; %s.', steps,
-      evaluate.describe_confident(confident),
-      'fixed for the stage (train.selflabel_fixed)' if fixed else
-      're-read at every step')
+  def pseudo_labels(self, state: step_lib.TrainState, fixed: bool,
+                    steps: int) -> np.ndarray | None:
+    """At the self-labelling stage's start: says what it starts from (the
+    share of images confident enough to be pseudo-labels and, with labels,
+    how right) and, where ``fixed``, returns the stage's pseudo-labels,
+    (N,) int32: the cluster head's argmax above the threshold, else -1."""
+    probs = self.outputs(state)['cluster_probs']
+    threshold = self.config.train.selflabel_threshold
+    logging.info(
+        'Self-labelling: %d steps; pseudo-labels (the cluster head above '
+        'train.selflabel_threshold): %s; %s.', steps,
+        evaluate.describe_confident(evaluate.confident_predictions(
+            self.labels, probs, threshold)),
+        'fixed for the stage (train.selflabel_fixed)' if fixed else
+        're-read at every step')
+    if not fixed:
+      return None
+    labels = np.full(len(self.dataset), -1, np.int32)
+    labels[self.cluster_indices] = distributed.from_process_zero(
+        evaluate.pseudo_labels(probs, threshold))
+    return labels
 
+  def nearest_neighbors(self, state: step_lib.TrainState) -> np.ndarray:
+    """Each image's ``train.num_neighbors`` nearest neighbours in the
+    embedding, (N, count), over all N; with labels, the log says how many
+    share their image's."""
+    start = time.time()
+    embeddings = self.outputs(state, self.dataset.images)['embedding']
+    table = neighbors.nearest_neighbors(
+        embeddings, self.config.train.num_neighbors, self.mesh)
+    agreement = '' if self._some_left_out or self.dataset.labels is None else (
+        f'; {neighbors.neighbor_accuracy(table, self.dataset.labels):.3f} '
+        "share their image's label")
+    logging.info('Mined %d neighbours of each of %d images in %.1f s%s.',
+                 table.shape[1], len(embeddings), time.time() - start,
+                 agreement)
+    return table
 
-def nearest_neighbors(embeddings: np.ndarray, count: int,
-                      mesh: jax.sharding.Mesh,
-                      labels: np.ndarray | None) -> np.ndarray:
-  """Each image's ``count`` nearest neighbours in the embedding, (N, count);
-  with labels, the log says how many share their image's."""
-  start = time.time()
-  table = neighbors.nearest_neighbors(embeddings, count, mesh)
-  agreement = '' if labels is None else (
-      f'; {neighbors.neighbor_accuracy(table, labels):.3f} share their '
-      "image's label")
-  logging.info('Mined %d neighbours of each of %d images in %.1f s%s.',
-               table.shape[1], len(embeddings), time.time() - start,
-               agreement)
-  return table
-
-
-def evaluation_scalars(labels: np.ndarray, outputs: dict[str, np.ndarray],
-                       centroids_set: bool) -> dict[str, float]:
-  """ACC/NMI/ARI of the cluster head and, once its centroids are set, of
-  DEC, as ``eval/{assignment}_{metric}`` scalars for the metric logs."""
-  scalars = {}
-  for name, probs in (('cluster_head', outputs['cluster_probs']),
-                      ('dec', outputs['student_t'])):
-    if name == 'dec' and not centroids_set:
-      continue
-    for metric, value in evaluate.clustering_metrics(
-        labels, probs.argmax(1)).items():
-      scalars[f'eval/{name}_{metric}'] = value
-  return scalars
+  def evaluation_scalars(self, state: step_lib.TrainState, step: int,
+                         centroids_set: bool) -> dict[str, float]:
+    """ACC/NMI/ARI of the cluster head and, once its centroids are set, of
+    DEC, as ``eval/{assignment}_{metric}`` scalars (logged); empty without
+    labels."""
+    if self.labels is None:
+      return {}
+    outputs, scalars = self.outputs(state), {}
+    for name, probs in (('cluster_head', outputs['cluster_probs']),
+                        ('dec', outputs['student_t'])):
+      if name == 'dec' and not centroids_set:
+        continue
+      for metric, value in evaluate.clustering_metrics(
+          self.labels, probs.argmax(1)).items():
+        scalars[f'eval/{name}_{metric}'] = value
+    logging.info('evaluation at step %d: %s', step, ' '.join(
+        f'{k[5:]}={v:.3f}' for k, v in scalars.items()))
+    return scalars

@@ -68,3 +68,25 @@ def is_time(step: int, every: int, last: int | None = None,
   if step == last:
     return True
   return every > 0 and step >= start and (step - start) % every == 0
+
+
+def min_steps_notice(plan: RunPlan, train: ml_collections.ConfigDict,
+                     num_examples: int) -> str | None:
+  """The line that says a run trains more epochs than asked, under
+  ``train.min_steps``; None where it trains the epochs asked."""
+  if plan.epoch_factor == 1:
+    return None
+  return (f'{train.num_epochs} epochs of {num_examples} images are '
+          f'{train.num_epochs * plan.steps_per_epoch} steps, under '
+          f'train.min_steps={train.min_steps}: training {plan.num_epochs} '
+          f'epochs (warm-up {train.warmup_epochs * plan.epoch_factor}) '
+          'instead; train.min_steps=0 trains the epochs as asked.')
+
+
+def describe(plan: RunPlan) -> str:
+  """The plan in words, for the log line that starts a training."""
+  selflabel = (f', self-labelling from step {plan.joint_end}'
+               if plan.total_steps > plan.joint_end else '')
+  return (f'{plan.total_steps} steps ({plan.num_epochs + plan.selflabel_epochs}'
+          f' epochs of {plan.steps_per_epoch}), warm-up {plan.warmup_steps} '
+          f'steps{selflabel}')

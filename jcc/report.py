@@ -9,10 +9,13 @@
 * ``metrics.txt``: the results table;
 * ``cluster_sizes.csv``: images per cluster, by the cluster head and by DEC;
 * ``assignments.csv``: every image's index (and file, for image files),
-  label, cluster, confidence and DEC cluster.
+  label, cluster, confidence and DEC cluster;
+* ``embeddings.npy``: each image's embedding, (N, D) float32, row i for
+  assignments.csv's row i.
 
 ``--mode=predict`` writes its ``predictions.csv`` with the same columns
-(:func:`assignment_rows`, :func:`write_assignments`).
+(:func:`assignment_rows`, :func:`write_assignments`) and its
+``embeddings.npy`` (:func:`write_embeddings`).
 """
 
 from __future__ import annotations
@@ -132,13 +135,16 @@ def write_report(
     workdir: str,
     images: np.ndarray,
     labels: np.ndarray | None,
-    cluster_probs: np.ndarray,
-    student_t: np.ndarray,
+    outputs: dict[str, np.ndarray],
     results: dict,
     class_names: Sequence[str] | None = None,
     image_names: Sequence[str] | None = None,
 ) -> str:
   """Writes WORKDIR/report/ (see the module docstring); returns its path.
+
+  ``outputs``: the model's ``cluster_probs``, ``student_t`` and
+  ``embedding`` of each image (embeddings.npy, row i for assignments.csv's
+  row i).
 
   ``image_names``: each image's file, written beside its index in
   assignments.csv (an index alone stops matching a sorted listing once a
@@ -147,6 +153,7 @@ def write_report(
   out = os.path.join(workdir, 'report')
   files.check_writable_folder(out)
   os.makedirs(out, exist_ok=True)
+  cluster_probs, student_t = outputs['cluster_probs'], outputs['student_t']
   k = cluster_probs.shape[1]
   assigned = cluster_probs.argmax(axis=1)
   confidence = cluster_probs.max(axis=1)
@@ -172,7 +179,15 @@ def write_report(
       labels.tolist())
   write_assignments(os.path.join(out, 'assignments.csv'),
                     assignment_rows(leading, cluster_probs, student_t))
+  write_embeddings(os.path.join(out, 'embeddings.npy'), outputs['embedding'])
   return out
+
+
+def write_embeddings(path: str, embeddings: np.ndarray) -> None:
+  """An (N, D) float32 ``.npy`` (``np.load`` reads it), written whole or
+  not at all."""
+  with files.atomic_write(path, 'wb') as f:
+    np.save(f, np.asarray(embeddings, np.float32))
 
 
 def assignment_rows(leading: dict[str, Sequence], cluster_probs: np.ndarray,

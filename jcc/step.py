@@ -9,7 +9,8 @@ update of the weighted terms (:data:`TERMS`).
 from __future__ import annotations
 
 import functools
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import flax
 import jax
@@ -43,7 +44,7 @@ class Batch:
   the dataset, are the global batch, sharded on 'data'. ``joint_scale`` ()
   float32 is 0 in the warm-up and 1 after: it switches the terms of
   JOINT_TERMS. The optional fields are None where a run has no use for
-  them: ``clustered`` (N,) bool, False for the examples that train the
+  them: ``cluster_mask`` (N,) bool, False for the examples that train the
   instance objective alone; ``neighbor_images``, sharded like ``images``,
   each image's neighbour; ``pseudo_labels`` (N,) int32, the self-labelling
   stage's fixed labels (-1: none). (N,) fields are replicated.
@@ -51,19 +52,19 @@ class Batch:
   images: jax.Array
   indices: jax.Array
   joint_scale: jax.Array
-  clustered: jax.Array | None = None
+  cluster_mask: jax.Array | None = None
   neighbor_images: jax.Array | None = None
   pseudo_labels: jax.Array | None = None
 
 
-def batch_shardings(mesh: jax.sharding.Mesh, clustered: bool = False,
+def batch_shardings(mesh: jax.sharding.Mesh, cluster_mask: bool = False,
                     neighbors: bool = False,
                     pseudo_labels: bool = False) -> Batch:
   """The shardings of a :class:`Batch` with the given optional fields: the
   per-image fields on 'data', the rest replicated."""
   replicated, sharded = parallel.shardings(mesh)
   return Batch(images=sharded, indices=sharded, joint_scale=replicated,
-               clustered=replicated if clustered else None,
+               cluster_mask=replicated if cluster_mask else None,
                neighbor_images=sharded if neighbors else None,
                pseudo_labels=replicated if pseudo_labels else None)
 
@@ -135,18 +136,28 @@ def create_train_state(
       nonfinite_terms=jnp.zeros((), jnp.int32))
 
 
+def init_state(model: models.ClusteringModel, tx: optax.GradientTransformation,
+               seed: int, image_shape: tuple[int, int, int],
+               mesh: jax.sharding.Mesh) -> TrainState:
+  """The initial state of ``config.seed``, replicated over ``mesh``."""
+  replicated, _ = parallel.shardings(mesh)
+  key = jax.random.fold_in(jax.random.key(seed), 0)
+  return jax.jit(lambda key: create_train_state(model, tx, key, image_shape),
+                 out_shardings=replicated)(key)
+
+
 def compute_loss_terms(
     outputs: models.ModelOutputs,
     views: jax.Array,
     target: jax.Array,
     loss_config: ml_collections.ConfigDict,
-    clustered: jax.Array | None = None,
+    in_clusters: jax.Array | None = None,
     neighbor: models.ModelOutputs | None = None,
 ) -> dict[str, jax.Array]:
   """The active (non-zero weight) terms, unweighted, for a 2B batch of views.
 
   Rows [0, B) of ``outputs`` are view a, rows [B, 2B) view b of the same
-  images; ``target`` is DEC's P for the B images. ``clustered`` (B,) bool
+  images; ``target`` is DEC's P for the B images. ``in_clusters`` (B,) bool
   limits the cluster, entropy and KL terms to the rows where it is True
   (the others train the instance objective alone); None: all rows.
   ``neighbor``: the outputs of a view of each image's neighbour (B rows),
@@ -156,10 +167,10 @@ def compute_loss_terms(
   a = jax.tree.map(lambda x: x[:half], outputs)
   b = jax.tree.map(lambda x: x[half:], outputs)
   probs_a, probs_b, kl_scale = a.cluster_probs, b.cluster_probs, 1.0
-  if clustered is not None:
+  if in_clusters is not None:
     # A zero row adds nothing to the column dot products, the marginal's
     # mass or the KL sum; the KL mean is rescaled to the clustered rows.
-    keep = clustered.astype(jnp.float32)[:, None]
+    keep = in_clusters.astype(jnp.float32)[:, None]
     probs_a, probs_b, target = probs_a * keep, probs_b * keep, target * keep
     kl_scale = half / jnp.maximum(jnp.sum(keep), 1.0)
   terms = {}
@@ -204,18 +215,18 @@ def _all_finite(tree) -> jax.Array:
 
 def self_labeling_terms(labelling_probs: jax.Array, view_probs: jax.Array,
                         train_config: ml_collections.ConfigDict,
-                        clustered: jax.Array | None = None
+                        in_clusters: jax.Array | None = None
                         ) -> dict[str, jax.Array]:
   """The self-labelling term of B images: ``labelling_probs`` (B, K) give
   the pseudo-labels (the plain images' predictions, or one-hot fixed
   labels), ``view_probs`` (2B, K) are the predictions on the two strong
   views (view a, then view b), each trained towards those labels.
 
-  Rows where ``clustered`` is False give no label (they are not clustered).
+  Rows where ``in_clusters`` is False give no label (they are not clustered).
   """
   num_images = labelling_probs.shape[0]
-  if clustered is not None:
-    labelling_probs = labelling_probs * clustered.astype(
+  if in_clusters is not None:
+    labelling_probs = labelling_probs * in_clusters.astype(
         labelling_probs.dtype)[:, None]
   threshold = train_config.selflabel_threshold
   balance = train_config.selflabel_balance
@@ -231,7 +242,7 @@ def make_train_step(model, tx, config, mesh, instance_only: bool = False,
 
   The state and DEC's target P ``target`` (N, K) are replicated; ``batch``
   is a :class:`Batch` whose optional fields are those the flags ask for:
-  ``clustered`` with ``instance_only``; ``neighbor_images`` with
+  ``cluster_mask`` with ``instance_only``; ``neighbor_images`` with
   ``with_neighbors`` (default: a neighbour term has a weight,
   :func:`jcc.terms.uses_neighbors`; without neighbours the neighbour terms
   are left out, as in the warm-up, where there are none yet);
@@ -256,7 +267,7 @@ def make_train_step(model, tx, config, mesh, instance_only: bool = False,
   def step_fn(state, target, batch: Batch):
     images, indices, joint_scale = (batch.images, batch.indices,
                                     batch.joint_scale)
-    clustered = batch.clustered[indices] if instance_only else None
+    in_clusters = batch.cluster_mask[indices] if instance_only else None
     neighbor_images, pseudo_labels = batch.neighbor_images, batch.pseudo_labels
     key = jax.random.fold_in(aug_key, state.step)
     x = images.astype(jnp.float32) / 255.0
@@ -283,11 +294,11 @@ def make_train_step(model, tx, config, mesh, instance_only: bool = False,
                      jax.nn.one_hot(pseudo_labels[indices],  # -1: zeros
                                     outputs.cluster_probs.shape[1]))
         extra_terms = self_labeling_terms(
-            labelling, outputs.cluster_probs[:two], config.train, clustered)
+            labelling, outputs.cluster_probs[:two], config.train, in_clusters)
       neighbor = jax.tree.map(lambda x: x[two:], outputs) if (
           with_neighbors) else None
       outputs = jax.tree.map(lambda x: x[:two], outputs)
-      terms = compute_loss_terms(outputs, views, p, loss_config, clustered,
+      terms = compute_loss_terms(outputs, views, p, loss_config, in_clusters,
                                  neighbor)
       total = sum(
           loss_config[name] * value *
@@ -329,6 +340,55 @@ def make_train_step(model, tx, config, mesh, instance_only: bool = False,
           mesh, instance_only, with_neighbors, fixed_labels)),
       out_shardings=(replicated, replicated),
       donate_argnums=0)
+
+
+class PhaseSteps(NamedTuple):
+  """The jitted step of each phase (the same one where two phases agree)."""
+  warmup: Callable
+  joint: Callable  # with neighbour terms, it takes the neighbours' images
+  selflabel: Callable | None  # None: the run has no self-labelling stage
+
+
+def make_phase_steps(model, tx, config: ml_collections.ConfigDict,
+                     mesh: jax.sharding.Mesh, instance_only: bool,
+                     self_labeling: bool) -> PhaseSteps:
+  """The steps of a run's phases (:func:`make_train_step`)."""
+  warmup = make_train_step(model, tx, config, mesh, instance_only,
+                           with_neighbors=False)
+  joint = make_train_step(model, tx, config, mesh, instance_only,
+                          with_neighbors=True) if uses_neighbors(
+                              config) else warmup
+  selflabel = make_train_step(
+      model, tx, config, mesh, instance_only, with_neighbors=False,
+      self_labeling=True, fixed_labels=config.train.selflabel_fixed
+  ) if self_labeling else None
+  return PhaseSteps(warmup, joint, selflabel)
+
+
+def compile_steps(steps: PhaseSteps, state: TrainState, target: jax.Array,
+                  image_shape: tuple[int, int, int], batch_size: int,
+                  mesh: jax.sharding.Mesh, joint_scale: jax.Array,
+                  cluster_mask: jax.Array | None,
+                  pseudo_labels: jax.Array | None) -> PhaseSteps:
+  """``steps`` compiled for batches of ``batch_size`` images of
+  ``image_shape``, each checked to fit in the devices' memory
+  (:func:`jcc.parallel.fits_in_memory`)."""
+  _, sharded = parallel.shardings(mesh)
+  images = jax.ShapeDtypeStruct((batch_size,) + tuple(image_shape),
+                                jnp.uint8, sharding=sharded)
+  batch = Batch(images=images, indices=jax.ShapeDtypeStruct(
+      (batch_size,), jnp.int32, sharding=sharded), joint_scale=joint_scale,
+                cluster_mask=cluster_mask)
+
+  def compile_(step, batch):
+    return parallel.fits_in_memory(step.lower(state, target, batch).compile(),
+                                   batch_size, image_shape[0])
+
+  warmup = compile_(steps.warmup, batch)
+  joint = warmup if steps.joint is steps.warmup else compile_(
+      steps.joint, batch.replace(neighbor_images=images))
+  return PhaseSteps(warmup, joint, steps.selflabel and compile_(
+      steps.selflabel, batch.replace(pseudo_labels=pseudo_labels)))
 
 
 def make_forward(model, mesh):

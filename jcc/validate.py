@@ -242,9 +242,3 @@ def check_against_data(config: ml_collections.ConfigDict, num_examples: int,
         f'config.train.batch_size={batch} does not divide over the '
         f'{num_devices} devices; use a multiple of {num_devices}.')
 
-
-def check_config(config: ml_collections.ConfigDict, num_examples: int,
-                 num_devices: int) -> None:
-  """Both checks: :func:`check_fields`, then :func:`check_against_data`."""
-  check_fields(config)
-  check_against_data(config, num_examples, num_devices)

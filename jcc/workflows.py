@@ -14,21 +14,29 @@ import time
 from collections.abc import Iterator
 
 from absl import logging
+import jax
 import ml_collections
 import numpy as np
+import optax
 
 from jcc import checkpoint
 from jcc import distributed
 from jcc import evaluate
+from jcc import metric_writer
+from jcc import models
 from jcc import parallel
+from jcc import phases
+from jcc import plan as plan_lib
 from jcc import report
 from jcc import signals
 from jcc import sources
+from jcc import step as step_lib
+from jcc import trained_model
 from jcc import validate
 from jcc.errors import (CheckpointError, ConfigError, DataError, UserError,
                         is_disk_full)
 from jcc.signals import EvaluationStopped
-from jcc.train import TRAINING, Trainer
+from jcc.train import Trainer
 
 
 # Config fields that name files or folders: a leading ~ is the home folder
@@ -49,11 +57,12 @@ def expand_paths(config: ml_collections.ConfigDict
 
 
 def build_trainer(config: ml_collections.ConfigDict, workdir: str,
-                  mode: str = TRAINING) -> Trainer:
+                  mode: str = 'train') -> Trainer:
   """A Trainer for ``config`` on ``workdir``, built in the order that reports
   a mistake before any work: the config alone, the other processes joined,
   the platform, the data, the config against the data, the workdir, its
-  lock, then the settings a resume may not change."""
+  lock, then the settings a resume may not change; ``mode`` is what the
+  Trainer is for: 'train', 'evaluate' or 'predict'."""
   validate.check_fields(config)
   # Joining the other processes first: a peer whose data cannot be read
   # then tells them, rather than leaving them waiting to be joined.
@@ -62,7 +71,7 @@ def build_trainer(config: ml_collections.ConfigDict, workdir: str,
   dataset = sources.load_dataset(config.dataset)
   mesh = parallel.make_mesh()
   distributed.check_same_run(config, dataset.images.shape)
-  validate.check_against_data(config, len(dataset.clustered), mesh.size)
+  validate.check_against_data(config, len(dataset.cluster_indices), mesh.size)
   known = sources.DATASETS[config.dataset.name].num_classes
   if known and known != config.dataset.num_clusters:
     logging.warning('%s has %d classes; clustering into K=%d '
@@ -77,13 +86,44 @@ def build_trainer(config: ml_collections.ConfigDict, workdir: str,
           if distributed.writes_shared_files() else None)
   try:
     # A second command on a busy workdir is told so first, by the lock.
-    if mode == TRAINING:
+    if mode == 'train':
       checkpoint.check_resume_settings(workdir, config)
-    return Trainer(config, workdir, dataset, mesh, signature, lock, mode)
+    return _build(config, workdir, dataset, mesh, signature, lock, mode)
   except BaseException:
     if lock is not None:
       lock.release()
     raise
+
+
+def _build(config: ml_collections.ConfigDict, workdir: str,
+           dataset: sources.ImageDataset, mesh: jax.sharding.Mesh,
+           signature: dict, lock: checkpoint.WorkdirLock | None,
+           mode: str) -> Trainer:
+  """The run plan, the model and its state, the compiled steps, the passes
+  over the dataset, the checkpoints and the metric logs."""
+  plan = plan_lib.plan_run(config.train, len(dataset))
+  notice = plan_lib.min_steps_notice(plan, config.train, len(dataset))
+  if notice and mode == 'train':  # an evaluation or prediction trains nothing
+    logging.info(notice)
+  model = models.build_model(config, dataset.channels,
+                             step_lib.compute_dtype(config))
+  tx = optax.adam(step_lib.learning_rate_schedule(config.train,
+                                                  plan.total_steps))
+  instance_only = dataset.instance_only is not None
+  predictor = trained_model.Predictor(model, mesh,
+                                      config.train.eval_batch_size)
+  return Trainer(
+      config, workdir, dataset, mesh, plan,
+      state=step_lib.init_state(model, tx, config.seed,
+                                dataset.images.shape[1:], mesh),
+      steps=step_lib.make_phase_steps(
+          model, tx, config, mesh, instance_only,
+          self_labeling=plan.total_steps > plan.joint_end),
+      passes=phases.DatasetPasses(config, dataset, mesh, predictor),
+      checkpoints=checkpoint.Checkpoints(workdir,
+                                         config.train.max_checkpoints),
+      writer=metric_writer.MetricWriter(workdir), model_signature=signature,
+      settings=config if mode == 'train' else None, lock=lock)
 
 
 def train_and_evaluate(
@@ -95,7 +135,7 @@ def train_and_evaluate(
     SIGTERM or SIGINT stopped training early (after writing a checkpoint).
   """
   config, workdir = expand_paths(config), os.path.expanduser(workdir)
-  with _closing(build_trainer(config, workdir)) as trainer:
+  with _closing(build_trainer(config, workdir, 'train')) as trainer:
     trainer.restore_latest()
     if not trainer.train():
       return None
@@ -137,36 +177,44 @@ def _evaluate(trainer: Trainer) -> dict | None:
 
 
 def _evaluate_and_write(trainer: Trainer) -> dict:
-  """Metrics of the three assignments: results.json, report/, metric logs
-  and the results table."""
+  """The saved model, then the metrics of the three assignments:
+  results.json, report/ (with the embeddings), the metric logs and the
+  results table."""
   trainer.dec_centroids_for_evaluation()
-  outputs = trainer.predict()
-  config, dataset = trainer.config, trainer.dataset
-  labels = trainer.clustered_labels()
+  config, dataset, workdir = trainer.config, trainer.dataset, trainer.workdir
+  if distributed.writes_shared_files():
+    trained_model.TrainedModel(
+        config=config, channels=dataset.channels,
+        variables=trained_model.host_variables(trainer.state),
+        step=int(trainer.state.step), class_names=dataset.class_names,
+    ).save(os.path.join(workdir, trained_model.MODEL_FOLDER))
+  outputs = trainer.passes.outputs(trainer.state)
+  labels = trainer.passes.labels
+  k = config.dataset.num_clusters
   metrics = evaluate.evaluate_assignments(
       labels, outputs['cluster_probs'], outputs['student_t'],
-      outputs['embedding'], config.dataset.num_clusters, config.seed)
+      outputs['embedding'], k, config.seed)
   results = {
       'dataset': config.dataset.name,
-      'num_examples': len(trainer.clustered),
-      'num_clusters': config.dataset.num_clusters,
+      'num_examples': len(trainer.passes.cluster_indices),
+      'num_clusters': k,
       'seconds': time.time() - trainer.start_time,
       **metrics,
       # How much self-labelling would (or did) rest on, and how right.
       'confident': evaluate.confident_predictions(
           labels, outputs['cluster_probs'],
           config.train.selflabel_threshold),
+      'k_sweep': evaluate.k_sweep(outputs['embedding'], k, config.seed),
   }
   if distributed.writes_shared_files():
-    evaluate.write_results(trainer.workdir, results)
+    evaluate.write_results(workdir, results)
     images, names = dataset.images, dataset.image_names
     if dataset.instance_only is not None:
-      images = images[trainer.clustered]
-      names = names and [names[i] for i in trainer.clustered]
+      images = images[trainer.passes.cluster_indices]
+      names = names and [names[i] for i in trainer.passes.cluster_indices]
     path = report.write_report(
-        trainer.workdir, images, labels, outputs['cluster_probs'],
-        outputs['student_t'], results, dataset.class_names, names)
-    logging.info('Wrote the cluster report to %s.', path)
+        workdir, images, labels, outputs, results, dataset.class_names, names)
+    logging.info('Wrote the cluster report and the embeddings to %s.', path)
   trainer.writer.write_scalars(int(trainer.state.step), {
       f'eval/{name}_{metric}': value
       for name, values in metrics.items() if values
@@ -196,21 +244,70 @@ def _trained(config: ml_collections.ConfigDict, workdir: str,
 
 def evaluate_workdir(config: ml_collections.ConfigDict,
                      workdir: str) -> dict | None:
-  """Evaluates the latest checkpoint of WORKDIR without training.
+  """Evaluates the latest checkpoint of WORKDIR without training (and saves
+  its model, WORKDIR/saved_model).
 
   Returns the results, or None when a stop signal abandoned the evaluation.
   """
   config, workdir = expand_paths(config), os.path.expanduser(workdir)
-  with _closing(_trained(config, workdir, 'an evaluation')) as trainer:
+  with _closing(_trained(config, workdir, 'evaluate')) as trainer:
     return _evaluate(trainer)
+
+
+# What a --config given to --mode=predict must agree on with the saved model.
+MODEL_FIELDS = ('dataset.num_clusters', 'dataset.image_size',
+                'model.backbone', 'model.convnet_widths', 'model.head_hidden',
+                'model.projection_dim', 'model.decoder_width')
+
+
+def _field(config: ml_collections.ConfigDict, name: str):
+  group, field = name.split('.')
+  value = config[group][field]
+  return list(value) if isinstance(value, (tuple, list)) else value
+
+
+def saved_model_for_prediction(config: ml_collections.ConfigDict,
+                               workdir: str) -> trained_model.TrainedModel:
+  """WORKDIR's saved model; ``config``, where it is a whole config (a
+  --config was given), must describe the same model.
+
+  A workdir trained before models were saved has checkpoints only: with its
+  config, the model is restored from them (reading the training data once,
+  for DEC's centroids where the run had no joint phase) and saved.
+  """
+  given = 'model' in config
+  if given and trained_model.model_folder(workdir) is None and os.path.isdir(
+      os.path.join(workdir, 'checkpoints')):
+    with _closing(_trained(config, workdir, 'predict')) as trainer:
+      trainer.dec_centroids_for_evaluation()
+      trained_model.TrainedModel(
+          config=config, channels=trainer.dataset.channels,
+          variables=trained_model.host_variables(trainer.state),
+          step=int(trainer.state.step),
+          class_names=trainer.dataset.class_names,
+      ).save(os.path.join(workdir, trained_model.MODEL_FOLDER))
+  model = trained_model.load(workdir)
+  if given:
+    differ = [f'{name}: {_field(model.config, name)!r} there, '
+              f'{_field(config, name)!r} now' for name in MODEL_FIELDS
+              if _field(model.config, name) != _field(config, name)]
+    if differ:
+      raise ConfigError(
+          f'--config describes another model than {workdir} holds '
+          f'({"; ".join(differ)}). Leave out --config: --mode=predict uses '
+          'the workdir\'s own.')
+  return model
 
 
 def predict_workdir(config: ml_collections.ConfigDict,
                     workdir: str) -> list[dict]:
-  """Assigns config.predict.input's images with WORKDIR's latest checkpoint.
+  """Assigns config.predict.input's images with WORKDIR's saved model.
 
-  Writes WORKDIR/predictions.csv (image, cluster, confidence, dec_cluster;
-  one row per image in a stable order) and prints the images per cluster.
+  Needs neither the training data nor the training config: ``config`` may
+  hold only the ``predict`` group (jcc/configs/saved.py). Writes
+  WORKDIR/predictions.csv (image, cluster, confidence, dec_cluster; one row
+  per image in a stable order) and WORKDIR/embeddings.npy (row i: the
+  embedding of the CSV's row i), and prints the images per cluster.
   """
   config, workdir = expand_paths(config), os.path.expanduser(workdir)
   source = config.predict.input
@@ -221,27 +318,31 @@ def predict_workdir(config: ml_collections.ConfigDict,
     raise DataError(f'config.predict.input={source!r}: no such file or '
                     'folder.')
   sources.check_predict_input(source)
-  try:
-    trained = _trained(config, workdir, 'a prediction')
-  except DataError as e:
-    raise DataError(
-        f'{e} --mode=predict reads the training data too (config.dataset, '
-        'as in training): the model is rebuilt for its images and, where '
-        'the run had no joint phase, DEC\'s centroids come from them.') from e
-  with _closing(trained) as trainer:
-    names, images = sources.load_predict_images(
-        source, config.dataset.image_size, trainer.dataset.channels,
-        config.dataset.skip_bad_images)
-    trainer.dec_centroids_for_evaluation()
-    outputs = trainer.predict(images)
-    rows = report.assignment_rows({'image': names}, outputs['cluster_probs'],
-                                  outputs['student_t'])
-    if distributed.writes_shared_files():
+  if not os.path.isdir(workdir):
+    raise CheckpointError(f'--workdir={workdir}: no such folder; give the '
+                          'workdir of a trained model.')
+  if 'distributed' in config:
+    distributed.initialize(config)
+  parallel.check_platforms()
+  model = saved_model_for_prediction(config, workdir)
+  skip_bad = config.get('dataset', model.config.dataset).skip_bad_images
+  names, images = sources.load_predict_images(
+      source, model.image_size, model.channels, skip_bad)
+  outputs = model.predictor()(model.variables, images)
+  rows = report.assignment_rows({'image': names}, outputs['cluster_probs'],
+                                outputs['student_t'])
+  if distributed.writes_shared_files():
+    lock = checkpoint.WorkdirLock(workdir, 'predict')
+    try:
       path = os.path.join(workdir, 'predictions.csv')
       report.write_assignments(path, rows)
-      sizes = np.bincount([r['cluster'] for r in rows],
-                          minlength=config.dataset.num_clusters)
-      print(f'{len(rows)} images from {source} -> {path}\n'
-            'cluster  images\n' + '\n'.join(
-                f'{c:7d}  {n:6d}' for c, n in enumerate(sizes)), flush=True)
+      report.write_embeddings(os.path.join(workdir, 'embeddings.npy'),
+                              outputs['embedding'])
+    finally:
+      lock.release()
+    sizes = np.bincount([r['cluster'] for r in rows],
+                        minlength=model.num_clusters)
+    print(f'{len(rows)} images from {source} -> {path} (embeddings: '
+          'embeddings.npy beside it)\ncluster  images\n' + '\n'.join(
+              f'{c:7d}  {n:6d}' for c, n in enumerate(sizes)), flush=True)
   return rows

@@ -39,7 +39,7 @@ if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
 
 import pytest  # pylint: disable=g-import-not-at-top
 
-from configs import digits  # pylint: disable=g-import-not-at-top
+from jcc.configs import digits  # pylint: disable=g-import-not-at-top
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / 'shared' / 'data'

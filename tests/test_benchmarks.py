@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from benchmarks.jcc_step import step_runner
-from configs import mnist
+from jcc.configs import mnist
 from tests.conftest import REPO_ROOT
 
 SCRIPTS = sorted(

@@ -117,7 +117,7 @@ def test_self_labelling_follows_the_method_and_resumes_exactly(tmp_path,
                     selflabel_threshold=0.2)
     return c
   straight = workflows.build_trainer(config(1), str(tmp_path / 'a'))
-  assert (straight.joint_end, straight.total_steps) == (14, 21)
+  assert (straight.plan.joint_end, straight.plan.total_steps) == (14, 21)
   with caplog.at_level('INFO'):
     straight.train()
   records = [json.loads(line) for line in
@@ -135,7 +135,7 @@ def test_self_labelling_follows_the_method_and_resumes_exactly(tmp_path,
   first.train()
   # The stage says what it starts from: the confident predictions of the
   # model of step 14 (evaluated, none is above 0.2 yet) ...
-  probs = first.predict()['cluster_probs']
+  probs = first.passes.outputs(first.state)['cluster_probs']
   confident = evaluate.confident_predictions(first.dataset.labels, probs, 0.2)
   assert ('Self-labelling: 7 steps; pseudo-labels (the cluster head above '
           f'train.selflabel_threshold): {100 * confident["fraction"]:.1f}% '
@@ -148,7 +148,7 @@ def test_self_labelling_follows_the_method_and_resumes_exactly(tmp_path,
   first.config.train.selflabel_threshold = threshold
   caplog.clear()
   with caplog.at_level('INFO'):
-    first.start_self_labeling()
+    first.passes.pseudo_labels(first.state, fixed=False, steps=7)
   assert (f'{100 * confident["fraction"]:.1f}% of images above '
           f'{threshold:g}, ACC {confident["acc"]:.3f} on them; re-read at '
           'every step.') in caplog.text
@@ -221,7 +221,7 @@ def test_fixed_pseudo_labels_come_from_the_stage_start_and_resume(
   # The model at the end of the method (14 steps) ...
   first = workflows.build_trainer(config(0), str(tmp_path / 'b'))
   first.train()
-  probs = first.predict()['cluster_probs']
+  probs = first.passes.outputs(first.state)['cluster_probs']
   first.close()
   # ... a threshold that half of its predictions pass, and their labels.
   threshold = float(np.median(probs.max(1)))
@@ -237,7 +237,8 @@ def test_fixed_pseudo_labels_come_from_the_stage_start_and_resume(
   # labels fixed at step 14 come back from the checkpoint of step 17.
   resumed = workflows.build_trainer(config(1, threshold), str(tmp_path / 'b'))
   assert resumed.restore_latest() and int(resumed.state.step) == 14
-  monkeypatch.setattr(resumed, '_stop_now', lambda done: done == 17)
+  monkeypatch.setattr(resumed.stop, 'stop_now',
+                      lambda _: int(resumed.state.step) == 17)
   assert not resumed.train()
   resumed.close()
   again = workflows.build_trainer(config(1, threshold), str(tmp_path / 'b'))

@@ -4,7 +4,7 @@ import importlib
 
 import pytest
 
-from configs import default
+from jcc.configs import default
 from jcc import validate
 from tests.conftest import REPO_ROOT
 
@@ -25,7 +25,7 @@ def _flat(config):
 
 @pytest.mark.parametrize('name', CONFIGS)
 def test_config_has_the_documented_fields_and_no_others(name):
-  config = importlib.import_module(f'configs.{name}').get_config()
+  config = importlib.import_module(f'jcc.configs.{name}').get_config()
   fields = _flat(config)
   for field in REQUIRED:
     assert field in fields, f'{name} lacks {field}'
@@ -49,7 +49,7 @@ def test_the_papers_method_is_one_switch_from_a_stronger_default():
   # removes them, and the quality benchmark's variants start from the
   # paper's method too.
   from benchmarks import quality
-  from configs import mnist
+  from jcc.configs import mnist
   stronger, paper = mnist.get_config(), mnist.get_config('paper')
   assert stronger.loss.neighbor_consistency > 0
   changed = {field for field, value in _flat(stronger).items()
@@ -68,7 +68,7 @@ def test_a_config_beyond_the_paper_says_so_and_offers_the_paper(name):
   # configs/fashion_mnist.py builds on configs/mnist.py and silently
   # inherited its neighbour terms, while the README listed it among the
   # configs that train the paper's method.
-  module = importlib.import_module(f'configs.{name}')
+  module = importlib.import_module(f'jcc.configs.{name}')
   paper = default.paper_method(module.get_config())  # it works in place
   if module.get_config() == paper:
     return

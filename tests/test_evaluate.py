@@ -96,3 +96,29 @@ def test_results_table_says_how_many_predictions_are_confident():
   table = evaluate.format_results_table(results)
   assert ('head confident: 40.0% of images above 0.99, ACC 0.750 on them'
           in table)
+
+
+def test_the_k_sweep_finds_the_number_of_well_separated_groups():
+  # Four tight groups of directions: k-means with K' = 4 splits them
+  # exactly, and its silhouette is the highest of 2 … 2K.
+  rng = np.random.default_rng(0)
+  centers = np.eye(8)[:4] * 5
+  rows = np.concatenate([c + rng.normal(0, 0.1, (50, 8)) for c in centers])
+  sweep = evaluate.k_sweep(rows, num_clusters=3, seed=0)
+  assert sweep['best_k'] == 4
+  assert set(sweep['silhouette']) == {'2', '3', '4', '5', '6'}
+  assert sweep['sample'] == 200
+  # A sample caps the rows scored; identical rows support no K at all.
+  assert evaluate.k_sweep(rows, 3, seed=0, sample=60)['sample'] == 60
+  same = evaluate.k_sweep(np.ones((30, 8)), 3, seed=0)
+  assert same == {'best_k': None, 'silhouette': {}, 'sample': 30}
+
+
+def test_the_results_table_names_the_k_the_embedding_supports():
+  results = {'dataset': 'toy', 'num_examples': 200, 'seconds': 1.0,
+             'num_clusters': 3, 'cluster_head': None, 'dec': None,
+             'kmeans': None, 'k_sweep': {'best_k': 4, 'sample': 200,
+                                         'silhouette': {'3': 0.5, '4': 0.8}}}
+  table = evaluate.format_results_table(results)
+  assert 'K the embedding supports: 4 (silhouette 0.800; at K=3: 0.500)' in (
+      table)

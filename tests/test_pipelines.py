@@ -33,7 +33,7 @@ MOCK_EXAMPLES = 600  # per split: enough that each ImageNet subset is hit.
 
 
 def _dataset_config(name, image_size=16, **overrides):
-  config = importlib.import_module(f'configs.{name}').get_config().dataset
+  config = importlib.import_module(f'jcc.configs.{name}').get_config().dataset
   config.image_size = image_size
   config.update(overrides)
   return config
@@ -50,14 +50,14 @@ def test_tfds_source_under_mock_data(name, tfds):
   assert ds.images.dtype == np.uint8 and ds.labels.dtype == np.int64
   assert ds.images.shape[1:] == (16, 16, channels)
   assert ds.labels.shape == (len(ds),)
-  clustered = ds.labels[ds.clustered]
+  clustered = ds.labels[ds.cluster_indices]
   assert clustered.min() >= 0 and clustered.max() < k
   if name == 'stl10':
     # train+test labelled, plus the unlabelled split for the instance term.
     assert len(ds) == 2 * MOCK_EXAMPLES
     assert ds.instance_only.sum() == MOCK_EXAMPLES
     assert (ds.labels[ds.instance_only] == -1).all()
-    assert len(ds.clustered) == MOCK_EXAMPLES
+    assert len(ds.cluster_indices) == MOCK_EXAMPLES
   elif name.startswith('imagenet'):
     # ILSVRC's 1,000 classes filtered down to the subset's wnids.
     assert 0 < len(ds) < MOCK_EXAMPLES / 10
@@ -315,7 +315,7 @@ def test_the_pipelines_and_the_in_memory_sources_never_import_tensorflow(
   code = f"""
 import sys
 from jcc import metric_writer, pipeline, sources
-from configs import digits
+from jcc.configs import digits
 config = digits.get_config().dataset
 data = sources.load_dataset(config)
 for name, path in (('folder', {str(folder)!r}), ('npz', {str(tmp_path / 'a.npz')!r})):

@@ -1,7 +1,6 @@
 """benchmarks/quality.py: the configs it builds are the ones it claims to run."""
 
 import json
-import logging
 import os
 import subprocess
 import sys
@@ -124,21 +123,6 @@ def test_json_record_keeps_every_assignment():
                         cluster_head=metrics, dec=None, kmeans=metrics,
                         confident=confident)
   json.dumps(record)
-
-
-def test_library_chatter_is_dropped_but_warnings_and_jcc_kept():
-  # The filter that keeps --verbose (and jcc.main) readable: orbax's INFO
-  # lines run to dozens per checkpoint.
-  from jcc import main  # pylint: disable=g-import-not-at-top
-  quiet = main.QuietLibraries()
-
-  def record(path, level):
-    return logging.LogRecord('absl', level, path, 1, 'message', None, None)
-
-  orbax = '/site-packages/orbax/checkpoint/_src/checkpoint_manager.py'
-  assert not quiet.filter(record(orbax, logging.INFO))
-  assert quiet.filter(record(orbax, logging.WARNING))
-  assert quiet.filter(record('/repo/jcc/train.py', logging.INFO))
 
 
 def test_the_1500_image_subset_is_fixed_and_drawn_from_the_test_set():

@@ -665,12 +665,12 @@ def test_an_unknown_field_is_named_alone(tmp_path):
       '--config.dataset.image_size=8')
   assert finished.status == 2
   assert finished.last_line == ('jcc: error: unknown config field train.foo: '
-                                'configs/default.py lists every field.')
+                                'jcc/configs/default.py lists every field.')
 
 
 def test_configs_load_from_any_working_directory(tmp_path):
-  # The README's configs import their siblings (`from configs import
-  # default`); from another folder that import failed.
+  # The configs import their siblings (`from jcc.configs import default`),
+  # whatever the working directory.
   env = dict(os.environ, JAX_PLATFORMS='cpu')
   env.pop('PYTHONPATH', None)
   proc = subprocess.run(

@@ -143,23 +143,6 @@ def test_predict_on_an_npz_and_its_errors(trained, tmp_path):
     workflows.predict_workdir(config, str(tmp_path / 'untrained'))
 
 
-def test_predict_says_it_needs_the_training_data(tmp_path):
-  # Where the training data has moved, the error says why predict needs it
-  # (not "no directory at ..." alone).
-  images = np.round(datasets.load_digits().images[:300] * 255 / 16)
-  np.savez(tmp_path / 'train.npz', images=images.astype(np.uint8))
-  config = tiny_config(num_epochs=1)
-  config.dataset.name, config.dataset.path = 'npz', str(tmp_path / 'train.npz')
-  config.train.batch_size = 64
-  workflows.train_and_evaluate(config, str(tmp_path / 'run'))
-  np.savez(tmp_path / 'new.npz', images=images[:5].astype(np.uint8))
-  (tmp_path / 'train.npz').unlink()
-  config.predict.input = str(tmp_path / 'new.npz')
-  with pytest.raises(errors.DataError,
-                     match='train.npz.*--mode=predict reads the training data'):
-    workflows.predict_workdir(config, str(tmp_path / 'run'))
-
-
 def test_predict_writes_every_row_for_odd_file_names(trained, tmp_path):
   config, workdir, _ = trained
   config = config.copy_and_resolve_references()

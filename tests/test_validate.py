@@ -7,7 +7,7 @@ import sys
 import ml_collections
 import pytest
 
-from configs import default
+from jcc.configs import default
 from jcc import validate
 from jcc.errors import ConfigError
 from tests import cli
@@ -102,7 +102,7 @@ def test_every_field_of_the_default_config_has_a_rule():
 def test_every_dataset_config_passes():
   for path in sorted((REPO_ROOT / 'configs').glob('*.py')):
     if path.stem != '__init__':
-      module = __import__(f'configs.{path.stem}', fromlist=['get_config'])
+      module = __import__(f'jcc.configs.{path.stem}', fromlist=['get_config'])
       validate.check_fields(module.get_config())
 
 
@@ -130,7 +130,7 @@ def test_a_bad_value_names_the_field_and_what_it_must_be(field, value):
 
 def test_settings_that_only_clash_together():
   with pytest.raises(ConfigError, match='batch_size=8 is smaller than'):
-    validate.check_config(_with('train.batch_size', 8), 1797, 1)
+    validate.check_against_data(_with('train.batch_size', 8), 1797, 1)
   config = tiny_config()
   for name in validate.LOSS_WEIGHTS:
     config.loss[name] = 0.0

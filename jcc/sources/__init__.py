@@ -22,8 +22,8 @@ import numpy as np
 
 from jcc.errors import DataError
 from jcc.sources.arrays import load_digits, load_npz
-from jcc.sources.dataset import (ImageDataset, count_distinct, resize_image,
-                                 resize_images)
+from jcc.sources.dataset import (ImageDataset, as_nhwc_uint8, conform_images,
+                                 count_distinct, resize_image, resize_images)
 from jcc.sources.idx import read_idx, _mnist_like_source
 from jcc.sources.image_files import (IMAGE_EXTENSIONS, _list_images,
                                      decode_images, load_folder,
@@ -32,7 +32,8 @@ from jcc.sources.tfds import (TFDS_INSTALL, _subset_source, _tfds_source,
                               tensorflow)
 
 __all__ = ['DATASETS', 'IMAGE_EXTENSIONS', 'ImageDataset', 'Source',
-           'TFDS_INSTALL', 'check_predict_input', 'count_distinct',
+           'TFDS_INSTALL', 'as_nhwc_uint8', 'check_predict_input',
+           'conform_images', 'count_distinct',
            'decode_images', 'load_dataset', 'load_digits', 'load_folder',
            'load_npz', 'load_predict_images', 'read_idx', 'resize_image',
            'resize_images', 'tensorflow']
@@ -65,10 +66,7 @@ def load_predict_images(path: str, image_size: int, channels: int,
   """
   if os.path.isfile(path) and path.endswith('.npz'):
     dataset = load_npz(ml_collections.ConfigDict({'path': path}))
-    images = resize_images(dataset.images, image_size)
-    if images.shape[-1] != channels:
-      images = (images.mean(axis=-1, keepdims=True).round().astype(np.uint8)
-                if channels == 1 else np.repeat(images, 3, axis=-1))
+    images = conform_images(dataset.images, image_size, channels)
     return [str(i) for i in range(len(images))], images
   if not os.path.isdir(path):
     raise DataError(f'config.predict.input={path!r}: not a folder of images '

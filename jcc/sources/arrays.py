@@ -7,7 +7,7 @@ import os
 import numpy as np
 
 from jcc.errors import DataError
-from jcc.sources.dataset import ImageDataset, _as_nhwc_uint8, _class_indices
+from jcc.sources.dataset import ImageDataset, as_nhwc_uint8, _class_indices
 
 
 def load_digits(dataset_config) -> ImageDataset:
@@ -39,7 +39,7 @@ def load_npz(dataset_config) -> ImageDataset:
       if 'images' not in data:
         raise DataError(
             f'{path}: has no `images` array (found {data.files}).')
-      images = _as_nhwc_uint8(data['images'], path)
+      images = as_nhwc_uint8(data['images'], path)
       labels = (_class_indices(data['labels'], f'{path}: `labels`')
                 if 'labels' in data else None)
       class_names = None

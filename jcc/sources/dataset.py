@@ -45,16 +45,21 @@ class ImageDataset:
     return self.images.shape[-1]
 
   @property
-  def clustered(self) -> np.ndarray:
+  def cluster_indices(self) -> np.ndarray:
     """Indices of the examples that are clustered and evaluated."""
     if self.instance_only is None:
       return np.arange(len(self))
     return np.flatnonzero(~self.instance_only)
 
 
-def _as_nhwc_uint8(images: np.ndarray, where: str) -> np.ndarray:
+def as_nhwc_uint8(images: np.ndarray, where: str) -> np.ndarray:
+  """``images`` as uint8 NHWC (a missing channel axis added); a DataError
+  naming ``where`` unless uint8 (N, H, W) or (N, H, W, 1|3)."""
   if images.dtype != np.uint8:
-    raise DataError(f'{where}: images must be uint8, got {images.dtype}.')
+    fix = ('; from floats in [0, 1]: (x * 255).round().astype(np.uint8)'
+           if images.dtype.kind == 'f' else '')
+    raise DataError(f'{where}: images must be uint8 (0-255), got '
+                    f'{images.dtype}{fix}.')
   if images.ndim == 3:
     images = images[..., None]
   if images.ndim != 4 or images.shape[-1] not in (1, 3):
@@ -106,6 +111,19 @@ def resize_images(images: np.ndarray, size: int) -> np.ndarray:
   for i, image in enumerate(images):
     out[i] = resize_image(image, size)
   return out
+
+
+def conform_images(images: np.ndarray, size: int, channels: int
+                   ) -> np.ndarray:
+  """uint8 NHWC images at size × size with ``channels`` channels: resized
+  as every source is, grey made RGB by repetition, RGB made grey by the
+  mean of its channels."""
+  images = resize_images(images, size)
+  if images.shape[-1] == channels:
+    return images
+  if channels == 1:
+    return images.mean(axis=-1, keepdims=True).round().astype(np.uint8)
+  return np.repeat(images, channels, axis=-1)
 
 
 def count_distinct(images: np.ndarray, limit: int = 1000) -> int:

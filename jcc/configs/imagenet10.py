@@ -10,7 +10,7 @@ Beyond CC (neighbour terms, self-labelling): the literature's settings are
 in configs/cifar10.py's docstring, untuned here and not enabled.
 """
 
-from configs import default
+from jcc.configs import default
 
 
 def get_config():

@@ -4,7 +4,7 @@ The synsets are in jcc/wnids/imagenet_dogs.txt; data as for ImageNet-10
 (configs/imagenet10.py), whose recipe this keeps.
 """
 
-from configs import imagenet10
+from jcc.configs import imagenet10
 
 
 def get_config():

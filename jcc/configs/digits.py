@@ -6,7 +6,7 @@ more than the width of the network; benchmarks/RESULTS.md has the runs that
 chose these values and their times.
 """
 
-from configs import default
+from jcc.configs import default
 
 
 def get_config():

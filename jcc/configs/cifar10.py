@@ -15,7 +15,7 @@ balanced, with Cutout views (`--config.train.selflabel_epochs=100`; SCAN
 trains 200 epochs of it on CIFAR-10).
 """
 
-from configs import default
+from jcc.configs import default
 
 
 def get_config():

@@ -7,7 +7,7 @@ For any CIFAR-10-like source, e.g. the 10,000 test images as an .npz:
       --config.dataset.path=../shared/data/cifar10_test_jpeg.npz --workdir=DIR
 """
 
-from configs import default
+from jcc.configs import default
 
 
 def get_config():

@@ -7,8 +7,8 @@ contrast, pixel noise, entropy weight 2) plus a random rotation and shear, at
 16×16 (benchmarks/RESULTS.md has the runs that chose these values).
 """
 
-from configs import default
-from configs import digits
+from jcc.configs import default
+from jcc.configs import digits
 
 
 def get_config(method: str = ''):

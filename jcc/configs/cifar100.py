@@ -4,7 +4,7 @@
 (configs/cifar10.py).
 """
 
-from configs import cifar10
+from jcc.configs import cifar10
 
 
 def get_config():

@@ -9,7 +9,7 @@ each, that chose these). The paper's method: the neighbour terms that
 configs/mnist.py adds did not win here.
 """
 
-from configs import mnist
+from jcc.configs import mnist
 
 
 def get_config():

@@ -1,0 +1,167 @@
+"""The trained model as a thing of its own: saved, loaded, run on new images.
+
+At the end of a training (and of an evaluation) the workdir gets
+``WORKDIR/saved_model/``: ``variables.msgpack`` (the parameters with DEC's
+final centroids, and the batch statistics; flax's msgpack) and ``info.json``
+(K, image size, channels, class names, the step and the whole config). With
+it, new images are assigned without the training data or the config file:
+``python -m jcc.main --mode=predict`` and :class:`jcc.Clusterer` read it.
+
+:class:`Predictor` is the one forward pass over a set of images, batched on
+the devices; the evaluation at the end of training uses it too, so a saved
+model's predictions are the evaluation's own, bit for bit on a CPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import flax
+import jax
+import ml_collections
+import numpy as np
+
+from jcc import evaluate
+from jcc import files
+from jcc import models
+from jcc import parallel
+from jcc import pipeline
+from jcc import step as step_lib
+from jcc.errors import CheckpointError
+
+MODEL_FOLDER = 'saved_model'
+INFO_FILE = 'info.json'
+VARIABLES_FILE = 'variables.msgpack'
+FORMAT = 1
+
+
+class Predictor:
+  """The model's evaluation forward over whole sets of uint8 images.
+
+  ``predictor(variables, images)`` → ``{'embedding': (N, D), 'cluster_probs':
+  (N, K), 'student_t': (N, K)}`` as NumPy, in batches of ``batch_size``
+  (rounded up to a multiple of the devices) sharded over ``mesh``.
+  """
+
+  def __init__(self, model: models.ClusteringModel, mesh: jax.sharding.Mesh,
+               batch_size: int):
+    self._forward = step_lib.make_forward(model, mesh)
+    self._replicated, self._batch_sharding = parallel.shardings(mesh)
+    self.batch_size = -(-max(batch_size, mesh.size) // mesh.size) * mesh.size
+
+  def __call__(self, variables: dict, images: np.ndarray
+               ) -> dict[str, np.ndarray]:
+    variables = jax.tree.map(
+        lambda a: a if isinstance(a, jax.Array) else parallel.to_global(
+            np.asarray(a), self._replicated), variables)
+    return evaluate.predict_batches(
+        lambda batch: self._forward(variables, batch),
+        pipeline.eval_batches(images, self.batch_size),
+        lambda batch: parallel.to_global(batch, self._batch_sharding))
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedModel:
+  """What prediction needs, and nothing of the training data.
+
+  ``variables``: ``{'params': …, 'batch_stats': …}`` as NumPy arrays, DEC's
+  final centroids at ``params['clustering']['centroids']``.
+  """
+  config: ml_collections.ConfigDict
+  channels: int
+  variables: dict[str, Any]
+  step: int
+  class_names: tuple[str, ...] | None = None
+
+  @property
+  def num_clusters(self) -> int:
+    return self.config.dataset.num_clusters
+
+  @property
+  def image_size(self) -> int:
+    return self.config.dataset.image_size
+
+  @property
+  def centroids(self) -> np.ndarray:
+    """DEC's centroids in the embedding space, (K, D)."""
+    return np.asarray(self.variables['params']['clustering']['centroids'])
+
+  def build(self) -> models.ClusteringModel:
+    return models.build_model(self.config, self.channels,
+                              step_lib.compute_dtype(self.config))
+
+  def predictor(self, mesh: jax.sharding.Mesh | None = None,
+                batch_size: int | None = None) -> Predictor:
+    """A Predictor on ``mesh`` (default: every device JAX sees)."""
+    return Predictor(self.build(), mesh or parallel.make_mesh(),
+                     batch_size or self.config.train.eval_batch_size)
+
+  def save(self, folder: str) -> str:
+    """Writes the model to ``folder`` (created); returns it."""
+    os.makedirs(folder, exist_ok=True)
+    with files.atomic_write(os.path.join(folder, VARIABLES_FILE), 'wb') as f:
+      f.write(flax.serialization.msgpack_serialize(self.variables))
+    info = {
+        'format': FORMAT, 'step': self.step,
+        'num_clusters': self.num_clusters, 'image_size': self.image_size,
+        'channels': self.channels, 'embedding_dim': self.centroids.shape[1],
+        'class_names': list(self.class_names) if self.class_names else None,
+        'config': self.config.to_dict(),
+    }
+    with files.atomic_write(os.path.join(folder, INFO_FILE)) as f:
+      json.dump(info, f, indent=2, default=list)
+    return folder
+
+
+def host_variables(state: step_lib.TrainState) -> dict[str, Any]:
+  """The state's params and batch statistics as NumPy (this process's copy
+  of the replicated arrays)."""
+  local = lambda a: np.asarray(  # noqa: E731
+      a.addressable_data(0) if isinstance(a, jax.Array) else a)
+  return jax.tree.map(local, {'params': flax.core.unfreeze(state.params),
+                              'batch_stats': flax.core.unfreeze(
+                                  state.batch_stats)})
+
+
+def model_folder(path: str) -> str | None:
+  """The saved model at ``path``: a workdir holding ``saved_model/``, or
+  such a folder itself; None where there is none."""
+  for folder in (os.path.join(path, MODEL_FOLDER), path):
+    if os.path.isfile(os.path.join(folder, INFO_FILE)):
+      return folder
+  return None
+
+
+def load(path: str) -> TrainedModel:
+  """The model saved in the workdir (or model folder) ``path``.
+
+  Raises:
+    CheckpointError: none there, or one that cannot be read; the message
+      says what to do.
+  """
+  folder = model_folder(path)
+  if folder is None:
+    hint = ('it has checkpoints from a jcc that did not save the model: '
+            'run --mode=evaluate once with its --config to write it'
+            if os.path.isdir(os.path.join(path, 'checkpoints')) else
+            'train first (--mode=train, or jcc.Clusterer.fit) with this '
+            '--workdir')
+    raise CheckpointError(f'No saved model in {path} ({MODEL_FOLDER}/'
+                          f'{INFO_FILE} is missing): {hint}.')
+  try:
+    with open(os.path.join(folder, INFO_FILE), encoding='utf-8') as f:
+      info = json.load(f)
+    with open(os.path.join(folder, VARIABLES_FILE), 'rb') as f:
+      variables = flax.serialization.msgpack_restore(f.read())
+    config = ml_collections.ConfigDict(info['config'])
+    channels, step = int(info['channels']), int(info['step'])
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise CheckpointError(
+        f'The saved model in {folder} cannot be read ({type(e).__name__}: '
+        f'{e}); --mode=evaluate with its --config writes it again.') from None
+  names = info.get('class_names')
+  return TrainedModel(config=config, channels=channels, variables=variables,
+                      step=step, class_names=tuple(names) if names else None)
