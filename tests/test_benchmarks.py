@@ -7,6 +7,11 @@ import sys
 
 import pytest
 
+import jax
+import numpy as np
+from jax import lax
+
+from benchmarks import conv_grad
 from benchmarks.jcc_step import step_runner
 from jcc.configs import mnist
 from tests.conftest import REPO_ROOT
@@ -24,8 +29,8 @@ def test_the_scripts_are_found():
 @pytest.mark.parametrize(
     'form', ['module', pytest.param('script', marks=pytest.mark.slow)])
 def test_help_runs_as_a_script_and_as_a_module(form):
-  # Both forms must work: `python benchmarks/train_step.py` once failed
-  # with "No module named 'benchmarks'" where the -m form worked.
+  # Both forms work: `python benchmarks/train_step.py` needs the repository
+  # root on the import path as much as `python -m benchmarks.train_step`.
   env = dict(os.environ, JAX_PLATFORMS='cpu')
   runs = {name: subprocess.Popen(
       [sys.executable, f'benchmarks/{name}.py', '--help'] if form == 'script'
@@ -44,8 +49,8 @@ def test_help_runs_as_a_script_and_as_a_module(form):
 
 
 def test_step_runner_runs_a_joint_step_with_neighbours():
-  # configs/mnist.py's neighbour terms made the step take each image's
-  # neighbour too; step_runner gave none, and input_pipeline failed on it.
+  # configs/mnist.py's neighbour terms make the step take each image's
+  # neighbour too: step_runner must give one.
   config = mnist.get_config()
   config.train.batch_size = 8
   config.dataset.image_size = 8  # the protocol, not the size, is tested
@@ -53,3 +58,27 @@ def test_step_runner_runs_a_joint_step_with_neighbours():
   run = step_runner(config, 1)
   run()
   run()
+
+
+@pytest.mark.parametrize('batch,size,c_in,c_out,kernel,stride,padding', [
+    (4, 8, 16, 8, 3, 1, 'SAME'),
+    (3, 9, 16, 8, 3, 2, 'SAME'),  # odd size, stride 2
+    (2, 7, 5, 6, 3, 2, 'VALID'),
+    (2, 8, 16, 4, 1, 2, 'SAME'),  # 1×1, stride 2: rows no window reaches
+    (2, 10, 3, 4, 7, 2, ((3, 3), (3, 3))),  # the ImageNet stem
+    (2, 7, 4, 4, 3, 1, ((0, 2), (1, 0))),
+])
+def test_the_per_tap_convolution_has_lax_s_value_and_gradients(
+    batch, size, c_in, c_out, kernel, stride, padding):
+  keys = jax.random.split(jax.random.key(0), 3)
+  x = jax.random.normal(keys[0], (batch, size, size, c_in))
+  w = jax.random.normal(keys[1], (kernel, kernel, c_in, c_out))
+  ours, ours_vjp = jax.vjp(
+      lambda x, w: conv_grad.conv(x, w, (stride,) * 2, padding), x, w)
+  theirs, theirs_vjp = jax.vjp(
+      lambda x, w: lax.conv_general_dilated(
+          x, w, (stride,) * 2, padding, dimension_numbers=conv_grad.NHWC),
+      x, w)
+  np.testing.assert_array_equal(ours, theirs)
+  g = jax.random.normal(keys[2], ours.shape)
+  assert conv_grad.relative_difference(theirs_vjp(g), ours_vjp(g)) < 1e-5
