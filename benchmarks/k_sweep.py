@@ -43,10 +43,7 @@ def dataset_config(name: str, num_clusters: int, overrides: list[str]):
     dataset_overrides = dataset_overrides()
   config.dataset.update(dataset_overrides)
   config.dataset.num_clusters = num_clusters
-  for override in overrides:
-    field, value = override.split('=', 1)
-    group, leaf = field.split('.')
-    config[group][leaf] = type(config[group][leaf])(json.loads(value))
+  quality.set_overrides(config, overrides)
   return config
 
 

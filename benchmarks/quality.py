@@ -149,14 +149,19 @@ def dataset_config(name: str, overrides: list[str]):
   if callable(dataset_overrides):
     dataset_overrides = dataset_overrides()
   config.dataset.update(dataset_overrides)
-  for override in overrides:  # field=value, e.g. train.num_epochs=10
+  set_overrides(config, overrides)
+  return config
+
+
+def set_overrides(config, overrides: list[str]) -> None:
+  """Sets each field=value (a JSON value), e.g. train.num_epochs=10."""
+  for override in overrides:
     field, value = override.split('=', 1)
     *path, leaf = field.split('.')
     node = config
     for part in path:
       node = node[part]
     node[leaf] = type(node[leaf])(json.loads(value))
-  return config
 
 
 def kmeans_on_pixels(config, seed: int) -> dict:
