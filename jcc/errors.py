@@ -5,6 +5,7 @@ error from deep inside JAX.
 """
 
 import errno
+import threading
 
 
 class UserError(Exception):
@@ -36,3 +37,20 @@ def is_disk_full(error: BaseException | None) -> bool:
       return True
     error = error.__cause__ or error.__context__
   return False
+
+
+def quiet_disk_full_in_threads() -> None:
+  """Keeps background threads from printing a traceback for a full disk.
+
+  tensorboard's event writer and orbax write on threads of their own, which
+  print their exception's traceback as they die. The main thread meets the
+  same error at its next flush or save and the command line reports it in
+  one line; other exceptions in threads are printed as before.
+  """
+  previous = threading.excepthook
+
+  def hook(args: threading.ExceptHookArgs) -> None:
+    if not is_disk_full(args.exc_value):
+      previous(args)
+
+  threading.excepthook = hook

@@ -32,7 +32,7 @@ import jcc.configs
 from jcc import distributed
 from jcc import progress
 from jcc import workflows
-from jcc.errors import UserError
+from jcc.errors import UserError, quiet_disk_full_in_threads
 from jcc.signals import EvaluationStopped
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -170,6 +170,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   progress.configure_command_line()
+  quiet_disk_full_in_threads()
   config, workdir = _loaded_config(), _WORKDIR.value
   try:
     if _MODE.value == 'train':

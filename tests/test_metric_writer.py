@@ -1,8 +1,13 @@
 """Metric logs: TensorBoard where it is installed, metrics.jsonl always."""
 
+import errno
 import json
 import sys
+import threading
 
+import pytest
+
+from jcc import errors
 from jcc import metric_writer
 from jcc import workflows
 from tests.conftest import tiny_config
@@ -23,6 +28,48 @@ def test_with_tensorboard_both_logs_hold_the_scalars(tmp_path):
   events.Reload()
   assert [e.step for e in events.Tensors('loss/total')] == [3]
   assert [(l['step'], l['loss/total']) for l in _jsonl(tmp_path)] == [(3, 1.5)]
+
+
+def _thread_errors_printed(monkeypatch) -> list:
+  """The exceptions that reach the hook that prints a thread's traceback,
+  with the command line's filter in front of it."""
+  printed = []
+  monkeypatch.setattr(threading, 'excepthook',
+                      lambda args: printed.append(args.exc_value))
+  errors.quiet_disk_full_in_threads()
+  return printed
+
+
+def test_a_full_disk_under_tensorboard_prints_no_thread_traceback(
+    tmp_path, monkeypatch):
+  # tensorboard's writer thread dies printing its traceback; the command
+  # line's one line about the full disk must be all the user reads.
+  printed = _thread_errors_printed(monkeypatch)
+  writer = metric_writer.MetricWriter(str(tmp_path))
+  writer.write_scalars(1, {'loss/total': 1.0})
+  events, = (tmp_path / 'tensorboard').iterdir()
+  events.unlink()
+  events.symlink_to('/dev/full')  # every write: ENOSPC
+  with pytest.raises(OSError) as raised:
+    writer.write_scalars(2, {'loss/total': 1.0})
+  assert raised.value.errno == errno.ENOSPC
+  for thread in threading.enumerate():
+    if type(thread).__name__ == '_AsyncWriterThread':
+      thread.join(timeout=10)
+  assert not printed
+  writer.close()
+
+
+def test_other_errors_in_threads_are_still_printed(monkeypatch):
+  printed = _thread_errors_printed(monkeypatch)
+
+  def fail():
+    raise RuntimeError('a bug')
+
+  thread = threading.Thread(target=fail)
+  thread.start()
+  thread.join()
+  assert [str(e) for e in printed] == ['a bug']
 
 
 def _without_tensorboard(monkeypatch):
