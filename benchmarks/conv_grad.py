@@ -20,6 +20,11 @@ batch 256) and the digits ConvNet (8 px, batch 256) it prints the forward
 time, the backward (both gradients) by XLA's own VJP and by :func:`conv`'s,
 the best of --rounds after a warm-up, and their largest relative difference.
 Ratio = XLA's backward time / conv's (> 1: the taps are faster).
+
+A second table times jcc's own rule for tiny feature maps (jcc/conv.py):
+stride-1 3×3 convolutions of 1×1 to 4×4 maps, batch 512 (two views of 256),
+forward and backward by lax and as one matmul (``jcc.conv.dense_conv``);
+ratio = lax's forward+backward time / the matmul's.
 """
 
 from __future__ import annotations
@@ -185,6 +190,36 @@ def measure(batch, size, c_in, c_out, kernel, stride, rounds):
           relative_difference(xla(x, w, g), taps(x, w, g)))
 
 
+# (size, channels): 3×3 stride-1 convolutions of tiny maps, batch 512.
+TINY_MAPS = [(1, 64), (2, 64), (2, 128), (3, 32), (3, 64), (4, 32)]
+
+
+def measure_dense(size: int, channels: int, rounds: int):
+  """(lax forward, lax backward, matmul forward, matmul backward) in ms, and
+  the largest relative difference of the outputs and gradients."""
+  from jcc import conv as jcc_conv  # pylint: disable=g-import-not-at-top
+  keys = jax.random.split(jax.random.key(0), 3)
+  x = jax.random.normal(keys[0], (512, size, size, channels))
+  w = 0.1 * jax.random.normal(keys[1], (3, 3, channels, channels))
+  pads = _explicit_padding('SAME', (3, 3), (1, 1), (size, size))
+
+  def by_lax(x, w):
+    return _forward(x, w, (1, 1), pads)
+
+  def by_matmul(x, w):
+    return jcc_conv.dense_conv(x, w, pads)
+
+  g = jax.random.normal(keys[2], by_lax(x, w).shape)
+  times, results = [], []
+  for f in (by_lax, by_matmul):
+    forward = jax.jit(f)
+    backward = jax.jit(lambda x, w, g, f=f: jax.vjp(f, x, w)[1](g))
+    times += [best_ms(forward, x, w, rounds=rounds),
+              best_ms(backward, x, w, g, rounds=rounds)]
+    results.append((forward(x, w), backward(x, w, g)))
+  return (*times, relative_difference(*results))
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--rounds', type=int, default=5)
@@ -205,6 +240,16 @@ def main() -> None:
     print(f'| {model} | {batch}, {size}×{size}, {c_in}→{c_out}, '
           f'{kernel}×{kernel}/{stride} | {forward:.1f} ms | {xla:.1f} ms | '
           f'{taps:.1f} ms | {xla / taps:.2f}× | {diff:.0e} |', flush=True)
+  print('\n| batch, size, in→out, 3×3/1 | lax forward | lax backward | '
+        'matmul forward | matmul backward | ratio | difference |\n'
+        '|---|---|---|---|---|---|---|')
+  for size, channels in TINY_MAPS:
+    lax_f, lax_b, mm_f, mm_b, diff = measure_dense(size, channels,
+                                                   args.rounds)
+    print(f'| 512, {size}×{size}, {channels}→{channels} | {lax_f:.2f} ms | '
+          f'{lax_b:.2f} ms | {mm_f:.2f} ms | {mm_b:.2f} ms | '
+          f'{(lax_f + lax_b) / (mm_f + mm_b):.2f}× | {diff:.0e} |',
+          flush=True)
 
 
 if __name__ == '__main__':

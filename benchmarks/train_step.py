@@ -10,12 +10,15 @@ network (2B images), the four objectives, backward, Adam. jcc's step also
 makes the two augmented views on the device (crop, flip, jitter, noise); the
 PyTorch step is given ready views, so it does strictly less work. Both sides
 use the same thread count and are timed alternately in one run; one line per
-setting ends in ratio = jcc img/s over PyTorch img/s.
+setting ends in ratio = jcc img/s over PyTorch img/s. jcc runs on the devices
+a run of jcc gets: on a CPU, one per core unless JAX_NUM_CPU_DEVICES says
+otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 
@@ -29,6 +32,7 @@ import jax  # pylint: disable=g-import-not-at-top
 from benchmarks import require_torch
 from benchmarks import timing
 from benchmarks.jcc_step import step_runner
+from jcc import parallel
 from jcc.configs import default
 
 torch = require_torch()
@@ -97,11 +101,15 @@ def main():
                       'model FLOP utilisation (H200 bf16 dense: 989)')
   args = parser.parse_args()
   torch.set_num_threads(args.threads)
+  names = args.settings.split(',')
+  # jcc's own choice on a CPU: one device per core (jcc.parallel).
+  parallel.use_one_cpu_device_per_core(
+      math.gcd(*(SETTINGS[name]['batch'] for name in names)))
   print(f'jax {jax.__version__} on {jax.devices()[0].device_kind} '
         f'({jax.device_count()} device(s)), torch {torch.__version__}, '
         f'threads={args.threads}, jcc compute dtype {args.compute_dtype}, '
         f'median of {args.rounds} alternating rounds', flush=True)
-  for name in args.settings.split(','):
+  for name in names:
     setting = SETTINGS[name]
     ours_run = jax_runner(setting, args.compute_dtype)
     t = timing.measure_alternating(

@@ -26,6 +26,7 @@ from absl import logging
 import ml_collections
 import numpy as np
 
+from jcc import parallel
 from jcc import progress
 from jcc import sources
 from jcc import trained_model
@@ -209,6 +210,7 @@ class Clusterer:
     images = prediction_images(X, model.image_size, model.channels,
                                model.config.dataset.skip_bad_images)
     if self._predictor is None:
+      parallel.use_one_cpu_device_per_core()  # prediction pads its batches
       self._predictor = model.predictor()
     return self._predictor(model.variables, images)
 

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from jcc import losses
+from jcc.conv import conv_general_dilated
 
 Array = jax.Array
 
@@ -30,6 +31,10 @@ RESNETS = {
     'resnet34': ((3, 4, 6, 3), 'imagenet'),
 }
 BACKBONES = ('convnet',) + tuple(RESNETS)
+
+# flax's convolution on jcc's own (a matmul on tiny feature maps, jcc.conv);
+# the parameters are nn.Conv's.
+Conv = functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated)
 
 
 def batch_norm(train: bool, dtype: Any) -> functools.partial:
@@ -48,9 +53,9 @@ class ConvNet(nn.Module):
     norm = batch_norm(train, self.dtype)
     for i, width in enumerate(self.widths):
       strides = (1, 1) if i == 0 else (2, 2)
-      x = nn.Conv(width, (3, 3), strides, use_bias=False, dtype=self.dtype)(x)
+      x = Conv(width, (3, 3), strides, use_bias=False, dtype=self.dtype)(x)
       x = nn.relu(norm()(x))
-      x = nn.Conv(width, (3, 3), use_bias=False, dtype=self.dtype)(x)
+      x = Conv(width, (3, 3), use_bias=False, dtype=self.dtype)(x)
       x = nn.relu(norm()(x))
     return jnp.mean(x, axis=(1, 2))
 
@@ -64,7 +69,7 @@ class BasicBlock(nn.Module):
   @nn.compact
   def __call__(self, x: Array, train: bool) -> Array:
     norm = batch_norm(train, self.dtype)
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
+    conv = functools.partial(Conv, use_bias=False, dtype=self.dtype)
     y = conv(self.width, (3, 3), (self.strides,) * 2)(x)
     y = nn.relu(norm()(y))
     y = conv(self.width, (3, 3))(y)
@@ -84,9 +89,9 @@ class ResNet(nn.Module):
   @nn.compact
   def __call__(self, x: Array, train: bool) -> Array:
     if self.stem == 'cifar':
-      x = nn.Conv(64, (3, 3), use_bias=False, dtype=self.dtype)(x)
+      x = Conv(64, (3, 3), use_bias=False, dtype=self.dtype)(x)
     else:
-      x = nn.Conv(64, (7, 7), (2, 2), padding=[(3, 3), (3, 3)],
+      x = Conv(64, (7, 7), (2, 2), padding=[(3, 3), (3, 3)],
                   use_bias=False, dtype=self.dtype)(x)
     x = nn.relu(batch_norm(train, self.dtype)()(x))
     if self.stem != 'cifar':
@@ -140,9 +145,9 @@ class Decoder(nn.Module):
     x = nn.relu(x).reshape(e.shape[0], start, start, top)
     for i in range(ups):
       width = max(top // 2 ** (i + 1), 16)
-      x = nn.Conv(4 * width, (3, 3), dtype=self.dtype)(x)
+      x = Conv(4 * width, (3, 3), dtype=self.dtype)(x)
       x = nn.relu(depth_to_space(x, 2))
-    x = nn.Conv(self.channels, (3, 3), dtype=self.dtype)(x)
+    x = Conv(self.channels, (3, 3), dtype=self.dtype)(x)
     return nn.sigmoid(x.astype(jnp.float32))
 
 

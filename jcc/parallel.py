@@ -1,5 +1,5 @@
-"""Devices: the mesh, shardings and global arrays (and, on a CPU, the hint
-to use one device per core).
+"""Devices: the mesh, shardings and global arrays, and on a CPU one device
+per core.
 
 One 1-D mesh over every device of every process, with the batch on axis
 'data' and everything else replicated.
@@ -35,20 +35,68 @@ def check_platforms() -> None:
         'jax for that platform.') from None
 
 
+# The most CPU devices a run makes by itself: one per core was measured on 2
+# cores only (benchmarks/cpu_devices.py), and each device's share of the
+# batch shrinks with their number.
+MAX_DEFAULT_CPU_DEVICES = 8
+
+
+def available_cores() -> int:
+  """The cores this process may run on."""
+  if hasattr(os, 'sched_getaffinity'):
+    return len(os.sched_getaffinity(0))
+  return os.cpu_count() or 1
+
+
+def default_cpu_device_count(batch_size: int | None, cores: int) -> int:
+  """One CPU device per core, at most MAX_DEFAULT_CPU_DEVICES, and no more
+  than divide ``batch_size`` evenly (None: any number will do)."""
+  return max(n for n in range(1, min(cores, MAX_DEFAULT_CPU_DEVICES) + 1)
+             if batch_size is None or batch_size % n == 0)
+
+
+def cpu_device_count_chosen() -> bool:
+  """Whether the user chose the number of CPU devices (JAX_NUM_CPU_DEVICES,
+  jax_num_cpu_devices or XLA's --xla_force_host_platform_device_count)."""
+  return (jax.config.jax_num_cpu_devices >= 0 or
+          '--xla_force_host_platform_device_count' in
+          os.environ.get('XLA_FLAGS', ''))
+
+
+def use_one_cpu_device_per_core(batch_size: int | None = None) -> int | None:
+  """Makes JAX's CPU one device per core (``default_cpu_device_count``);
+  returns that number, or None where it leaves JAX as it is.
+
+  JAX gives a CPU one device, whose operations share the host's threads;
+  jcc's step split over one device per core ran 1.25-1.35x faster on 2
+  cores (benchmarks/cpu_devices.py). Left alone: a count the user chose,
+  JAX_PLATFORMS without the CPU, a run of several processes (they may share
+  a host's cores), and a process whose JAX has already started its devices
+  (a count can only be set before).
+  """
+  platforms = os.environ.get('JAX_PLATFORMS', '')
+  if (cpu_device_count_chosen() or jax.distributed.is_initialized() or
+      (platforms and 'cpu' not in platforms.split(','))):
+    return None
+  count = default_cpu_device_count(batch_size, available_cores())
+  try:
+    jax.config.update('jax_num_cpu_devices', count)
+  except RuntimeError:  # JAX's devices already exist in this process
+    return None
+  return count
+
+
 def cpu_devices_hint(devices: list[jax.Device], batch_size: int,
                      cores: int | None = None) -> str | None:
-  """A line suggesting one CPU device per core, where a run has one for many.
+  """A line suggesting one CPU device per core, where a run has one for many
+  (a process whose JAX started its devices before jcc could choose).
 
-  JAX gives a CPU one device, whose operations use the host's threads;
-  splitting the batch over one device per core made jcc's step 1.25-1.35x
-  faster on 2 cores (benchmarks/cpu_devices.py), which a user would not
-  guess. None where it does not apply: an accelerator, several devices
-  already, one core, or a batch that does not divide over the cores.
+  None where it does not apply: an accelerator, several devices already,
+  one core, or a batch that does not divide over the cores.
   ``cores``: default, those this process may run on.
   """
   if cores is None:
-    cores = (len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity')
-             else os.cpu_count() or 1)
+    cores = available_cores()
   if (len(devices) != 1 or devices[0].platform != 'cpu' or cores < 2 or
       batch_size % cores):
     return None

@@ -8,6 +8,7 @@ update of the weighted terms (:data:`TERMS`).
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -384,11 +385,21 @@ def compile_steps(steps: PhaseSteps, state: TrainState, target: jax.Array,
     return parallel.fits_in_memory(step.lower(state, target, batch).compile(),
                                    batch_size, image_shape[0])
 
-  warmup = compile_(steps.warmup, batch)
-  joint = warmup if steps.joint is steps.warmup else compile_(
-      steps.joint, batch.replace(neighbor_images=images))
-  return PhaseSteps(warmup, joint, steps.selflabel and compile_(
-      steps.selflabel, batch.replace(pseudo_labels=pseudo_labels)))
+  # XLA compiles each phase's step on a thread of its own (it releases the
+  # GIL), so a run on several cores waits for the slowest, not for their sum.
+  wanted = {'warmup': (steps.warmup, batch)}
+  if steps.joint is not steps.warmup:
+    wanted['joint'] = (steps.joint, batch.replace(neighbor_images=images))
+  if steps.selflabel:
+    wanted['selflabel'] = (steps.selflabel,
+                           batch.replace(pseudo_labels=pseudo_labels))
+  with concurrent.futures.ThreadPoolExecutor(len(wanted)) as pool:
+    futures = {name: pool.submit(compile_, *args)
+               for name, args in wanted.items()}
+    compiled = {name: future.result() for name, future in futures.items()}
+  return PhaseSteps(compiled['warmup'],
+                    compiled.get('joint', compiled['warmup']),
+                    compiled.get('selflabel'))
 
 
 def make_forward(model, mesh):

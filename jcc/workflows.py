@@ -67,6 +67,7 @@ def build_trainer(config: ml_collections.ConfigDict, workdir: str,
   # Joining the other processes first: a peer whose data cannot be read
   # then tells them, rather than leaving them waiting to be joined.
   distributed.initialize(config)
+  parallel.use_one_cpu_device_per_core(config.train.batch_size)
   parallel.check_platforms()
   dataset = sources.load_dataset(config.dataset)
   mesh = parallel.make_mesh()
@@ -323,6 +324,7 @@ def predict_workdir(config: ml_collections.ConfigDict,
                           'workdir of a trained model.')
   if 'distributed' in config:
     distributed.initialize(config)
+  parallel.use_one_cpu_device_per_core()  # prediction pads its batches
   parallel.check_platforms()
   model = saved_model_for_prediction(config, workdir)
   skip_bad = config.get('dataset', model.config.dataset).skip_bad_images

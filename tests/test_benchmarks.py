@@ -82,3 +82,9 @@ def test_the_per_tap_convolution_has_lax_s_value_and_gradients(
   np.testing.assert_array_equal(ours, theirs)
   g = jax.random.normal(keys[2], ours.shape)
   assert conv_grad.relative_difference(theirs_vjp(g), ours_vjp(g)) < 1e-5
+
+
+def test_conv_grad_times_the_matmul_of_tiny_maps_against_lax():
+  *times, difference = conv_grad.measure_dense(2, 8, rounds=1)
+  assert len(times) == 4 and all(t > 0 for t in times)
+  assert difference < 1e-5

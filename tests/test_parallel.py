@@ -1,6 +1,10 @@
 """Data parallelism: several fake CPU devices give what 1 device gives (2 in
 the fast tier, 8 in the slow one)."""
 
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,7 +17,7 @@ from jcc import parallel
 from jcc import sources
 from jcc import step
 from jcc import validate
-from tests.conftest import SHARDED_DEVICES, devices, tiny_config
+from tests.conftest import REPO_ROOT, SHARDED_DEVICES, devices, tiny_config
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 
@@ -153,6 +157,45 @@ def test_one_cpu_device_on_several_cores_gets_a_hint():
   assert parallel.cpu_devices_hint(cpu[:2], 256, cores=2) is None  # split
   assert parallel.cpu_devices_hint(cpu[:1], 256, cores=1) is None
   assert parallel.cpu_devices_hint(cpu[:1], 256, cores=3) is None  # 256 % 3
+
+
+@pytest.mark.parametrize('batch,cores,count', [
+    (256, 2, 2), (256, 1, 1), (256, 3, 2), (99, 2, 1), (256, 64, 8),
+    (None, 3, 3), (None, 64, parallel.MAX_DEFAULT_CPU_DEVICES)])
+def test_one_cpu_device_per_core_that_the_batch_divides_over(
+    batch, cores, count):
+  assert parallel.default_cpu_device_count(batch, cores) == count
+
+
+_DEVICES_CHOSEN = """
+import jax
+from jcc import parallel
+{before}
+chosen = parallel.use_one_cpu_device_per_core(256)
+print(chosen, jax.device_count('cpu'),
+      parallel.default_cpu_device_count(256, parallel.available_cores()))
+"""
+
+
+@pytest.mark.parametrize('env,before,chosen_by_jcc', [
+    ({}, '', True),
+    ({'JAX_NUM_CPU_DEVICES': '1'}, '', False),
+    ({'XLA_FLAGS': '--xla_force_host_platform_device_count=1'}, '', False),
+    ({}, 'jax.devices()', False),  # JAX's devices exist already
+])
+def test_a_fresh_process_gets_one_cpu_device_per_core_unless_chosen(
+    env, before, chosen_by_jcc):
+  clean = {k: v for k, v in os.environ.items()
+           if k not in ('XLA_FLAGS', 'JAX_NUM_CPU_DEVICES')}
+  run = subprocess.run(
+      [sys.executable, '-c', _DEVICES_CHOSEN.format(before=before)],
+      env=dict(clean, JAX_PLATFORMS='cpu', **env), cwd=REPO_ROOT,
+      capture_output=True, text=True, timeout=120, check=True)
+  chosen, count, per_core = run.stdout.split()
+  if chosen_by_jcc:
+    assert chosen == per_core == count
+  else:
+    assert (chosen, count) == ('None', '1')
 
 
 @pytest.mark.parametrize('raised', [AssertionError(), RuntimeError(

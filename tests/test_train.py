@@ -112,7 +112,7 @@ CLI_RUN = ['--config=configs/digits.py', '--config.dataset.image_size=8',
 
 def _command_line(workdir, *flags):
   env = dict(os.environ, JAX_PLATFORMS='cpu')
-  env.pop('XLA_FLAGS', None)  # one CPU device, as a user's laptop has
+  env.pop('XLA_FLAGS', None)  # jcc's own choice of CPU devices, as a user's
   return subprocess.run(
       [sys.executable, '-m', 'jcc.main', f'--workdir={workdir}', *CLI_RUN,
        *flags], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
@@ -125,6 +125,8 @@ def test_command_line_trains_and_evaluates(tmp_path):
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert 'cluster_head' in proc.stdout and 'kmeans' in proc.stdout
   assert 'img/s' in proc.stderr and 'ETA' in proc.stderr
+  per_core = parallel.default_cpu_device_count(256, parallel.available_cores())
+  assert f'convnet, {per_core} devices,' in proc.stderr  # one per core
   assert (tmp_path / 'cli' / 'results.json').is_file()
 
 

@@ -3,7 +3,7 @@
 Debian's dataset-fashion-mnist package installs the IDX files:
 --config.dataset.path=/usr/share/datasets/fashion-mnist. Clothes may be
 mirrored, so flips are on; otherwise digits' recipe (configs/digits.py)
-without MNIST's rotation and shear, at MNIST's 16×16 input, with stronger
+without its rotation and shear, at MNIST's 16×16 input, with stronger
 crops and a 2× wider ConvNet (benchmarks/RESULTS.md has the runs, 5 seeds
 each, that chose these). The paper's method: the neighbour terms that
 configs/mnist.py adds did not win here.
