@@ -26,8 +26,12 @@ from tests.conftest import REPO_ROOT, tiny_config
 from tests.test_reliability import TINY_FLAGS, _steps, _truncate_data_files
 
 # Warm-up (7 steps), k-means, then joint training with P refreshes: 21 steps.
+# Without digits' rotation and shear: the joint phase's drift bounds below
+# were measured on this run, and a different augmentation takes the short
+# run's rounding elsewhere (ACC 19 images apart instead of at most 2).
 RUN = ['--config.train.num_epochs=3', '--config.train.warmup_epochs=1',
-       '--config.train.checkpoint_every_steps=5']
+       '--config.train.checkpoint_every_steps=5',
+       '--config.augment.rotation=0.0', '--config.augment.shear=0.0']
 LAST_STEP = 21
 WARMUP_END = 7
 
