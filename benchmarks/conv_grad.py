@@ -19,7 +19,14 @@ For each convolution of the ResNet-18 (32 px, batch 64), the ConvNet (28 px,
 batch 256) and the digits ConvNet (8 px, batch 256) it prints the forward
 time, the backward (both gradients) by XLA's own VJP and by :func:`conv`'s,
 the best of --rounds after a warm-up, and their largest relative difference.
-Ratio = XLA's backward time / conv's (> 1: the taps are faster).
+Ratio = XLA's backward time / conv's (> 1: the taps are faster). With
+--torch, two more columns: PyTorch's forward and backward of the same layer
+(channels-last, no bias, the same threads), its ratio = PyTorch's forward +
+backward time / XLA's.
+
+Every function is compiled with jcc's XLA options
+(:func:`jcc.conv.compiler_options`), as jcc's models are, or with XLA's
+defaults where --xla-options=default.
 
 A second table times jcc's own rule for tiny feature maps (jcc/conv.py):
 stride-1 3×3 convolutions of 1×1 to 4×4 maps, batch 512 (two views of 256),
@@ -45,6 +52,8 @@ if __package__ in (None, ''):  # run as `python benchmarks/NAME.py`
 import jax  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp
 from jax import lax
+
+from jcc import conv as jcc_conv  # pylint: disable=g-import-not-at-top
 
 Array = jax.Array
 NHWC = ('NHWC', 'HWIO', 'NHWC')
@@ -165,8 +174,11 @@ def relative_difference(a, b) -> float:
              for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
-def measure(batch, size, c_in, c_out, kernel, stride, rounds):
-  """(forward ms, XLA's backward ms, the taps' backward ms, difference)."""
+def measure(batch, size, c_in, c_out, kernel, stride, rounds,
+            options: dict[str, str] | None = None):
+  """(forward ms, XLA's backward ms, the taps' backward ms, difference),
+  compiled with the XLA ``options`` (None: jcc's)."""
+  jit = functools.partial(jax.jit, compiler_options=_options(options))
   keys = jax.random.split(jax.random.key(0), 3)
   x = jax.random.normal(keys[0], (batch, size, size, c_in))
   w = 0.1 * jax.random.normal(keys[1], (kernel, kernel, c_in, c_out))
@@ -181,23 +193,60 @@ def measure(batch, size, c_in, c_out, kernel, stride, rounds):
   g = jax.random.normal(keys[2], by_lax(x, w).shape)
 
   def backward(f):
-    return jax.jit(lambda x, w, g: jax.vjp(f, x, w)[1](g))
+    return jit(lambda x, w, g: jax.vjp(f, x, w)[1](g))
 
   xla, taps = backward(by_lax), backward(by_taps)
-  return (best_ms(jax.jit(by_lax), x, w, rounds=rounds),
+  return (best_ms(jit(by_lax), x, w, rounds=rounds),
           best_ms(xla, x, w, g, rounds=rounds),
           best_ms(taps, x, w, g, rounds=rounds),
           relative_difference(xla(x, w, g), taps(x, w, g)))
+
+
+def _options(options: dict[str, str] | None) -> dict[str, str]:
+  return jcc_conv.compiler_options() if options is None else options
+
+
+def measure_torch(batch, size, c_in, c_out, kernel, stride, rounds):
+  """PyTorch's (forward ms, backward ms) of the layer: channels-last, no
+  bias, 'SAME'-sized output; backward = forward+backward − forward."""
+  from benchmarks import require_torch  # pylint: disable=g-import-not-at-top
+  torch = require_torch()
+  torch.manual_seed(0)
+  layer = torch.nn.Conv2d(c_in, c_out, kernel, stride, kernel // 2,
+                          bias=False).to(memory_format=torch.channels_last)
+  x = torch.randn(batch, c_in, size, size).contiguous(
+      memory_format=torch.channels_last).requires_grad_(True)
+  g = torch.randn_like(layer(x))
+
+  def forward():
+    with torch.no_grad():
+      layer(x)
+
+  def forward_backward():
+    layer(x).backward(g)
+
+  def best(f):
+    f()
+    times = []
+    for _ in range(rounds):
+      start = time.perf_counter()
+      f()
+      times.append(time.perf_counter() - start)
+    return min(times) * 1e3
+
+  forward_ms = best(forward)
+  return forward_ms, max(best(forward_backward) - forward_ms, 0.0)
 
 
 # (size, channels): 3×3 stride-1 convolutions of tiny maps, batch 512.
 TINY_MAPS = [(1, 64), (2, 64), (2, 128), (3, 32), (3, 64), (4, 32)]
 
 
-def measure_dense(size: int, channels: int, rounds: int):
+def measure_dense(size: int, channels: int, rounds: int,
+                  options: dict[str, str] | None = None):
   """(lax forward, lax backward, matmul forward, matmul backward) in ms, and
   the largest relative difference of the outputs and gradients."""
-  from jcc import conv as jcc_conv  # pylint: disable=g-import-not-at-top
+  jit = functools.partial(jax.jit, compiler_options=_options(options))
   keys = jax.random.split(jax.random.key(0), 3)
   x = jax.random.normal(keys[0], (512, size, size, channels))
   w = 0.1 * jax.random.normal(keys[1], (3, 3, channels, channels))
@@ -212,8 +261,8 @@ def measure_dense(size: int, channels: int, rounds: int):
   g = jax.random.normal(keys[2], by_lax(x, w).shape)
   times, results = [], []
   for f in (by_lax, by_matmul):
-    forward = jax.jit(f)
-    backward = jax.jit(lambda x, w, g, f=f: jax.vjp(f, x, w)[1](g))
+    forward = jit(f)
+    backward = jit(lambda x, w, g, f=f: jax.vjp(f, x, w)[1](g))
     times += [best_ms(forward, x, w, rounds=rounds),
               best_ms(backward, x, w, g, rounds=rounds)]
     results.append((forward(x, w), backward(x, w, g)))
@@ -225,27 +274,45 @@ def main() -> None:
   parser.add_argument('--rounds', type=int, default=5)
   parser.add_argument('--models', default='resnet18,convnet,digits',
                       help="which models' layers (name prefixes)")
+  parser.add_argument('--xla-options', choices=('jcc', 'default'),
+                      default='jcc', help="jcc's XLA options or XLA's own")
+  parser.add_argument('--torch', action='store_true',
+                      help="also time PyTorch's forward and backward")
   args = parser.parse_args()
   wanted = tuple(args.models.split(','))
+  options = None if args.xla_options == 'jcc' else {}
+  if args.torch:
+    from benchmarks import require_torch  # pylint: disable=g-import-not-at-top
+    torch = require_torch()
+    torch.set_num_threads(os.cpu_count())
   print(f'jax {jax.__version__}, {jax.default_backend()}, '
-        f'{os.cpu_count()} CPUs')
+        f'{os.cpu_count()} CPUs, XLA options: '
+        f'{_options(options) or "XLA defaults"}')
+  torch_head = ' PyTorch forward | PyTorch backward | PyTorch ratio |'
   print('| model | batch, size, in→out, kernel/stride | forward | XLA backward '
-        '| taps backward | ratio | difference |\n'
-        '|---|---|---|---|---|---|---|')
+        '| taps backward | ratio | difference |' +
+        (torch_head if args.torch else '') + '\n' +
+        '|---' * (10 if args.torch else 7) + '|')
   for model, batch, size, c_in, c_out, kernel, stride in LAYERS:
     if not model.startswith(wanted):
       continue
     forward, xla, taps, diff = measure(batch, size, c_in, c_out, kernel,
-                                       stride, args.rounds)
-    print(f'| {model} | {batch}, {size}×{size}, {c_in}→{c_out}, '
-          f'{kernel}×{kernel}/{stride} | {forward:.1f} ms | {xla:.1f} ms | '
-          f'{taps:.1f} ms | {xla / taps:.2f}× | {diff:.0e} |', flush=True)
+                                       stride, args.rounds, options)
+    line = (f'| {model} | {batch}, {size}×{size}, {c_in}→{c_out}, '
+            f'{kernel}×{kernel}/{stride} | {forward:.1f} ms | {xla:.1f} ms | '
+            f'{taps:.1f} ms | {xla / taps:.2f}× | {diff:.0e} |')
+    if args.torch:
+      t_forward, t_backward = measure_torch(batch, size, c_in, c_out, kernel,
+                                            stride, args.rounds)
+      line += (f' {t_forward:.1f} ms | {t_backward:.1f} ms | '
+               f'{(t_forward + t_backward) / (forward + xla):.2f}× |')
+    print(line, flush=True)
   print('\n| batch, size, in→out, 3×3/1 | lax forward | lax backward | '
         'matmul forward | matmul backward | ratio | difference |\n'
         '|---|---|---|---|---|---|---|')
   for size, channels in TINY_MAPS:
     lax_f, lax_b, mm_f, mm_b, diff = measure_dense(size, channels,
-                                                   args.rounds)
+                                                   args.rounds, options)
     print(f'| 512, {size}×{size}, {channels}→{channels} | {lax_f:.2f} ms | '
           f'{lax_b:.2f} ms | {mm_f:.2f} ms | {mm_b:.2f} ms | '
           f'{(lax_f + lax_b) / (mm_f + mm_b):.2f}× | {diff:.0e} |',

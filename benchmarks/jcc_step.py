@@ -12,11 +12,14 @@ from jcc import step
 from jcc import terms
 
 
-def step_runner(config, channels: int, devices=None):
+def step_runner(config, channels: int, devices=None,
+                compiler_options: dict[str, str] | None = None):
   """A callable running jcc's joint train step (config's model and batch,
   and each image's neighbour where the config's neighbour terms have a
-  weight) once, on ``devices`` (default: all). ``run.flops`` is XLA's count
-  of the step's floating-point operations, or None."""
+  weight) once, on ``devices`` (default: all), compiled with
+  ``compiler_options`` (default: jcc's, :func:`jcc.conv.compiler_options`).
+  ``run.flops`` is XLA's count of the step's floating-point operations, or
+  None."""
   k = config.dataset.num_clusters
   mesh = parallel.make_mesh(devices)
   model = models.build_model(config, channels, step.compute_dtype(config))
@@ -25,7 +28,8 @@ def step_runner(config, channels: int, devices=None):
   state = jax.jit(lambda key: step.create_train_state(model, tx, key, shape),
                   out_shardings=parallel.shardings(mesh).replicated)(
                       jax.random.key(0))
-  train_step = step.make_train_step(model, tx, config, mesh)
+  train_step = step.make_train_step(model, tx, config, mesh,
+                                    compiler_options=compiler_options)
   rng = np.random.default_rng(0)
   batch = config.train.batch_size
   images = rng.integers(0, 256, (batch,) + shape, dtype=np.uint8)

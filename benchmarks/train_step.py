@@ -12,7 +12,9 @@ PyTorch step is given ready views, so it does strictly less work. Both sides
 use the same thread count and are timed alternately in one run; one line per
 setting ends in ratio = jcc img/s over PyTorch img/s. jcc runs on the devices
 a run of jcc gets: on a CPU, one per core unless JAX_NUM_CPU_DEVICES says
-otherwise.
+otherwise. With --compare-xla-default, jcc's step compiled with XLA's default
+options instead of jcc's (jcc.conv.compiler_options) is timed in the same
+rounds, its ratio to PyTorch printed as xla_default_ratio.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import jax  # pylint: disable=g-import-not-at-top
 from benchmarks import require_torch
 from benchmarks import timing
 from benchmarks.jcc_step import step_runner
+from jcc import conv
 from jcc import parallel
 from jcc.configs import default
 
@@ -50,13 +53,15 @@ SETTINGS = {
 CPU_SETTINGS = 'resnet18_cifar-32x32x3-b64,convnet-28x28x1-b256'
 
 
-def jax_runner(setting: dict, compute_dtype: str):
+def jax_runner(setting: dict, compute_dtype: str,
+               compiler_options: dict[str, str] | None = None):
   config = default.get_config()
   config.model.backbone = setting['backbone']
   config.dataset.image_size = setting['image_size']
   config.train.batch_size = setting['batch']
   config.train.compute_dtype = compute_dtype
-  return step_runner(config, setting['channels'])
+  return step_runner(config, setting['channels'],
+                     compiler_options=compiler_options)
 
 
 def torch_runner(setting: dict, device: str = 'cpu',
@@ -96,6 +101,9 @@ def main():
   parser.add_argument('--settings', default=CPU_SETTINGS,
                       help=f'comma-separated, of {",".join(SETTINGS)}')
   parser.add_argument('--torch-device', default='cpu', help='cpu or cuda')
+  parser.add_argument('--compare-xla-default', action='store_true',
+                      help='also time jcc\'s step under XLA\'s default '
+                      'compiler options')
   parser.add_argument('--peak-tflops', type=float, default=0.0,
                       help='the chip\'s peak for the compute dtype; prints '
                       'model FLOP utilisation (H200 bf16 dense: 989)')
@@ -108,23 +116,31 @@ def main():
   print(f'jax {jax.__version__} on {jax.devices()[0].device_kind} '
         f'({jax.device_count()} device(s)), torch {torch.__version__}, '
         f'threads={args.threads}, jcc compute dtype {args.compute_dtype}, '
-        f'median of {args.rounds} alternating rounds', flush=True)
+        f'median of {args.rounds} alternating rounds, XLA options '
+        f'{conv.compiler_options() or "default"}', flush=True)
   for name in names:
     setting = SETTINGS[name]
     ours_run = jax_runner(setting, args.compute_dtype)
-    t = timing.measure_alternating(
-        {'jcc': ours_run,
-         'torch': torch_runner(setting, args.torch_device,
-                               args.compute_dtype)},
-        args.rounds, args.min_seconds)
+    runners = {'jcc': ours_run,
+               'torch': torch_runner(setting, args.torch_device,
+                                     args.compute_dtype)}
+    if args.compare_xla_default:
+      runners['xla_default'] = jax_runner(setting, args.compute_dtype,
+                                          compiler_options={})
+    t = timing.measure_alternating(runners, args.rounds, args.min_seconds)
     ours = setting['batch'] / t['jcc']
     theirs = setting['batch'] / t['torch']
     mfu = ''
     if args.peak_tflops and ours_run.flops:
       mfu = (f'  step={ours_run.flops / 1e9:.0f} GFLOP  '
              f'MFU={ours_run.flops / t["jcc"] / (args.peak_tflops * 1e12):.1%}')
+    baseline = ''
+    if 'xla_default' in t:
+      other = setting['batch'] / t['xla_default']
+      baseline = (f'  xla_default={other:8.1f} img/s  '
+                 f'xla_default_ratio={other / theirs:.2f}')
     print(f'{name:28s} jcc={ours:8.1f} img/s  torch={theirs:8.1f} img/s{mfu}  '
-          f'ratio={ours / theirs:.2f}', flush=True)
+          f'ratio={ours / theirs:.2f}{baseline}', flush=True)
 
 
 if __name__ == '__main__':

@@ -9,11 +9,16 @@ at most MAX_DENSE_POSITIONS positions, :func:`conv_general_dilated` therefore
 computes the stride-1 convolution as one matmul of the flattened image with
 a (H·W·C_in, H'·W'·C_out) matrix gathered from the kernel; elsewhere, and off
 the CPU, it is lax's. The parameters are flax's ``nn.Conv`` kernel either way.
+
+:func:`compiler_options` are the XLA options of the train step and the
+forward pass: on a CPU they keep convolutions out of XLA's YNNPACK fusions,
+which ran them slower than XLA's own convolutions.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Sequence
 
 import jax
@@ -29,6 +34,17 @@ MAX_DENSE_POSITIONS = 9
 MAX_DENSE_MATRIX = 2**20
 
 _NHWC = ('NHWC', 'HWIO', 'NHWC')
+
+# XLA:CPU hands convolutions, matmuls, reductions and elementwise ops to
+# YNNPACK by default (jaxlib 0.10), whose convolutions, filter gradients most
+# of all, ran slower than XLA's own. With only reductions and single matmuls
+# in YNNPACK (its other kinds take convolutions along), the train step ran
+# 1.1x (ResNet-18) and 1.2-1.5x (ConvNet) as fast on 2 CPU devices
+# (benchmarks/train_step.py --compare-xla-default; benchmarks/RESULTS.md).
+_YNN_FUSION_FLAG = 'xla_cpu_experimental_ynn_fusion_type'
+CPU_COMPILER_OPTIONS = {
+    _YNN_FUSION_FLAG:
+        'LIBRARY_FUSION_TYPE_REDUCE,LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT'}
 
 
 def conv_general_dilated(lhs, rhs, window_strides: Sequence[int], padding,
@@ -94,3 +110,26 @@ def dense_conv(x: jax.Array, kernel: jax.Array,
   matrix = matrix.transpose(0, 2, 1, 3).reshape(h * w * c, ho * wo * o)
   y = jnp.matmul(x.reshape(n, h * w * c), matrix, precision=precision)
   return y.reshape(n, ho, wo, o)
+
+
+def compiler_options() -> dict[str, str]:
+  """XLA options for the train step's and forward pass's ``jax.jit``:
+  CPU_COMPILER_OPTIONS on a CPU backend whose XLA takes them, else none. A
+  YNNPACK setting of the user's own in XLA_FLAGS is left to rule."""
+  if (jax.default_backend() != 'cpu' or
+      _YNN_FUSION_FLAG in os.environ.get('XLA_FLAGS', '')):
+    return {}
+  return dict(_cpu_options_accepted())
+
+
+@functools.cache
+def _cpu_options_accepted() -> tuple[tuple[str, str], ...]:
+  """CPU_COMPILER_OPTIONS if this jaxlib's XLA:CPU compiles with them (one
+  tiny compile per process); () where it rejects them, as an XLA without
+  YNNPACK or with other fusion names does."""
+  try:
+    jax.jit(lambda x: x + 1, compiler_options=CPU_COMPILER_OPTIONS).lower(
+        jax.ShapeDtypeStruct((), jnp.float32)).compile()
+  except Exception:  # pylint: disable=broad-except  # XLA's error types vary
+    return ()
+  return tuple(CPU_COMPILER_OPTIONS.items())

@@ -20,6 +20,7 @@ import ml_collections
 import optax
 
 from jcc import augment
+from jcc import conv
 from jcc import losses
 from jcc import models
 from jcc import parallel
@@ -144,7 +145,8 @@ def init_state(model: models.ClusteringModel, tx: optax.GradientTransformation,
   replicated, _ = parallel.shardings(mesh)
   key = jax.random.fold_in(jax.random.key(seed), 0)
   return jax.jit(lambda key: create_train_state(model, tx, key, image_shape),
-                 out_shardings=replicated)(key)
+                 out_shardings=replicated,
+                 compiler_options=conv.compiler_options())(key)
 
 
 def compute_loss_terms(
@@ -238,7 +240,8 @@ def self_labeling_terms(labelling_probs: jax.Array, view_probs: jax.Array,
 
 def make_train_step(model, tx, config, mesh, instance_only: bool = False,
                     with_neighbors: bool | None = None,
-                    self_labeling: bool = False, fixed_labels: bool = False):
+                    self_labeling: bool = False, fixed_labels: bool = False,
+                    compiler_options: dict[str, str] | None = None):
   """The jitted step: (state, target, batch) → (state, metrics).
 
   The state and DEC's target P ``target`` (N, K) are replicated; ``batch``
@@ -252,7 +255,8 @@ def make_train_step(model, tx, config, mesh, instance_only: bool = False,
   (config.augment, then a Cutout of train.selflabel_cutout), plus
   train.selflabel_weight × :func:`self_labeling_terms`, whose labels come
   from the plain images in the same pass, or, with ``fixed_labels``, from
-  ``batch.pseudo_labels``.
+  ``batch.pseudo_labels``. ``compiler_options``: XLA's, for the step
+  (default: :func:`jcc.conv.compiler_options`).
   """
   loss_config = config.loss
   aug_config = config.augment
@@ -340,7 +344,9 @@ def make_train_step(model, tx, config, mesh, instance_only: bool = False,
       in_shardings=(replicated, replicated, batch_shardings(
           mesh, instance_only, with_neighbors, fixed_labels)),
       out_shardings=(replicated, replicated),
-      donate_argnums=0)
+      donate_argnums=0,
+      compiler_options=(conv.compiler_options() if compiler_options is None
+                        else compiler_options))
 
 
 class PhaseSteps(NamedTuple):
@@ -413,4 +419,5 @@ def make_forward(model, mesh):
 
   replicated, batch = parallel.shardings(mesh)
   return jax.jit(forward, in_shardings=(replicated, batch),
-                 out_shardings=replicated)
+                 out_shardings=replicated,
+                 compiler_options=conv.compiler_options())

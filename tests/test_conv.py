@@ -1,6 +1,7 @@
 """The models' convolution: one matmul on tiny feature maps equals lax's."""
 
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -92,3 +93,87 @@ def test_the_matmul_stays_off_on_accelerators(monkeypatch):
   assert conv.use_dense((2, 2), (3, 3, 64, 64))
   monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
   assert not conv.use_dense((2, 2), (3, 3, 64, 64))
+
+
+def _convolutions_in_ynn_fusions(compiled_text: str) -> int:
+  """How many of a compiled module's convolutions XLA:CPU gave YNNPACK: the
+  convolutions inside computations that a ``__ynn_fusion`` calls."""
+  ynn = set(re.findall(r'calls=%?([\w.-]+).*"__ynn_fusion"', compiled_text))
+  count, computation = 0, None
+  for line in compiled_text.splitlines():
+    header = re.match(r'(?:ENTRY )?%?([\w.-]+) \(.*\{$', line)
+    if header:
+      computation = header.group(1)
+    elif ' convolution(' in line and computation in ynn:
+      count += 1
+  return count
+
+
+def _conv_grads(x, kernel):
+  return jax.grad(lambda x, k: jnp.sum(jnp.sin(_lax(x, k, 'SAME'))),
+                  argnums=(0, 1))(x, kernel)
+
+
+@pytest.fixture
+def cpu_options():
+  if jax.default_backend() != 'cpu' or not conv.compiler_options():
+    pytest.skip('this XLA:CPU takes no YNNPACK fusion options')
+  return conv.compiler_options()
+
+
+def test_on_a_cpu_convolutions_stay_out_of_ynnpack(cpu_options):
+  # The filter gradients XLA:CPU's YNNPACK fusions computed were the train
+  # step's slowest ops (benchmarks/train_step.py --compare-xla-default).
+  args = (jnp.ones((8, 14, 14, 16)), jnp.ones((3, 3, 16, 32)))
+  default = jax.jit(_conv_grads).lower(*args).compile().as_text()
+  ours = jax.jit(_conv_grads, compiler_options=cpu_options).lower(
+      *args).compile().as_text()
+  assert ' convolution(' in ours
+  assert _convolutions_in_ynn_fusions(ours) == 0
+  if '__ynn_fusion' in default:  # where XLA's default hands them over
+    assert _convolutions_in_ynn_fusions(default) > 0
+
+
+def test_the_options_leave_the_gradients_unchanged(cpu_options):
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal((4, 9, 7, 3)), jnp.float32)
+  kernel = jnp.asarray(rng.standard_normal((3, 3, 3, 8)), jnp.float32)
+  ours = jax.jit(_conv_grads, compiler_options=cpu_options)(x, kernel)
+  theirs = jax.jit(_conv_grads, compiler_options={})(x, kernel)
+  for a, b in zip(ours, theirs):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_the_train_steps_forward_is_compiled_with_them(cpu_options):
+  del cpu_options
+  from jcc import parallel  # pylint: disable=g-import-not-at-top
+  from jcc import step  # pylint: disable=g-import-not-at-top
+  config = digits.get_config()
+  model = models.build_model(config, 1, jnp.float32)
+  images = jnp.zeros((4, 8, 8, 1), jnp.uint8)
+  variables = model.init(jax.random.key(0), images.astype(jnp.float32),
+                         train=False)
+  mesh = parallel.make_mesh(jax.devices()[:1])
+  text = step.make_forward(model, mesh).lower(
+      variables, images).compile().as_text()
+  assert ' convolution(' in text
+  assert _convolutions_in_ynn_fusions(text) == 0
+
+
+def test_no_options_off_the_cpu_or_where_the_user_set_ynnpack(monkeypatch):
+  monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
+  assert conv.compiler_options() == {}
+  monkeypatch.setattr(jax, 'default_backend', lambda: 'cpu')
+  monkeypatch.setenv(
+      'XLA_FLAGS', '--xla_cpu_experimental_ynn_fusion_type=kDefault')
+  assert conv.compiler_options() == {}
+
+
+def test_no_options_where_xla_rejects_them(monkeypatch):
+  monkeypatch.setattr(conv, 'CPU_COMPILER_OPTIONS', {
+      'xla_cpu_experimental_ynn_fusion_type': 'NO_SUCH_FUSION'})
+  monkeypatch.setattr(conv, '_cpu_options_accepted',
+                      conv._cpu_options_accepted.__wrapped__)
+  monkeypatch.setattr(jax, 'default_backend', lambda: 'cpu')
+  monkeypatch.delenv('XLA_FLAGS', raising=False)
+  assert conv.compiler_options() == {}
