@@ -97,7 +97,7 @@ def main():
 
   workdir = args.workdir or tempfile.mkdtemp(prefix='jcc-gpu-train-')
   start = time.perf_counter()
-  results = workflows.train_and_evaluate(config, workdir)
+  results = workflows.train_and_evaluate(config, workdir).results
   wall = time.perf_counter() - start
   lines = [json.loads(line) for line in
            pathlib.Path(workdir, 'metrics.jsonl').read_text().splitlines()]

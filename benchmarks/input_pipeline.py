@@ -78,14 +78,18 @@ def input_rate(dataset, config, steps: int, augment_too: bool,
   views = jax.jit(lambda k, x: augment.two_views(
       k, x.astype(jnp.float32) / 255.0, config.augment))
   bs = config.train.batch_size
+  def host_batches(num_steps):  # (images, indices), as tf.data takes them
+    return ((b['images'], b['indices']) for b in pipeline.host_batches(
+        dataset, bs, 0, 0, num_steps))
+
   # One untimed batch: tf.data start-up and compilation.
-  images, _ = next(pipeline.prefetch_to_device(
-      prefetch(pipeline.host_batches(dataset, bs, 0, 0, 1)), put))
+  images, _ = next(pipeline.prefetch_to_device(prefetch(host_batches(1)),
+                                               put))
   jax.block_until_ready(views(key, images))
   start = time.perf_counter()
   last = None
   for step, (images, _) in enumerate(pipeline.prefetch_to_device(
-      prefetch(pipeline.host_batches(dataset, bs, 0, 0, steps)), put)):
+      prefetch(host_batches(steps)), put)):
     last = views(jax.random.fold_in(key, step), images) if augment_too else (
         images)
   jax.block_until_ready(last)

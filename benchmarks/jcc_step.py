@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import numpy as np
-import optax
 
-from jcc import models
 from jcc import parallel
+from jcc import plan as plan_lib
 from jcc import step
-from jcc import terms
 
 
 def step_runner(config, channels: int, devices=None,
@@ -19,42 +19,38 @@ def step_runner(config, channels: int, devices=None,
   weight) once, on ``devices`` (default: all), compiled with
   ``compiler_options`` (default: jcc's, :func:`jcc.conv.compiler_options`).
   ``run.flops`` is XLA's count of the step's floating-point operations, or
-  None."""
-  k = config.dataset.num_clusters
+  None. The run is built as training builds it (:func:`jcc.step.build_run`),
+  on a dataset of one batch of random images."""
   mesh = parallel.make_mesh(devices)
-  model = models.build_model(config, channels, step.compute_dtype(config))
-  tx = optax.adam(config.train.learning_rate)
-  shape = (config.dataset.image_size,) * 2 + (channels,)
-  state = jax.jit(lambda key: step.create_train_state(model, tx, key, shape),
-                  out_shardings=parallel.shardings(mesh).replicated)(
-                      jax.random.key(0))
-  train_step = step.make_train_step(model, tx, config, mesh,
-                                    compiler_options=compiler_options)
-  rng = np.random.default_rng(0)
   batch = config.train.batch_size
-  images = rng.integers(0, 256, (batch,) + shape, dtype=np.uint8)
-  target = rng.dirichlet(np.ones(k), size=batch).astype(np.float32)
-  with_neighbors = terms.uses_neighbors(config)
+  # Every step a joint one: the KL term counts from the first.
+  plan = dataclasses.replace(plan_lib.plan_run(config.train, batch),
+                             warmup_steps=0)
+  built = step.build_run(config, channels, plan, mesh,
+                         clustered=np.ones(batch, bool),
+                         compiler_options=compiler_options)
+  shape = (config.dataset.image_size,) * 2 + (channels,)
+  images = np.random.default_rng(0).integers(0, 256, (batch,) + shape,
+                                             dtype=np.uint8)
+  train_step = built.steps.joint
+  with_neighbors = train_step is not built.steps.warmup
   placed = jax.tree.map(parallel.to_global, step.Batch(
       images=images, indices=np.arange(batch, dtype=np.int32),
-      joint_scale=np.float32(1.0),
       neighbor_images=images[::-1].copy() if with_neighbors else None),
                         step.batch_shardings(mesh, neighbors=with_neighbors))
-  args = (parallel.to_global(target, parallel.shardings(mesh).replicated),
-          placed)
-  holder = {'state': state}
+  holder = {'run': built.state}
 
   def run():
-    holder['state'], metrics = train_step(holder['state'], *args)
+    holder['run'], metrics = train_step(holder['run'], placed)
     jax.block_until_ready(metrics)
-  run.flops = step_flops(train_step, state, args)
+  run.flops = step_flops(train_step, built.state, placed)
   return run
 
 
-def step_flops(train_step, state, args) -> float | None:
+def step_flops(train_step, run_state, batch) -> float | None:
   """XLA's count of the floating-point operations of one compiled step."""
   try:
-    cost = train_step.lower(state, *args).compile().cost_analysis()
+    cost = train_step.lower(run_state, batch).compile().cost_analysis()
   except Exception:  # pylint: disable=broad-except
     return None
   if isinstance(cost, (list, tuple)):

@@ -32,6 +32,7 @@ if __package__ in (None, ''):  # run as `python benchmarks/NAME.py`
 from absl import logging  # pylint: disable=g-import-not-at-top
 
 from benchmarks import quality
+from jcc import parallel
 from jcc import workflows
 
 
@@ -65,6 +66,10 @@ def main() -> None:
   parser.add_argument('--json', help='append each run to this file')
   args = parser.parse_args()
   logging.set_verbosity(logging.WARNING)
+  # As the command line does: one JAX device per core on a CPU.
+  parallel.use_one_cpu_device_per_core(dataset_config(
+      args.datasets.split(',')[0], int(args.ks.split(',')[0]),
+      args.override).train.batch_size)
   print('| dataset | K trained | K\' supported | silhouette at 10 | '
         'silhouette at K | head ACC | time |\n|---|---|---|---|---|---|---|',
         flush=True)
@@ -74,7 +79,7 @@ def main() -> None:
       config.seed = args.seed
       start = time.time()
       with tempfile.TemporaryDirectory() as workdir:
-        results = workflows.train_and_evaluate(config, workdir)
+        results = workflows.train_and_evaluate(config, workdir).results
       seconds = time.time() - start
       print(row(name, k, seconds, results), flush=True)
       if args.json:

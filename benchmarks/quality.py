@@ -57,6 +57,7 @@ from absl import logging
 
 from jcc.configs import default
 from jcc import evaluate
+from jcc import parallel
 from jcc import progress
 from jcc import sources
 from jcc import workflows
@@ -180,7 +181,7 @@ def run_variant(config, variant: str, seed: int) -> dict:
     group, leaf = field.split('.')
     config[group][leaf] = value
   with tempfile.TemporaryDirectory() as workdir:
-    return workflows.train_and_evaluate(config, workdir)
+    return workflows.train_and_evaluate(config, workdir).results
 
 
 def json_record(dataset: str, variant: str, seed: int, seconds: float,
@@ -268,7 +269,11 @@ def main():
   logging.set_verbosity(logging.INFO if args.verbose else logging.WARNING)
   pylogging.getLogger('absl').addFilter(progress.QuietLibraries())
   seeds = [int(s) for s in args.seeds.split(',')]
-  for name in args.datasets.split(','):
+  names = args.datasets.split(',')
+  # As the command line does: one JAX device per core on a CPU.
+  parallel.use_one_cpu_device_per_core(
+      dataset_config(names[0], args.override).train.batch_size)
+  for name in names:
     config = dataset_config(name, args.override)
     rows = []
     for variant in args.variants.split(','):

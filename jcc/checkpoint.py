@@ -10,6 +10,7 @@ checkpoints; one that cannot be read is moved to
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -25,6 +26,7 @@ import orbax.checkpoint as ocp
 
 from jcc import distributed
 from jcc import files
+from jcc import models
 from jcc import terms
 from jcc.errors import CheckpointError, ConfigError, is_disk_full
 
@@ -57,14 +59,7 @@ def model_signature(config: ml_collections.ConfigDict, channels: int,
   return {
       'dataset': config.dataset.name,
       'num_examples': num_examples,
-      'backbone': config.model.backbone,
-      'num_clusters': config.dataset.num_clusters,
-      'image_size': config.dataset.image_size,
-      'channels': channels,
-      'convnet_widths': list(config.model.convnet_widths),
-      'head_hidden': config.model.head_hidden,
-      'projection_dim': config.model.projection_dim,
-      'decoder_width': config.model.decoder_width,
+      **models.model_spec(config, channels),
       'neighbor_terms': terms.uses_neighbors(config),
       'selflabel_fixed': config.train.selflabel_fixed,
   }
@@ -106,7 +101,9 @@ def check_model_signature(workdir: str, signature: dict) -> None:
   saved = read_model_signature(workdir)
   if saved is None:
     return
-  # Keys a workdir of an older version lacks are not compared.
+  # A key that a workdir of an older version lacks has the value that
+  # version built; other keys it lacks are not compared.
+  saved = {**models.ABSENT_FIELD_VALUES, **saved}
   differ = [f'{key}: {saved[key]!r} there, {value!r} now'
             for key, value in signature.items()
             if key in saved and saved[key] != value]
@@ -224,7 +221,16 @@ class WorkdirLock:
   def __init__(self, workdir: str, mode: str):
     """Takes the lock for ``mode``: 'train', 'evaluate' or 'predict'."""
     path = os.path.join(workdir, 'lock')
-    self._file = open(path, 'a+')  # pylint: disable=consider-using-with
+    try:  # never through a link: the file truncated below must be jcc's own
+      descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW |
+                           os.O_CLOEXEC, 0o644)
+    except OSError as e:
+      cause = ('a symbolic link stands there, and jcc never writes through '
+               'one: remove it' if e.errno == errno.ELOOP else
+               'make it writable')
+      raise CheckpointError(f'{path} cannot be opened ({e.strerror}): '
+                            f'{cause}, or use another --workdir.') from None
+    self._file = os.fdopen(descriptor, 'r+')
     try:
       fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -234,6 +240,13 @@ class WorkdirLock:
       raise CheckpointError(
           f'{workdir} is in use by {holder}: one run per workdir. Wait for '
           'it to end or stop it, or use another --workdir.') from None
+    self._file.seek(0)
+    held_by = self._file.read()
+    if held_by and not held_by.startswith(tuple(self.HOLDERS.values())):
+      self.release()
+      raise CheckpointError(
+          f'{path} is not jcc\'s lock file (it holds other text): move it '
+          'away, or use another --workdir.')
     self._file.seek(0)
     self._file.truncate()
     self._file.write(f'{self.HOLDERS[mode]} (PID {os.getpid()} on '

@@ -3,7 +3,7 @@
 On XLA:CPU a 3×3 convolution of a 2×2 feature map ran 15-20× slower than
 the same arithmetic as one matmul, forward and backward; in configs/digits.py
 (8×8 images, 2×2 after two strides) that one layer took half the train step
-(benchmarks/conv_grad.py, benchmarks/RESULTS.md). At 3×3 the matmul was
+(benchmarks/conv_grad.py, benchmarks/notes/speed.md). At 3×3 the matmul was
 still 1.8-2.5× faster, at 4×4 the two were level. Where the feature map has
 at most MAX_DENSE_POSITIONS positions, :func:`conv_general_dilated` therefore
 computes the stride-1 convolution as one matmul of the flattened image with
@@ -40,7 +40,7 @@ _NHWC = ('NHWC', 'HWIO', 'NHWC')
 # of all, ran slower than XLA's own. With only reductions and single matmuls
 # in YNNPACK (its other kinds take convolutions along), the train step ran
 # 1.1x (ResNet-18) and 1.2-1.5x (ConvNet) as fast on 2 CPU devices
-# (benchmarks/train_step.py --compare-xla-default; benchmarks/RESULTS.md).
+# (benchmarks/train_step.py --compare-xla-default; benchmarks/notes/speed.md).
 _YNN_FUSION_FLAG = 'xla_cpu_experimental_ynn_fusion_type'
 CPU_COMPILER_OPTIONS = {
     _YNN_FUSION_FLAG:

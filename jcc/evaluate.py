@@ -1,14 +1,16 @@
-"""Predictions over a dataset, clustering metrics and result reports."""
+"""Clustering metrics, assignments and result reports, on NumPy arrays.
+
+No JAX here: the embeddings and probabilities come from
+:mod:`jcc.inference`.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import warnings
-from collections.abc import Callable, Iterable
 
 from absl import logging
-import jax
 import numpy as np
 from scipy import optimize
 from sklearn import cluster as sk_cluster
@@ -120,24 +122,6 @@ def k_sweep(embeddings: np.ndarray, num_clusters: int, seed: int,
   best = max(scores, key=scores.get) if scores else None
   return {'best_k': best and int(best),
           'silhouette': scores, 'sample': len(rows)}
-
-
-def predict_batches(
-    forward: Callable[[jax.Array], dict[str, jax.Array]],
-    batches: Iterable[tuple[np.ndarray, np.ndarray]],
-    to_device: Callable[[np.ndarray], jax.Array] = jax.device_put,
-) -> dict[str, np.ndarray]:
-  """Runs ``forward`` over (images, mask) batches; concatenated outputs.
-
-  ``batches`` is :func:`jcc.pipeline.eval_batches`: fixed-size batches (one
-  compiled shape) whose padding rows, False in ``mask``, are dropped.
-  """
-  outputs: dict[str, list[np.ndarray]] = {}
-  for images, mask in batches:
-    result = jax.device_get(forward(to_device(images)))
-    for key, value in result.items():
-      outputs.setdefault(key, []).append(np.asarray(value)[mask])
-  return {key: np.concatenate(value) for key, value in outputs.items()}
 
 
 def evaluate_assignments(

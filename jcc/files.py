@@ -35,7 +35,12 @@ def check_writable_folder(path: str) -> None:
 
 
 def check_writable_file(path: str) -> None:
-  """Raises WorkdirError unless ``path`` is absent or a writable file."""
+  """Raises WorkdirError unless ``path`` is absent or a writable file (not a
+  symbolic link: jcc never writes through one, into a file not its own)."""
+  if os.path.islink(path):
+    raise WorkdirError(f'{path} is a symbolic link, where jcc writes a file '
+                       'of its own: remove the link, or use another '
+                       '--workdir.')
   if os.path.lexists(path) and not os.path.isfile(path):
     kind = 'a directory' if os.path.isdir(path) else 'not a regular file'
     raise WorkdirError(f'{path} is {kind}, where jcc writes a file: move it '

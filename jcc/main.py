@@ -19,7 +19,6 @@ a process that loses a peer exits with status 75 (jcc.distributed).
 """
 
 import os
-import runpy
 import sys
 import traceback
 
@@ -28,23 +27,24 @@ from absl import flags
 import ml_collections
 from ml_collections import config_flags
 
-import jcc.configs
+from jcc import configs
 from jcc import distributed
+from jcc import parallel
 from jcc import progress
 from jcc import workflows
 from jcc.errors import UserError, quiet_disk_full_in_threads
 from jcc.signals import EvaluationStopped
 
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', None, 'Training configuration file.', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for this run.')
 _MODE = flags.DEFINE_enum(
     'mode', 'train', ['train', 'evaluate', 'predict'],
     'train (and evaluate), evaluate only, or predict new images.')
 flags.mark_flags_as_required(['workdir'])
+# --config: defined once its config is loaded (_parse_flags), by
+# jcc.configs.load, the loader jcc.Clusterer uses too.
+_CONFIG = None
 
-CONFIG_FOLDER = os.path.dirname(jcc.configs.__file__)
-PREDICTION_CONFIG = os.path.join(os.path.dirname(CONFIG_FOLDER),
+PREDICTION_CONFIG = os.path.join(os.path.dirname(configs.__path__[0]),
                                  'prediction_config.py')
 
 
@@ -57,58 +57,46 @@ def _fail(message: str, status: int = 2, prefix: str = 'jcc: error: ') -> None:
   sys.exit(status)
 
 
-def _flag_value(argv: list[str], name: str) -> tuple[int, str] | None:
-  """(position, value) of --NAME=VALUE or --NAME VALUE in argv, where given."""
+def _flag_values(argv: list[str], name: str) -> list[tuple[int, int, str]]:
+  """(position, number of arguments, value) of each --NAME=VALUE or --NAME
+  VALUE in argv."""
+  found = []
   for i, arg in enumerate(argv):
     if arg.startswith(f'--{name}='):
-      return i, arg.split('=', 1)[1]
-    if arg == f'--{name}' and i + 1 < len(argv):
-      return i, argv[i + 1]
-  return None
+      found.append((i, 1, arg.split('=', 1)[1]))
+    elif arg == f'--{name}' and i + 1 < len(argv):
+      found.append((i, 2, argv[i + 1]))
+  return found
 
 
-def _config_argument(argv: list[str]) -> str | None:
-  """The value of --config (FILE or FILE:ARG), where given."""
-  found = _flag_value(argv, 'config')
-  return found and found[1]
-
-
-def _with_config_file(argv: list[str]) -> list[str]:
-  """argv with --config naming a file: a packaged config's name becomes its
-  path, and --mode=predict without --config gets the prediction config."""
-  found = _flag_value(argv, 'config')
-  mode = (_flag_value(argv, 'mode') or (0, 'train'))[1]
-  if found is None:
+def _take_config(argv: list[str]) -> tuple[ml_collections.ConfigDict | None,
+                                           list[str]]:
+  """(--config's config, argv without --config): a packaged config's name
+  or a file, loaded by :func:`jcc.configs.load`; --mode=predict without
+  --config gets the prediction config (the saved model brings the rest)."""
+  found = _flag_values(argv, 'config')
+  modes = _flag_values(argv, 'mode')
+  mode = modes[-1][2] if modes else 'train'
+  if len(found) > 1:
+    _fail('--config is given more than once: name one config.')
+  if not found:
     if mode == 'predict':
-      return argv[:1] + [f'--config={PREDICTION_CONFIG}'] + argv[1:]
+      return configs.load(PREDICTION_CONFIG), argv
     if '--help' in argv or '--helpfull' in argv:
-      return argv
+      return None, argv
     _fail('--config is missing: name a config (--config=digits, or a file '
           'such as configs/digits.py; jcc/configs/ holds them all).')
-  position, value = found
-  name, colon, argument = value.partition(':')
-  packaged = os.path.join(CONFIG_FOLDER, f'{name}.py')
-  if (not name or os.sep in name or name.endswith('.py') or
-      os.path.exists(name)):
-    return argv
-  if not os.path.isfile(packaged):
-    names = sorted(f[:-3] for f in os.listdir(CONFIG_FOLDER)
-                   if f.endswith('.py') and not f.startswith('_'))
-    _fail(f'--config={value}: neither a file nor a config name '
-          f'({", ".join(names)}).')
-  argv = list(argv)
-  if argv[position] == '--config':
-    argv[position + 1] = f'{packaged}{colon}{argument}'
-  else:
-    argv[position] = f'--config={packaged}{colon}{argument}'
-  return argv
+  position, count, value = found[0]
+  try:
+    config = configs.load(value, given_as='--config')
+  except UserError as e:
+    _fail(str(e))
+  return config, argv[:position] + argv[position + count:]
 
 
-def _unknown_fields(argv: list[str]) -> list[str]:
-  """The --config.FIELD overrides whose FIELD the config file lacks."""
-  path, _, argument = (_config_argument(argv) or '').partition(':')
-  get_config = runpy.run_path(os.path.expanduser(path))['get_config']
-  config = get_config(argument) if argument else get_config()
+def _unknown_fields(argv: list[str],
+                    config: ml_collections.ConfigDict) -> list[str]:
+  """The --config.FIELD overrides whose FIELD ``config`` lacks."""
   unknown = []
   for arg in argv[1:]:
     if not arg.startswith('--config.'):
@@ -125,53 +113,48 @@ def _unknown_fields(argv: list[str]) -> list[str]:
 
 def _parse_flags(argv: list[str]) -> list[str]:
   """absl's parsing, with config mistakes reported in one line."""
-  argv = _with_config_file(argv)
-  config_argument = _config_argument(argv)
+  global _CONFIG
+  config, argv = _take_config(argv)
+  if config is not None:
+    unknown = _unknown_fields(argv, config)
+    if unknown:
+      _fail(f'unknown config field{"s" if len(unknown) > 1 else ""} '
+            f'{", ".join(unknown)}: jcc/configs/default.py lists every '
+            'field.')
+    if 'config' in flags.FLAGS:  # parsed before in this process (tests)
+      delattr(flags.FLAGS, 'config')
+    _CONFIG = config_flags.DEFINE_config_dict(
+        'config', config, 'Training configuration.', lock_config=True,
+        sys_argv=argv)
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
     message = ' '.join(str(e).split())  # one line, whatever absl wrote
     _fail(f'{message} (--helpfull lists the flags; jcc/configs/default.py '
           'every config field)')
-  except (AttributeError, KeyError) as e:
-    # ml_collections raises these for an override of a field that does not
-    # exist (the config is locked); a config file's own code may too.
-    try:
-      unknown = _unknown_fields(argv)
-    except Exception:  # pylint: disable=broad-except
-      unknown = []
-    if unknown:
-      _fail(f'unknown config field{"s" if len(unknown) > 1 else ""} '
-            f'{", ".join(unknown)}: jcc/configs/default.py lists every '
-            'field.')
-    _fail(f'--config={config_argument}: the config file failed '
-          f'({type(e).__name__}: {e}).')
-  except Exception as e:  # pylint: disable=broad-except
-    # The config file itself: a syntax error, or its get_config raised.
-    _fail(f'--config={config_argument}: the config file failed '
-          f'({type(e).__name__}: {str(e).strip().splitlines()[0]}).')
 
 
-def _loaded_config() -> ml_collections.ConfigDict:
-  """--config's config, or one line where its file could not be read."""
-  config = _CONFIG.value
-  if isinstance(config, ml_collections.ConfigDict):
-    return config
-  try:  # ml_collections defers a file it could not read to the first use
-    config.keys()
-  except OSError as e:
-    cause = str(e).strip().splitlines()[-1].strip()
-    _fail(f'--config={_config_argument(sys.argv)}: cannot be read '
-          f'({cause}).')
-  return config
+def _use_one_cpu_device_per_core(config: ml_collections.ConfigDict) -> None:
+  """The command line's choice, for this process alone: on a CPU, one JAX
+  device per core (jcc.parallel.use_one_cpu_device_per_core), unless the
+  run has several processes (they may share a host's cores). The Python
+  API leaves JAX's settings to its caller."""
+  if distributed.is_requested(config):
+    return
+  train = config.get('train')
+  parallel.use_one_cpu_device_per_core(
+      train.batch_size if train and _MODE.value != 'predict' else None)
 
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+    _fail(f'unexpected argument{"s" if len(argv) > 2 else ""} '
+          f'{" ".join(argv[1:])}: jcc takes flags only (--config=NAME '
+          '--workdir=DIR [--mode=MODE] [--config.GROUP.FIELD=VALUE]).')
   progress.configure_command_line()
   quiet_disk_full_in_threads()
-  config, workdir = _loaded_config(), _WORKDIR.value
+  config, workdir = _CONFIG.value, _WORKDIR.value
+  _use_one_cpu_device_per_core(config)
   try:
     if _MODE.value == 'train':
       workflows.train_and_evaluate(config, workdir)

@@ -130,7 +130,7 @@ class Decoder(nn.Module):
   convolution to 4× the channels followed by a pixel shuffle (sub-pixel
   convolution), then a 3×3 convolution to the image's channels. Sub-pixel
   rather than transposed convolutions: on XLA:CPU the latter ran 3.4× slower
-  forward+backward (benchmarks/RESULTS.md).
+  forward+backward (benchmarks/notes/speed.md).
   """
   image_size: int
   channels: int
@@ -152,14 +152,19 @@ class Decoder(nn.Module):
 
 
 class ProjectionHead(nn.Module):
-  """Linear–ReLU–Linear (CC's heads, no BatchNorm)."""
+  """Linear–ReLU–Linear (CC's heads), or Linear–BatchNorm–ReLU–Linear with
+  ``batchnorm`` (SimCLR v2's and TCL's)."""
   hidden: int
   features: int
+  batchnorm: bool = False
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, h: Array) -> Array:
-    h = nn.relu(nn.Dense(self.hidden, dtype=self.dtype)(h))
+  def __call__(self, h: Array, train: bool = False) -> Array:
+    h = nn.Dense(self.hidden, use_bias=not self.batchnorm, dtype=self.dtype)(h)
+    if self.batchnorm:
+      h = batch_norm(train, self.dtype)()(h)
+    h = nn.relu(h)
     return nn.Dense(self.features, dtype=self.dtype)(h).astype(jnp.float32)
 
 
@@ -196,6 +201,7 @@ class ClusteringModel(nn.Module):
   head_hidden: int = 512
   convnet_widths: Sequence[int] = (32, 64, 128)
   decoder_width: int = 64
+  head_batchnorm: bool = False
   alpha: float = 1.0
   dtype: Any = jnp.float32
 
@@ -209,9 +215,9 @@ class ClusteringModel(nn.Module):
       raise ValueError(
           f'Unknown backbone {self.backbone!r}; choose one of {BACKBONES}.')
     self.instance_head = ProjectionHead(
-        self.head_hidden, self.projection_dim, self.dtype)
+        self.head_hidden, self.projection_dim, self.head_batchnorm, self.dtype)
     self.cluster_head = ProjectionHead(
-        self.head_hidden, self.num_clusters, self.dtype)
+        self.head_hidden, self.num_clusters, self.head_batchnorm, self.dtype)
     self.clustering = ClusteringLayer(self.num_clusters, self.alpha)
     self.decoder = Decoder(
         self.image_size, self.channels, self.decoder_width, self.dtype)
@@ -220,27 +226,50 @@ class ClusteringModel(nn.Module):
       self, x: Array, train: bool = False, decode: bool = True
   ) -> ModelOutputs:
     h = self.encoder(x.astype(self.dtype), train).astype(jnp.float32)
-    z = self.instance_head(h)
+    z = self.instance_head(h, train)
     z = losses.l2_normalize(z)  # once: the instance loss is told so
     return ModelOutputs(
         embedding=h,
         projection=z,
-        cluster_probs=jax.nn.softmax(self.cluster_head(h), axis=-1),
+        cluster_probs=jax.nn.softmax(self.cluster_head(h, train), axis=-1),
         student_t=self.clustering(h),
         reconstruction=self.decoder(h) if decode else None)
 
 
-def build_model(
-    config, channels: int, dtype: Any = jnp.float32) -> ClusteringModel:
-  """The model ``config`` describes, for images with ``channels`` channels."""
-  return ClusteringModel(
-      backbone=config.model.backbone,
-      num_clusters=config.dataset.num_clusters,
-      image_size=config.dataset.image_size,
-      channels=channels,
-      projection_dim=config.model.projection_dim,
-      head_hidden=config.model.head_hidden,
-      convnet_widths=tuple(config.model.convnet_widths),
-      decoder_width=config.model.decoder_width,
-      alpha=config.loss.alpha,
-      dtype=dtype)
+# The config fields that fix the model's variables, by the names that
+# model_spec, the checkpoint signature and the saved model give them.
+MODEL_FIELDS = {
+    'backbone': 'model.backbone',
+    'num_clusters': 'dataset.num_clusters',
+    'image_size': 'dataset.image_size',
+    'convnet_widths': 'model.convnet_widths',
+    'head_hidden': 'model.head_hidden',
+    'projection_dim': 'model.projection_dim',
+    'decoder_width': 'model.decoder_width',
+    'head_batchnorm': 'model.head_batchnorm',
+}
+# The value of a field that a config saved before it existed lacks: the one
+# that builds the model that config was trained with.
+ABSENT_FIELD_VALUES = {'head_batchnorm': False}
+
+
+def model_spec(config, channels: int) -> dict[str, Any]:
+  """The model ``config`` describes for ``channels``-channel images, as
+  plain JSON values: what its variables' shapes depend on."""
+  spec = {}
+  for name, field in MODEL_FIELDS.items():
+    group, leaf = field.split('.')
+    value = config[group].get(leaf, ABSENT_FIELD_VALUES.get(name))
+    spec[name] = list(value) if isinstance(value, (tuple, list)) else value
+  spec['channels'] = channels
+  return spec
+
+
+def build_model(config, channels: int, dtype: Any = None) -> ClusteringModel:
+  """The model ``config`` describes, for images with ``channels`` channels,
+  computing in ``dtype`` (default: config.train.compute_dtype)."""
+  spec = model_spec(config, channels)
+  spec['convnet_widths'] = tuple(spec['convnet_widths'])
+  if dtype is None:
+    dtype = jnp.dtype(config.train.get('compute_dtype', 'float32'))
+  return ClusteringModel(**spec, alpha=config.loss.alpha, dtype=dtype)

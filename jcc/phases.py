@@ -4,8 +4,9 @@
 what the method needs from the outputs: DEC's centroids by k-means, its
 target distribution P, each image's nearest neighbours, the self-labelling
 stage's pseudo-labels, and the metrics of an evaluation during training. The
-Trainer calls them at the steps its plan (:mod:`jcc.plan`) sets and keeps
-what they return.
+Trainer calls them at the steps its plan (:mod:`jcc.plan`) sets; each
+``with_*`` pass returns the :class:`jcc.step.RunState` with its array
+filled.
 
 Where several processes compute one, each on its own copy of the outputs,
 process 0's result is the one every process keeps: float rounding may
@@ -24,12 +25,12 @@ import numpy as np
 
 from jcc import distributed
 from jcc import evaluate
+from jcc import inference
 from jcc import losses
 from jcc import neighbors
 from jcc import parallel
 from jcc import sources
 from jcc import step as step_lib
-from jcc import trained_model
 
 
 class DatasetPasses:
@@ -41,7 +42,7 @@ class DatasetPasses:
 
   def __init__(self, config: ml_collections.ConfigDict,
                dataset: sources.ImageDataset, mesh: jax.sharding.Mesh,
-               predictor: trained_model.Predictor):
+               predictor: inference.Predictor):
     self.config, self.dataset, self.mesh = config, dataset, mesh
     self.predictor = predictor
     self.cluster_indices = dataset.cluster_indices
@@ -60,10 +61,13 @@ class DatasetPasses:
     return self.predictor({'params': state.params,
                            'batch_stats': state.batch_stats}, images)
 
-  def with_kmeans_centroids(self, state: step_lib.TrainState
-                            ) -> step_lib.TrainState:
-    """``state`` with DEC's centroids ← k-means on every embedding."""
-    config, start = self.config, time.time()
+  def _replicated(self, array: np.ndarray) -> jax.Array:
+    return parallel.to_global(array, parallel.shardings(self.mesh).replicated)
+
+  def with_kmeans_centroids(self, run: step_lib.RunState
+                            ) -> step_lib.RunState:
+    """``run`` with DEC's centroids ← k-means on every embedding."""
+    config, start, state = self.config, time.time(), run.train
     embeddings = self.outputs(state)['embedding']
     centroids, _ = evaluate.kmeans(embeddings, config.dataset.num_clusters,
                                    config.seed, config.train.kmeans_n_init)
@@ -72,29 +76,29 @@ class DatasetPasses:
                  'embeddings in %.1f s.', config.train.kmeans_n_init,
                  len(embeddings), time.time() - start)
     params = flax.core.unfreeze(state.params)
-    replicated, _ = parallel.shardings(self.mesh)
-    params['clustering']['centroids'] = parallel.to_global(centroids,
-                                                           replicated)
-    return state.replace(params=params)
+    params['clustering']['centroids'] = self._replicated(centroids)
+    return run.replace(train=state.replace(params=params))
 
-  def target(self, state: step_lib.TrainState) -> np.ndarray:
-    """DEC's target P, (N, K) float32: rows of the clustered examples from
-    their q, zeros for instance-only ones (unused)."""
+  def with_target(self, run: step_lib.RunState) -> step_lib.RunState:
+    """``run`` with DEC's target P, (N, K) float32: rows of the clustered
+    examples from their q, zeros for instance-only ones (unused)."""
     p = np.asarray(losses.target_distribution(
-        self.outputs(state)['student_t']), np.float32)
-    if not self._some_left_out:
-      return p
-    full = np.zeros((len(self.dataset), p.shape[1]), np.float32)
-    full[self.cluster_indices] = p
-    return full
+        self.outputs(run.train)['student_t']), np.float32)
+    if self._some_left_out:
+      full = np.zeros((len(self.dataset), p.shape[1]), np.float32)
+      full[self.cluster_indices] = p
+      p = full
+    return run.replace(target=self._replicated(p))
 
-  def pseudo_labels(self, state: step_lib.TrainState, fixed: bool,
-                    steps: int) -> np.ndarray | None:
+  def with_pseudo_labels(self, run: step_lib.RunState,
+                         steps: int) -> step_lib.RunState:
     """At the self-labelling stage's start: says what it starts from (the
     share of images confident enough to be pseudo-labels and, with labels,
-    how right) and, where ``fixed``, returns the stage's pseudo-labels,
-    (N,) int32: the cluster head's argmax above the threshold, else -1."""
-    probs = self.outputs(state)['cluster_probs']
+    how right) and, where the run fixes them (train.selflabel_fixed),
+    returns ``run`` with the stage's pseudo-labels, (N,) int32: the cluster
+    head's argmax above the threshold, else -1."""
+    fixed = run.pseudo_labels is not None
+    probs = self.outputs(run.train)['cluster_probs']
     threshold = self.config.train.selflabel_threshold
     logging.info(
         'Self-labelling: %d steps; pseudo-labels (the cluster head above '
@@ -104,18 +108,18 @@ class DatasetPasses:
         'fixed for the stage (train.selflabel_fixed)' if fixed else
         're-read at every step')
     if not fixed:
-      return None
+      return run
     labels = np.full(len(self.dataset), -1, np.int32)
     labels[self.cluster_indices] = distributed.from_process_zero(
         evaluate.pseudo_labels(probs, threshold))
-    return labels
+    return run.replace(pseudo_labels=self._replicated(labels))
 
-  def nearest_neighbors(self, state: step_lib.TrainState) -> np.ndarray:
-    """Each image's ``train.num_neighbors`` nearest neighbours in the
-    embedding, (N, count), over all N; with labels, the log says how many
-    share their image's."""
+  def with_neighbors(self, run: step_lib.RunState) -> step_lib.RunState:
+    """``run`` with each image's ``train.num_neighbors`` nearest neighbours
+    in the embedding, (N, count), over all N; with labels, the log says how
+    many share their image's."""
     start = time.time()
-    embeddings = self.outputs(state, self.dataset.images)['embedding']
+    embeddings = self.outputs(run.train, self.dataset.images)['embedding']
     table = neighbors.nearest_neighbors(
         embeddings, self.config.train.num_neighbors, self.mesh)
     agreement = '' if self._some_left_out or self.dataset.labels is None else (
@@ -124,7 +128,7 @@ class DatasetPasses:
     logging.info('Mined %d neighbours of each of %d images in %.1f s%s.',
                  table.shape[1], len(embeddings), time.time() - start,
                  agreement)
-    return table
+    return run.replace(neighbors=self._replicated(table))
 
   def evaluation_scalars(self, state: step_lib.TrainState, step: int,
                          centroids_set: bool) -> dict[str, float]:

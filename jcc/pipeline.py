@@ -64,13 +64,15 @@ def host_batches(
     dataset: 'sources.ImageDataset', batch_size: int, seed: int, start_step: int,
     num_steps: int, process_index: int = 0, process_count: int = 1,
     neighbors: np.ndarray | None = None,
-) -> Iterator[tuple[np.ndarray, ...]]:
+) -> Iterator[dict[str, np.ndarray]]:
   """This host's part of global batches ``start_step … num_steps − 1``.
 
-  Yields (images uint8 (B/P, H, W, C), indices int32 (B/P,)): rows
+  Yields the per-example fields of :class:`jcc.step.Batch`, rows
   [i·B/P, (i+1)·B/P) of each global batch for host i of P, where the global
-  batch is :func:`train_batch_indices`. With ``neighbors`` ((N, k) indices),
-  a third array: each row's neighbour image, the one
+  batch is :func:`train_batch_indices`: ``images`` uint8 (B/P, H, W, C),
+  ``indices`` int32 (B/P,); where some examples are instance-only,
+  ``in_clusters`` bool (B/P,); with ``neighbors`` ((N, k) indices),
+  ``neighbor_images``: each row's neighbour image, the one
   :func:`neighbor_choice` picks. Gathered on the calling thread;
   :func:`train_batches` is the same, prefetched.
   """
@@ -82,14 +84,16 @@ def host_batches(
   n, images = len(dataset), dataset.images
   for step in range(start_step, num_steps):
     indices = train_batch_indices(n, batch_size, seed, step)[lo:hi]
-    batch = images[indices], indices.astype(np.int32)
+    batch = {'images': images[indices], 'indices': indices.astype(np.int32)}
+    if dataset.instance_only is not None:
+      batch['in_clusters'] = ~dataset.instance_only[indices]
     if neighbors is not None:
       slot = neighbor_choice(batch_size, neighbors.shape[1], seed, step)[lo:hi]
-      batch += (images[neighbors[indices, slot]],)
+      batch['neighbor_images'] = images[neighbors[indices, slot]]
     yield batch
 
 
-def train_batches(*args, **kwargs) -> Iterator[tuple[np.ndarray, ...]]:
+def train_batches(*args, **kwargs) -> Iterator[dict[str, np.ndarray]]:
   """:func:`host_batches` (same arguments), gathered ahead on a thread."""
   return prefetch_in_thread(host_batches(*args, **kwargs))
 

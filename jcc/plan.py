@@ -34,6 +34,7 @@ class RunPlan:
   warmup_steps: int
   joint_end: int
   total_steps: int
+  lr_warmup_steps: int = 0  # the learning rate's linear ramp from 0
 
   @property
   def warmup_epochs(self) -> int:
@@ -54,7 +55,9 @@ def plan_run(train: ml_collections.ConfigDict, num_examples: int) -> RunPlan:
       warmup_steps=min(train.warmup_epochs * factor * steps_per_epoch,
                        joint_end),
       joint_end=joint_end,
-      total_steps=joint_end + selflabel_epochs * steps_per_epoch)
+      total_steps=joint_end + selflabel_epochs * steps_per_epoch,
+      lr_warmup_steps=min(train.get('lr_warmup_epochs', 0) * factor *
+                          steps_per_epoch, joint_end))
 
 
 def is_time(step: int, every: int, last: int | None = None,

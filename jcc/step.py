@@ -1,9 +1,10 @@
-"""The train step: state, loss terms, the jitted step and forward pass, the LR.
+"""The train step: the run's state, its batches, the jitted step of each
+phase, and :func:`build_run`, the one builder of a run.
 
 Everything here runs inside compiled code or builds it; nothing does I/O.
 The step takes the global batch of uint8 images, makes two augmented views on
-the device, runs both through the model in one pass, and applies one Adam
-update of the weighted terms (:data:`TERMS`).
+the device, runs both through the model in one pass, and applies one
+update of the weighted terms (:data:`TERMS`) by config.train's optimizer.
 """
 
 from __future__ import annotations
@@ -17,13 +18,16 @@ import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
 from jcc import augment
 from jcc import conv
-from jcc import losses
 from jcc import models
+from jcc import objective
+from jcc import optimizer
 from jcc import parallel
+from jcc import plan as plan_lib
 from jcc.terms import (JOINT_TERMS, LOSS_WEIGHTS, NEIGHBOR_TERMS,
                        uses_neighbors)
 
@@ -33,42 +37,39 @@ from jcc.terms import (JOINT_TERMS, LOSS_WEIGHTS, NEIGHBOR_TERMS,
 TERMS = LOSS_WEIGHTS + ('self_labeling',)
 # What a step checks for finiteness: each term, the total and the gradient,
 # and the updated parameters (a finite gradient with a NaN learning rate).
-# Bit i of TrainState.nonfinite_terms is entry i: later terms go at the end,
-# so that the records of existing checkpoints keep their meaning.
-FINITE_CHECKS = TERMS[:5] + ('total or gradient', 'update') + TERMS[5:]
+# Bit i of TrainState.nonfinite_terms is entry i, so the list only grows at
+# its end (a new term appended here), and the records in existing
+# checkpoints keep their meaning.
+FINITE_CHECKS = ('instance', 'cluster', 'entropy', 'reconstruction', 'kl',
+                 'total or gradient', 'update', 'neighbor_consistency',
+                 'neighbor_instance', 'self_labeling')
 
 
 @flax.struct.dataclass
 class Batch:
-  """One step's inputs besides the state and P, as one pytree.
+  """One step's examples as one pytree: per-example fields only, each with
+  the global batch's B rows first and sharded on 'data'.
 
   ``images`` (B, H, W, C) uint8 and ``indices`` (B,) int32, their rows in
-  the dataset, are the global batch, sharded on 'data'. ``joint_scale`` ()
-  float32 is 0 in the warm-up and 1 after: it switches the terms of
-  JOINT_TERMS. The optional fields are None where a run has no use for
-  them: ``cluster_mask`` (N,) bool, False for the examples that train the
-  instance objective alone; ``neighbor_images``, sharded like ``images``,
-  each image's neighbour; ``pseudo_labels`` (N,) int32, the self-labelling
-  stage's fixed labels (-1: none). (N,) fields are replicated.
+  the dataset (which select their rows of :class:`RunState`'s arrays). The
+  optional fields are None where a run has no use for them:
+  ``in_clusters`` (B,) bool, False for the examples that train the instance
+  objective alone (STL-10's unlabelled split); ``neighbor_images``, like
+  ``images``, each image's neighbour (the neighbour terms).
   """
   images: jax.Array
   indices: jax.Array
-  joint_scale: jax.Array
-  cluster_mask: jax.Array | None = None
+  in_clusters: jax.Array | None = None
   neighbor_images: jax.Array | None = None
-  pseudo_labels: jax.Array | None = None
 
 
-def batch_shardings(mesh: jax.sharding.Mesh, cluster_mask: bool = False,
-                    neighbors: bool = False,
-                    pseudo_labels: bool = False) -> Batch:
-  """The shardings of a :class:`Batch` with the given optional fields: the
-  per-image fields on 'data', the rest replicated."""
-  replicated, sharded = parallel.shardings(mesh)
-  return Batch(images=sharded, indices=sharded, joint_scale=replicated,
-               cluster_mask=replicated if cluster_mask else None,
-               neighbor_images=sharded if neighbors else None,
-               pseudo_labels=replicated if pseudo_labels else None)
+def batch_shardings(mesh: jax.sharding.Mesh, in_clusters: bool = False,
+                    neighbors: bool = False) -> Batch:
+  """The shardings of a :class:`Batch` with the given optional fields."""
+  _, sharded = parallel.shardings(mesh)
+  return Batch(images=sharded, indices=sharded,
+               in_clusters=sharded if in_clusters else None,
+               neighbor_images=sharded if neighbors else None)
 
 
 @flax.struct.dataclass
@@ -83,6 +84,45 @@ class TrainState:
   # stays the last good one.
   nonfinite_step: jax.Array
   nonfinite_terms: jax.Array
+
+
+@flax.struct.dataclass
+class RunState:
+  """What a run carries from one step to the next: the train state and the
+  dataset-level arrays, replicated on the devices, checkpointed as one item.
+
+  ``target`` (N, K) float32: DEC's target P (rows of instance-only examples
+  are 0 and unused). ``neighbors`` (N, k) int32: each image's nearest
+  neighbours, with a neighbour term (until they are mined, each image stands
+  in for its own); else None. ``pseudo_labels`` (N,) int32: the
+  self-labelling stage's fixed labels (-1: none), with
+  train.selflabel_fixed; else None. The step reads each array's rows at
+  the batch's ``indices``; the passes of :mod:`jcc.phases` fill them.
+  """
+  train: TrainState
+  target: jax.Array
+  neighbors: jax.Array | None = None
+  pseudo_labels: jax.Array | None = None
+
+  def checkpoint_tree(self) -> dict[str, Any]:
+    """The state as the checkpoint stores it: a dict of the fields a run
+    has ('state' is the train state).
+
+    One orbax StandardSave item rather than a Composite of several: the
+    state is restored whole, as one pytree, and these keys are the ones
+    existing workdirs hold, so they resume as they are.
+    """
+    tree = {'state': self.train, 'target': self.target}
+    for name in ('neighbors', 'pseudo_labels'):
+      if getattr(self, name) is not None:
+        tree[name] = getattr(self, name)
+    return tree
+
+  @classmethod
+  def from_checkpoint_tree(cls, tree: dict[str, Any]) -> RunState:
+    return cls(train=tree['state'], target=tree['target'],
+               neighbors=tree.get('neighbors'),
+               pseudo_labels=tree.get('pseudo_labels'))
 
 
 def nonfinite_names(nonfinite_terms: int) -> list[str]:
@@ -102,24 +142,6 @@ def check_finite(state: TrainState) -> None:
       f'Non-finite loss or update at step {bad_step}: {", ".join(names)}. '
       'Training stopped; the checkpoints in the workdir are from before it. '
       'Lower config.train.learning_rate or check the data.')
-
-
-def compute_dtype(config: ml_collections.ConfigDict) -> jnp.dtype:
-  """config.train.compute_dtype as a dtype (float32 or bfloat16)."""
-  return jnp.dtype(config.train.get('compute_dtype', 'float32'))
-
-
-def learning_rate_schedule(train_config: ml_collections.ConfigDict,
-                           total_steps: int) -> optax.Schedule:
-  """config.train's learning rate as a function of the step.
-
-  'constant': CC's recipe. 'cosine': lr·½(1 + cos(π·t/T)) over the T steps of
-  the whole run, ending at 0.
-  """
-  if train_config.get('lr_schedule', 'constant') == 'cosine':
-    return optax.cosine_decay_schedule(train_config.learning_rate,
-                                       max(total_steps, 1))
-  return optax.constant_schedule(train_config.learning_rate)
 
 
 def create_train_state(
@@ -149,66 +171,29 @@ def init_state(model: models.ClusteringModel, tx: optax.GradientTransformation,
                  compiler_options=conv.compiler_options())(key)
 
 
-def compute_loss_terms(
-    outputs: models.ModelOutputs,
-    views: jax.Array,
-    target: jax.Array,
-    loss_config: ml_collections.ConfigDict,
-    in_clusters: jax.Array | None = None,
-    neighbor: models.ModelOutputs | None = None,
-) -> dict[str, jax.Array]:
-  """The active (non-zero weight) terms, unweighted, for a 2B batch of views.
-
-  Rows [0, B) of ``outputs`` are view a, rows [B, 2B) view b of the same
-  images; ``target`` is DEC's P for the B images. ``in_clusters`` (B,) bool
-  limits the cluster, entropy and KL terms to the rows where it is True
-  (the others train the instance objective alone); None: all rows.
-  ``neighbor``: the outputs of a view of each image's neighbour (B rows),
-  for the neighbour terms (on every row).
-  """
-  half = views.shape[0] // 2
-  a = jax.tree.map(lambda x: x[:half], outputs)
-  b = jax.tree.map(lambda x: x[half:], outputs)
-  probs_a, probs_b, kl_scale = a.cluster_probs, b.cluster_probs, 1.0
-  if in_clusters is not None:
-    # A zero row adds nothing to the column dot products, the marginal's
-    # mass or the KL sum; the KL mean is rescaled to the clustered rows.
-    keep = in_clusters.astype(jnp.float32)[:, None]
-    probs_a, probs_b, target = probs_a * keep, probs_b * keep, target * keep
-    kl_scale = half / jnp.maximum(jnp.sum(keep), 1.0)
-  terms = {}
-  if loss_config.instance:
-    terms['instance'] = losses.instance_contrastive_loss(
-        a.projection, b.projection, loss_config.instance_temperature,
-        normalized=True)
-  if loss_config.cluster:
-    terms['cluster'] = losses.cluster_contrastive_loss(
-        probs_a, probs_b, loss_config.cluster_temperature)
-  if loss_config.entropy:
-    terms['entropy'] = (losses.cluster_entropy(probs_a) +
-                        losses.cluster_entropy(probs_b))
-  if loss_config.reconstruction:
-    terms['reconstruction'] = losses.reconstruction_loss(
-        views, outputs.reconstruction)
-  if loss_config.kl:
-    terms['kl'] = 0.5 * kl_scale * (
-        losses.kl_clustering_loss(target, a.student_t) +
-        losses.kl_clustering_loss(target, b.student_t))
-  if loss_config.neighbor_consistency:
-    terms['neighbor_consistency'] = 0.5 * (
-        losses.neighbor_consistency_loss(a.cluster_probs,
-                                         neighbor.cluster_probs) +
-        losses.neighbor_consistency_loss(b.cluster_probs,
-                                         neighbor.cluster_probs))
-  if loss_config.neighbor_instance:
-    terms['neighbor_instance'] = 0.5 * (
-        losses.neighbor_instance_loss(
-            a.projection, neighbor.projection,
-            loss_config.instance_temperature, normalized=True) +
-        losses.neighbor_instance_loss(
-            b.projection, neighbor.projection,
-            loss_config.instance_temperature, normalized=True))
-  return terms
+def init_run_state(model: models.ClusteringModel,
+                   tx: optax.GradientTransformation,
+                   config: ml_collections.ConfigDict,
+                   image_shape: tuple[int, int, int], mesh: jax.sharding.Mesh,
+                   clustered: np.ndarray) -> RunState:
+  """The run's initial state: the train state of ``config.seed``, a uniform
+  P on the ``clustered`` rows ((N,) bool), and each image its own
+  neighbour and no pseudo-label, where the run has them."""
+  replicated, _ = parallel.shardings(mesh)
+  n, k = len(clustered), config.dataset.num_clusters
+  target = np.zeros((n, k), np.float32)
+  target[clustered] = 1 / k
+  neighbors = np.repeat(np.arange(n, dtype=np.int32)[:, None],
+                        config.train.num_neighbors, axis=1) if (
+                            uses_neighbors(config)) else None
+  pseudo_labels = np.full(n, -1, np.int32) if (
+      config.train.selflabel_fixed) else None
+  return RunState(
+      train=init_state(model, tx, config.seed, image_shape, mesh),
+      **{name: None if value is None else parallel.to_global(value,
+                                                             replicated)
+         for name, value in (('target', target), ('neighbors', neighbors),
+                             ('pseudo_labels', pseudo_labels))})
 
 
 def _all_finite(tree) -> jax.Array:
@@ -216,46 +201,25 @@ def _all_finite(tree) -> jax.Array:
       [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
 
 
-def self_labeling_terms(labelling_probs: jax.Array, view_probs: jax.Array,
-                        train_config: ml_collections.ConfigDict,
-                        in_clusters: jax.Array | None = None
-                        ) -> dict[str, jax.Array]:
-  """The self-labelling term of B images: ``labelling_probs`` (B, K) give
-  the pseudo-labels (the plain images' predictions, or one-hot fixed
-  labels), ``view_probs`` (2B, K) are the predictions on the two strong
-  views (view a, then view b), each trained towards those labels.
-
-  Rows where ``in_clusters`` is False give no label (they are not clustered).
-  """
-  num_images = labelling_probs.shape[0]
-  if in_clusters is not None:
-    labelling_probs = labelling_probs * in_clusters.astype(
-        labelling_probs.dtype)[:, None]
-  threshold = train_config.selflabel_threshold
-  balance = train_config.selflabel_balance
-  return {'self_labeling': 0.5 * sum(
-      losses.self_labeling_loss(labelling_probs, strong, threshold, balance)
-      for strong in (view_probs[:num_images], view_probs[num_images:]))}
-
-
-def make_train_step(model, tx, config, mesh, instance_only: bool = False,
+def make_train_step(model, tx, config, mesh, warmup_steps: int = 0,
+                    instance_only: bool = False,
                     with_neighbors: bool | None = None,
                     self_labeling: bool = False, fixed_labels: bool = False,
                     compiler_options: dict[str, str] | None = None):
-  """The jitted step: (state, target, batch) → (state, metrics).
+  """The jitted step: (run, batch) → (run, metrics).
 
-  The state and DEC's target P ``target`` (N, K) are replicated; ``batch``
-  is a :class:`Batch` whose optional fields are those the flags ask for:
-  ``cluster_mask`` with ``instance_only``; ``neighbor_images`` with
+  ``run`` is the :class:`RunState` (replicated, donated); ``batch`` a
+  :class:`Batch` whose optional fields are those the flags ask for:
+  ``in_clusters`` with ``instance_only``; ``neighbor_images`` with
   ``with_neighbors`` (default: a neighbour term has a weight,
   :func:`jcc.terms.uses_neighbors`; without neighbours the neighbour terms
-  are left out, as in the warm-up, where there are none yet);
-  ``pseudo_labels`` with ``fixed_labels``. With ``self_labeling``: the
-  self-labelling stage's step: the method's terms on two strong views
+  are left out, as in the warm-up, where there are none yet). The terms of
+  JOINT_TERMS count from step ``warmup_steps`` on. With ``self_labeling``:
+  the self-labelling stage's step: the method's terms on two strong views
   (config.augment, then a Cutout of train.selflabel_cutout), plus
-  train.selflabel_weight × :func:`self_labeling_terms`, whose labels come
-  from the plain images in the same pass, or, with ``fixed_labels``, from
-  ``batch.pseudo_labels``. ``compiler_options``: XLA's, for the step
+  train.selflabel_weight × :func:`jcc.objective.self_labeling_terms`, whose
+  labels come from the plain images in the same pass, or, with
+  ``fixed_labels``, from ``run.pseudo_labels``. ``compiler_options``: XLA's, for the step
   (default: :func:`jcc.conv.compiler_options`).
   """
   loss_config = config.loss
@@ -269,11 +233,10 @@ def make_train_step(model, tx, config, mesh, instance_only: bool = False,
     for name in NEIGHBOR_TERMS:
       loss_config[name] = 0.0
 
-  def step_fn(state, target, batch: Batch):
-    images, indices, joint_scale = (batch.images, batch.indices,
-                                    batch.joint_scale)
-    in_clusters = batch.cluster_mask[indices] if instance_only else None
-    neighbor_images, pseudo_labels = batch.neighbor_images, batch.pseudo_labels
+  def step_fn(run: RunState, batch: Batch):
+    state, images, indices = run.train, batch.images, batch.indices
+    joint_scale = (state.step >= warmup_steps).astype(jnp.float32)
+    in_clusters = batch.in_clusters if instance_only else None
     key = jax.random.fold_in(aug_key, state.step)
     x = images.astype(jnp.float32) / 255.0
     cutout = config.train.selflabel_cutout if self_labeling else 0.0
@@ -285,8 +248,8 @@ def make_train_step(model, tx, config, mesh, instance_only: bool = False,
     if with_neighbors:  # one view of each neighbour, in the same pass
       inputs = jnp.concatenate([views, augment.augment_batch(
           jax.random.fold_in(key, 2),
-          neighbor_images.astype(jnp.float32) / 255.0, aug_config)])
-    p = target[indices]
+          batch.neighbor_images.astype(jnp.float32) / 255.0, aug_config)])
+    p = run.target[indices]
 
     def loss_fn(params):
       outputs, updates = model.apply(
@@ -296,15 +259,15 @@ def make_train_step(model, tx, config, mesh, instance_only: bool = False,
       two = views.shape[0]
       if self_labeling:
         labelling = (outputs.cluster_probs[two:] if labels_from_images else
-                     jax.nn.one_hot(pseudo_labels[indices],  # -1: zeros
+                     jax.nn.one_hot(run.pseudo_labels[indices],  # -1: zeros
                                     outputs.cluster_probs.shape[1]))
-        extra_terms = self_labeling_terms(
+        extra_terms = objective.self_labeling_terms(
             labelling, outputs.cluster_probs[:two], config.train, in_clusters)
       neighbor = jax.tree.map(lambda x: x[two:], outputs) if (
           with_neighbors) else None
       outputs = jax.tree.map(lambda x: x[:two], outputs)
-      terms = compute_loss_terms(outputs, views, p, loss_config, in_clusters,
-                                 neighbor)
+      terms = objective.compute_loss_terms(outputs, views, p, loss_config,
+                                           in_clusters, neighbor)
       total = sum(
           loss_config[name] * value *
           (joint_scale if name in JOINT_TERMS else 1)
@@ -321,7 +284,9 @@ def make_train_step(model, tx, config, mesh, instance_only: bool = False,
         batch_stats=batch_stats,
         opt_state=opt_state)
     # A non-finite loss, gradient or update freezes the state at the last
-    # good one and records where and which; the host stops at its next check.
+    # good one and records where and which; the host stops at its next
+    # check. (optax.apply_if_finite skips such updates too, but keeps
+    # training past them and cannot say which term failed.)
     finite = {name: jnp.isfinite(terms[name]) if name in terms
               else jnp.bool_(True) for name in TERMS}
     finite['total or gradient'] = jnp.isfinite(total) & _all_finite(grads)
@@ -336,13 +301,13 @@ def make_train_step(model, tx, config, mesh, instance_only: bool = False,
         nonfinite_step=jnp.where(first_bad, state.step + 1,
                                  state.nonfinite_step),
         nonfinite_terms=jnp.where(first_bad, mask, state.nonfinite_terms))
-    return new_state, dict(terms, total=total)
+    return run.replace(train=new_state), dict(terms, total=total)
 
   replicated, _ = parallel.shardings(mesh)
   return jax.jit(
       step_fn,
-      in_shardings=(replicated, replicated, batch_shardings(
-          mesh, instance_only, with_neighbors, fixed_labels)),
+      in_shardings=(replicated, batch_shardings(mesh, instance_only,
+                                                with_neighbors)),
       out_shardings=(replicated, replicated),
       donate_argnums=0,
       compiler_options=(conv.compiler_options() if compiler_options is None
@@ -357,26 +322,26 @@ class PhaseSteps(NamedTuple):
 
 
 def make_phase_steps(model, tx, config: ml_collections.ConfigDict,
-                     mesh: jax.sharding.Mesh, instance_only: bool,
-                     self_labeling: bool) -> PhaseSteps:
+                     mesh: jax.sharding.Mesh, plan: plan_lib.RunPlan,
+                     instance_only: bool,
+                     compiler_options: dict[str, str] | None = None
+                     ) -> PhaseSteps:
   """The steps of a run's phases (:func:`make_train_step`)."""
-  warmup = make_train_step(model, tx, config, mesh, instance_only,
-                           with_neighbors=False)
-  joint = make_train_step(model, tx, config, mesh, instance_only,
-                          with_neighbors=True) if uses_neighbors(
-                              config) else warmup
-  selflabel = make_train_step(
-      model, tx, config, mesh, instance_only, with_neighbors=False,
-      self_labeling=True, fixed_labels=config.train.selflabel_fixed
-  ) if self_labeling else None
+  step = functools.partial(make_train_step, model, tx, config, mesh,
+                           plan.warmup_steps, instance_only,
+                           compiler_options=compiler_options)
+  warmup = step(with_neighbors=False)
+  joint = step(with_neighbors=True) if uses_neighbors(config) else warmup
+  selflabel = step(
+      with_neighbors=False, self_labeling=True,
+      fixed_labels=config.train.selflabel_fixed,
+  ) if plan.total_steps > plan.joint_end else None
   return PhaseSteps(warmup, joint, selflabel)
 
 
-def compile_steps(steps: PhaseSteps, state: TrainState, target: jax.Array,
+def compile_steps(steps: PhaseSteps, run: RunState,
                   image_shape: tuple[int, int, int], batch_size: int,
-                  mesh: jax.sharding.Mesh, joint_scale: jax.Array,
-                  cluster_mask: jax.Array | None,
-                  pseudo_labels: jax.Array | None) -> PhaseSteps:
+                  mesh: jax.sharding.Mesh, instance_only: bool) -> PhaseSteps:
   """``steps`` compiled for batches of ``batch_size`` images of
   ``image_shape``, each checked to fit in the devices' memory
   (:func:`jcc.parallel.fits_in_memory`)."""
@@ -384,11 +349,13 @@ def compile_steps(steps: PhaseSteps, state: TrainState, target: jax.Array,
   images = jax.ShapeDtypeStruct((batch_size,) + tuple(image_shape),
                                 jnp.uint8, sharding=sharded)
   batch = Batch(images=images, indices=jax.ShapeDtypeStruct(
-      (batch_size,), jnp.int32, sharding=sharded), joint_scale=joint_scale,
-                cluster_mask=cluster_mask)
+      (batch_size,), jnp.int32, sharding=sharded),
+                in_clusters=jax.ShapeDtypeStruct(
+                    (batch_size,), jnp.bool_, sharding=sharded)
+                if instance_only else None)
 
   def compile_(step, batch):
-    return parallel.fits_in_memory(step.lower(state, target, batch).compile(),
+    return parallel.fits_in_memory(step.lower(run, batch).compile(),
                                    batch_size, image_shape[0])
 
   # XLA compiles each phase's step on a thread of its own (it releases the
@@ -397,8 +364,7 @@ def compile_steps(steps: PhaseSteps, state: TrainState, target: jax.Array,
   if steps.joint is not steps.warmup:
     wanted['joint'] = (steps.joint, batch.replace(neighbor_images=images))
   if steps.selflabel:
-    wanted['selflabel'] = (steps.selflabel,
-                           batch.replace(pseudo_labels=pseudo_labels))
+    wanted['selflabel'] = (steps.selflabel, batch)
   with concurrent.futures.ThreadPoolExecutor(len(wanted)) as pool:
     futures = {name: pool.submit(compile_, *args)
                for name, args in wanted.items()}
@@ -408,16 +374,28 @@ def compile_steps(steps: PhaseSteps, state: TrainState, target: jax.Array,
                     compiled.get('selflabel'))
 
 
-def make_forward(model, mesh):
-  """Jitted evaluation forward: variables, uint8 images → dict of outputs."""
+class Run(NamedTuple):
+  """A run's model, optimizer, initial state and phase steps."""
+  model: models.ClusteringModel
+  tx: optax.GradientTransformation
+  state: RunState
+  steps: PhaseSteps
 
-  def forward(variables, images):
-    out = model.apply(variables, images.astype(jnp.float32) / 255.0,
-                      train=False, decode=False)
-    return {'embedding': out.embedding, 'cluster_probs': out.cluster_probs,
-            'student_t': out.student_t}
 
-  replicated, batch = parallel.shardings(mesh)
-  return jax.jit(forward, in_shardings=(replicated, batch),
-                 out_shardings=replicated,
-                 compiler_options=conv.compiler_options())
+def build_run(config: ml_collections.ConfigDict, channels: int,
+              plan: plan_lib.RunPlan, mesh: jax.sharding.Mesh,
+              clustered: np.ndarray, instance_only: bool = False,
+              compiler_options: dict[str, str] | None = None) -> Run:
+  """Everything a run's steps need, from its config: the one place that
+  builds the model, the optimizer (:mod:`jcc.optimizer`), the initial
+  :class:`RunState` for ``clustered`` ((N,) bool) and the jitted steps
+  (compiled with XLA's ``compiler_options``, default jcc's); the workflows,
+  the benchmarks and the tests all build a run here."""
+  model = models.build_model(config, channels)
+  tx = optimizer.make_optimizer(config.train, optimizer.learning_rate_schedule(
+      config.train, plan.total_steps, plan.lr_warmup_steps))
+  image_shape = (config.dataset.image_size,) * 2 + (channels,)
+  return Run(model, tx,
+             init_run_state(model, tx, config, image_shape, mesh, clustered),
+             make_phase_steps(model, tx, config, mesh, plan, instance_only,
+                              compiler_options))

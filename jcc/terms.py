@@ -17,6 +17,7 @@ JOINT_TERMS = ('kl', 'neighbor_consistency', 'neighbor_instance')
 NEIGHBOR_TERMS = ('neighbor_consistency', 'neighbor_instance')
 COMPUTE_DTYPES = ('float32', 'bfloat16')
 LR_SCHEDULES = ('constant', 'cosine')
+OPTIMIZERS = ('adam', 'adamw', 'sgd', 'lars')
 
 
 def uses_neighbors(config: ml_collections.ConfigDict) -> bool:

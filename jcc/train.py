@@ -22,6 +22,7 @@ import numpy as np
 from jcc import checkpoint
 from jcc import distributed
 from jcc import metric_writer
+from jcc import optimizer
 from jcc import parallel
 from jcc import phases
 from jcc import pipeline
@@ -43,7 +44,7 @@ class Trainer:
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str,
                dataset: sources.ImageDataset, mesh: jax.sharding.Mesh,
-               plan: plan_lib.RunPlan, state: step_lib.TrainState,
+               plan: plan_lib.RunPlan, run: step_lib.RunState,
                steps: step_lib.PhaseSteps, passes: phases.DatasetPasses,
                checkpoints: checkpoint.Checkpoints,
                writer: metric_writer.MetricWriter, model_signature: dict,
@@ -52,62 +53,28 @@ class Trainer:
     self.start_time = time.time()
     self.config, self.workdir, self.dataset, self.mesh = (config, workdir,
                                                           dataset, mesh)
-    self.plan, self.state, self.steps, self.passes = (plan, state, steps,
-                                                      passes)
+    self.plan, self.run, self.steps, self.passes = plan, run, steps, passes
     self.checkpoints, self.writer, self.lock = checkpoints, writer, lock
     self.model_signature, self._settings = model_signature, settings
-    self.learning_rate = step_lib.learning_rate_schedule(config.train,
-                                                         plan.total_steps)
-    self.replicated, self.batch_sharding = parallel.shardings(mesh)
-    self.cluster_indices = dataset.cluster_indices
-    k, n = config.dataset.num_clusters, len(dataset)
-    # DEC's target P (rows of instance-only examples are 0 and unused).
-    uniform = np.zeros((n, k), np.float32)
-    uniform[self.cluster_indices] = 1 / k
-    self.target = parallel.to_global(uniform, self.replicated)
-    self._joint_scales = [  # warm-up, joint training
-        parallel.to_global(np.float32(scale), self.replicated)
-        for scale in (0, 1)]
+    self.learning_rate = optimizer.learning_rate_schedule(
+        config.train, plan.total_steps, plan.lr_warmup_steps)
+    self.batch_sharding = parallel.shardings(mesh).batch
     self._instance_only = dataset.instance_only is not None
-    self._cluster_mask = None if not self._instance_only else (
-        parallel.to_global(~dataset.instance_only, self.replicated))
-    # Each image's nearest neighbours, (N, k), mined at the end of the
-    # warm-up (until then each image stands in for its own, unused).
-    self._use_neighbors = step_lib.uses_neighbors(config)
-    self.neighbors = np.repeat(
-        np.arange(n, dtype=np.int32)[:, None], config.train.num_neighbors,
-        axis=1) if self._use_neighbors else None
-    # Fixed pseudo-labels, (N,), -1 for none: set at the stage's start.
-    self.pseudo_labels = np.full(n, -1, np.int32) if (
-        config.train.selflabel_fixed) else None
     self.stop = signals.StopRequest()
+
+  @property
+  def state(self) -> step_lib.TrainState:
+    """The train state (parameters, optimizer, step) of :attr:`run`."""
+    return self.run.train
 
   # -- checkpoints ---------------------------------------------------------
 
-  def _checkpoint_tree(self):
-    tree = {'state': self.state, 'target': self.target}
-    if self._use_neighbors:
-      tree['neighbors'] = parallel.to_global(self.neighbors, self.replicated)
-    if self.pseudo_labels is not None:
-      tree['pseudo_labels'] = self._pseudo_labels_argument()
-    return tree
-
-  def _pseudo_labels_argument(self) -> jax.Array | None:
-    """The fixed pseudo-labels, placed for the step; None without them."""
-    if self.pseudo_labels is None:
-      return None
-    return parallel.to_global(self.pseudo_labels, self.replicated)
-
   def restore_latest(self) -> bool:
     """Restores the newest readable checkpoint; False if there is none."""
-    restored = self.checkpoints.restore_latest(self._checkpoint_tree())
+    restored = self.checkpoints.restore_latest(self.run.checkpoint_tree())
     if restored is None:
       return False
-    self.state, self.target = restored['state'], restored['target']
-    if self._use_neighbors:
-      self.neighbors = np.asarray(restored['neighbors'])
-    if self.pseudo_labels is not None:
-      self.pseudo_labels = np.asarray(restored['pseudo_labels'])
+    self.run = step_lib.RunState.from_checkpoint_tree(restored)
     return True
 
   def save(self, force: bool = False) -> None:
@@ -118,7 +85,8 @@ class Trainer:
       if self._settings is not None:  # the settings this training ran with
         checkpoint.write_settings(self.workdir, self._settings)
         self._settings = None
-    self.checkpoints.save(int(self.state.step), self._checkpoint_tree(), force)
+    self.checkpoints.save(int(self.state.step), self.run.checkpoint_tree(),
+                          force)
 
   def dec_centroids_for_evaluation(self) -> None:
     """k-means centroids for DEC's assignment where no joint phase set them
@@ -126,7 +94,7 @@ class Trainer:
     embeddings, deterministic in the seed)."""
     if self.plan.joint_end <= self.plan.warmup_steps or not (
         self.config.loss.kl):
-      self.state = self.passes.with_kmeans_centroids(self.state)
+      self.run = self.passes.with_kmeans_centroids(self.run)
 
   # -- the loop ------------------------------------------------------------
 
@@ -152,44 +120,33 @@ class Trainer:
       logging.info(hint)
     last_log_time, last_log_step = time.time(), start_step
     compiled = step_lib.compile_steps(
-        self.steps, self.state, self.target, self.dataset.images.shape[1:],
-        bs, self.mesh, self._joint_scales[0], self._cluster_mask,
-        self._pseudo_labels_argument())
+        self.steps, self.run, self.dataset.images.shape[1:], bs, self.mesh,
+        self._instance_only)
     batches = self._batches(start_step)
-    pseudo_labels = self._pseudo_labels_argument()  # as restored
     for step in range(start_step, plan.total_steps):
       # P is refreshed before the steps that use it: the first joint step
       # (after k-means set the centroids), then periodically.
       joint = plan.warmup_steps <= step < plan.joint_end
       if step == plan.warmup_steps and kl_on and joint:
-        self.state = self.passes.with_kmeans_centroids(self.state)
+        self.run = self.passes.with_kmeans_centroids(self.run)
       # The self-labelling stage keeps the method's terms, KL's P included.
       if kl_on and plan.warmup_steps <= step and plan_lib.is_time(
           step, config.train.target_update_every_steps,
           start=plan.warmup_steps):
-        self.target = parallel.to_global(self.passes.target(self.state),
-                                         self.replicated)
-      if self._use_neighbors and joint and (
+        self.run = self.passes.with_target(self.run)
+      if self.run.neighbors is not None and joint and (
           step == plan.warmup_steps or plan_lib.is_time(
               step, config.train.neighbor_update_every_steps,
               start=plan.warmup_steps)):
-        self.neighbors = self.passes.nearest_neighbors(self.state)
+        self.run = self.passes.with_neighbors(self.run)
         batches = self._batches(step)  # the batches ahead carry the new ones
       if step == plan.joint_end:
-        self.pseudo_labels = self.passes.pseudo_labels(
-            self.state, self.pseudo_labels is not None,
-            plan.total_steps - plan.joint_end)
+        self.run = self.passes.with_pseudo_labels(
+            self.run, plan.total_steps - plan.joint_end)
         batches = self._batches(step)  # no neighbours from here on
-        pseudo_labels = self._pseudo_labels_argument()
-      images, indices, *neighbor_images = next(batches)
       step_fn = (compiled.selflabel if step >= plan.joint_end else
                  compiled.joint if joint else compiled.warmup)
-      self.state, metrics = step_fn(self.state, self.target, step_lib.Batch(
-          images=images, indices=indices,
-          joint_scale=self._joint_scales[step >= plan.warmup_steps],
-          cluster_mask=self._cluster_mask,
-          neighbor_images=neighbor_images[0] if neighbor_images else None,
-          pseudo_labels=pseudo_labels if step >= plan.joint_end else None))
+      self.run, metrics = step_fn(self.run, next(batches))
       done = step + 1
       if step == start_step:  # compilation: keep it out of the img/s figure
         jax.block_until_ready(metrics)
@@ -238,19 +195,23 @@ class Trainer:
         'images_per_second': rate})
 
   def _batches(self, start_step: int):
-    """The global batches from ``start_step`` on, placed on the devices."""
+    """The global batches (:class:`jcc.step.Batch`) from ``start_step`` on,
+    placed on the devices."""
     plan = self.plan
+    # Neighbour images once the neighbours are mined, until the
+    # self-labelling stage.
+    neighbors = None
+    if self.run.neighbors is not None and (
+        plan.warmup_steps <= start_step < plan.joint_end):
+      neighbors = np.asarray(self.run.neighbors.addressable_data(0))
     return pipeline.prefetch_to_device(
         pipeline.train_batches(
             self.dataset, self.config.train.batch_size, self.config.seed,
             start_step, plan.total_steps, jax.process_index(),
-            jax.process_count(),
-            # Neighbour images once the neighbours are mined, until the
-            # self-labelling stage.
-            self.neighbors if plan.warmup_steps <= start_step < plan.joint_end
-            else None),
-        lambda host_batch: parallel.from_process_local(
-            self.batch_sharding, *host_batch))
+            jax.process_count(), neighbors),
+        lambda host_batch: step_lib.Batch(**dict(zip(
+            host_batch, parallel.from_process_local(
+                self.batch_sharding, *host_batch.values())))))
 
   def release_lock(self) -> None:
     if self.lock is not None:

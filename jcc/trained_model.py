@@ -1,4 +1,4 @@
-"""The trained model as a thing of its own: saved, loaded, run on new images.
+"""The trained model as a thing of its own: saved and loaded.
 
 At the end of a training (and of an evaluation) the workdir gets
 ``WORKDIR/saved_model/``: ``variables.msgpack`` (the parameters with DEC's
@@ -7,9 +7,7 @@ final centroids, and the batch statistics; flax's msgpack) and ``info.json``
 it, new images are assigned without the training data or the config file:
 ``python -m jcc.main --mode=predict`` and :class:`jcc.Clusterer` read it.
 
-:class:`Predictor` is the one forward pass over a set of images, batched on
-the devices; the evaluation at the end of training uses it too, so a saved
-model's predictions are the evaluation's own, bit for bit on a CPU.
+It is persistence only: :func:`jcc.inference.saved_model_predictor` runs it.
 """
 
 from __future__ import annotations
@@ -24,11 +22,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from jcc import evaluate
+from jcc import configs
 from jcc import files
-from jcc import models
-from jcc import parallel
-from jcc import pipeline
 from jcc import step as step_lib
 from jcc.errors import CheckpointError
 
@@ -36,31 +31,6 @@ MODEL_FOLDER = 'saved_model'
 INFO_FILE = 'info.json'
 VARIABLES_FILE = 'variables.msgpack'
 FORMAT = 1
-
-
-class Predictor:
-  """The model's evaluation forward over whole sets of uint8 images.
-
-  ``predictor(variables, images)`` → ``{'embedding': (N, D), 'cluster_probs':
-  (N, K), 'student_t': (N, K)}`` as NumPy, in batches of ``batch_size``
-  (rounded up to a multiple of the devices) sharded over ``mesh``.
-  """
-
-  def __init__(self, model: models.ClusteringModel, mesh: jax.sharding.Mesh,
-               batch_size: int):
-    self._forward = step_lib.make_forward(model, mesh)
-    self._replicated, self._batch_sharding = parallel.shardings(mesh)
-    self.batch_size = -(-max(batch_size, mesh.size) // mesh.size) * mesh.size
-
-  def __call__(self, variables: dict, images: np.ndarray
-               ) -> dict[str, np.ndarray]:
-    variables = jax.tree.map(
-        lambda a: a if isinstance(a, jax.Array) else parallel.to_global(
-            np.asarray(a), self._replicated), variables)
-    return evaluate.predict_batches(
-        lambda batch: self._forward(variables, batch),
-        pipeline.eval_batches(images, self.batch_size),
-        lambda batch: parallel.to_global(batch, self._batch_sharding))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,16 +59,6 @@ class TrainedModel:
     """DEC's centroids in the embedding space, (K, D)."""
     return np.asarray(self.variables['params']['clustering']['centroids'])
 
-  def build(self) -> models.ClusteringModel:
-    return models.build_model(self.config, self.channels,
-                              step_lib.compute_dtype(self.config))
-
-  def predictor(self, mesh: jax.sharding.Mesh | None = None,
-                batch_size: int | None = None) -> Predictor:
-    """A Predictor on ``mesh`` (default: every device JAX sees)."""
-    return Predictor(self.build(), mesh or parallel.make_mesh(),
-                     batch_size or self.config.train.eval_batch_size)
-
   def save(self, folder: str) -> str:
     """Writes the model to ``folder`` (created); returns it."""
     os.makedirs(folder, exist_ok=True)
@@ -109,7 +69,8 @@ class TrainedModel:
         'num_clusters': self.num_clusters, 'image_size': self.image_size,
         'channels': self.channels, 'embedding_dim': self.centroids.shape[1],
         'class_names': list(self.class_names) if self.class_names else None,
-        'config': self.config.to_dict(),
+        # Not where the training data was: the model may go to others.
+        'config': configs.without_paths(self.config).to_dict(),
     }
     with files.atomic_write(os.path.join(folder, INFO_FILE)) as f:
       json.dump(info, f, indent=2, default=list)

@@ -19,7 +19,8 @@ import ml_collections
 
 from jcc.errors import ConfigError
 from jcc.terms import (COMPUTE_DTYPES, JOINT_TERMS, LOSS_WEIGHTS,
-                       LR_SCHEDULES, NEIGHBOR_TERMS, uses_neighbors)
+                       LR_SCHEDULES, NEIGHBOR_TERMS, OPTIMIZERS,
+                       uses_neighbors)
 
 __all__ = ['COMPUTE_DTYPES', 'JOINT_TERMS', 'LOSS_WEIGHTS', 'LR_SCHEDULES',
            'NEIGHBOR_TERMS', 'check_against_data', 'check_fields',
@@ -117,6 +118,7 @@ FIELDS: dict[str, Rule] = {
             _is_int(w) and w >= 1 for w in v)),
     'model.head_hidden': integer(1),
     'model.projection_dim': integer(1),
+    'model.head_batchnorm': FLAG,
     'model.decoder_width': integer(1),
     'augment.crop_scale': interval(0.0, 1.0),
     'augment.crop_ratio': interval(0.0),
@@ -152,6 +154,10 @@ FIELDS: dict[str, Rule] = {
     'train.compute_dtype': choice(lambda: COMPUTE_DTYPES),
     'train.learning_rate': number(0.0, above=True),
     'train.lr_schedule': choice(lambda: LR_SCHEDULES),
+    'train.lr_warmup_epochs': integer(0),
+    'train.optimizer': choice(lambda: OPTIMIZERS),
+    'train.momentum': number(0.0, 1.0),
+    'train.weight_decay': number(0.0),
     'train.warmup_epochs': integer(0),
     'train.kmeans_n_init': integer(1),
     'train.target_update_every_steps': integer(1),

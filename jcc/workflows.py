@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import time
 from collections.abc import Iterator
@@ -17,11 +18,12 @@ from absl import logging
 import jax
 import ml_collections
 import numpy as np
-import optax
 
 from jcc import checkpoint
+from jcc import configs
 from jcc import distributed
 from jcc import evaluate
+from jcc import inference
 from jcc import metric_writer
 from jcc import models
 from jcc import parallel
@@ -39,17 +41,12 @@ from jcc.signals import EvaluationStopped
 from jcc.train import Trainer
 
 
-# Config fields that name files or folders: a leading ~ is the home folder
-# (a shell expands it only at a word's start, not after --config.X=).
-PATH_FIELDS = (('dataset', 'path'), ('dataset', 'tfds_data_dir'),
-               ('dataset', 'manual_dir'), ('predict', 'input'))
-
-
 def expand_paths(config: ml_collections.ConfigDict
                  ) -> ml_collections.ConfigDict:
-  """A copy of ``config`` with ~ expanded in every path field."""
+  """A copy of ``config`` with ~ expanded in every path field (a shell
+  expands it only at a word's start, not after --config.X=)."""
   config = config.copy_and_resolve_references()
-  for group, field in PATH_FIELDS:
+  for group, field in configs.PATH_FIELDS:
     if field in config.get(group, {}) and isinstance(config[group][field],
                                                      str):
       config[group][field] = os.path.expanduser(config[group][field])
@@ -57,19 +54,21 @@ def expand_paths(config: ml_collections.ConfigDict
 
 
 def build_trainer(config: ml_collections.ConfigDict, workdir: str,
-                  mode: str = 'train') -> Trainer:
+                  mode: str = 'train',
+                  dataset: sources.ImageDataset | None = None) -> Trainer:
   """A Trainer for ``config`` on ``workdir``, built in the order that reports
   a mistake before any work: the config alone, the other processes joined,
   the platform, the data, the config against the data, the workdir, its
   lock, then the settings a resume may not change; ``mode`` is what the
-  Trainer is for: 'train', 'evaluate' or 'predict'."""
+  Trainer is for: 'train', 'evaluate' or 'predict'. ``dataset``: images a
+  caller holds in memory (:func:`jcc.sources.from_arrays`), instead of
+  those config.dataset names."""
   validate.check_fields(config)
   # Joining the other processes first: a peer whose data cannot be read
   # then tells them, rather than leaving them waiting to be joined.
   distributed.initialize(config)
-  parallel.use_one_cpu_device_per_core(config.train.batch_size)
   parallel.check_platforms()
-  dataset = sources.load_dataset(config.dataset)
+  dataset = sources.load_dataset(config.dataset, dataset)
   mesh = parallel.make_mesh()
   distributed.check_same_run(config, dataset.images.shape)
   validate.check_against_data(config, len(dataset.cluster_indices), mesh.size)
@@ -106,20 +105,16 @@ def _build(config: ml_collections.ConfigDict, workdir: str,
   notice = plan_lib.min_steps_notice(plan, config.train, len(dataset))
   if notice and mode == 'train':  # an evaluation or prediction trains nothing
     logging.info(notice)
-  model = models.build_model(config, dataset.channels,
-                             step_lib.compute_dtype(config))
-  tx = optax.adam(step_lib.learning_rate_schedule(config.train,
-                                                  plan.total_steps))
   instance_only = dataset.instance_only is not None
-  predictor = trained_model.Predictor(model, mesh,
-                                      config.train.eval_batch_size)
+  run = step_lib.build_run(
+      config, dataset.channels, plan, mesh,
+      clustered=(~dataset.instance_only if instance_only else
+                 np.ones(len(dataset), bool)),
+      instance_only=instance_only)
+  predictor = inference.Predictor(run.model, mesh,
+                                  config.train.eval_batch_size)
   return Trainer(
-      config, workdir, dataset, mesh, plan,
-      state=step_lib.init_state(model, tx, config.seed,
-                                dataset.images.shape[1:], mesh),
-      steps=step_lib.make_phase_steps(
-          model, tx, config, mesh, instance_only,
-          self_labeling=plan.total_steps > plan.joint_end),
+      config, workdir, dataset, mesh, plan, run.state, run.steps,
       passes=phases.DatasetPasses(config, dataset, mesh, predictor),
       checkpoints=checkpoint.Checkpoints(workdir,
                                          config.train.max_checkpoints),
@@ -127,16 +122,30 @@ def _build(config: ml_collections.ConfigDict, workdir: str,
       settings=config if mode == 'train' else None, lock=lock)
 
 
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+  """What an evaluation gives: ``results`` (also WORKDIR/results.json),
+  ``outputs`` (each clustered image's 'embedding', 'cluster_probs' and
+  'student_t', in the dataset's order) and the saved ``model``."""
+  results: dict
+  outputs: dict[str, np.ndarray]
+  model: trained_model.TrainedModel
+
+
 def train_and_evaluate(
-    config: ml_collections.ConfigDict, workdir: str) -> dict | None:
+    config: ml_collections.ConfigDict, workdir: str,
+    dataset: sources.ImageDataset | None = None) -> Evaluation | None:
   """Trains (resuming from WORKDIR's latest checkpoint), then evaluates.
 
+  ``dataset``: images a caller holds in memory (config.dataset.name
+  'arrays'), instead of those config.dataset names.
+
   Returns:
-    The results dict also written to WORKDIR/results.json, or None when a
-    SIGTERM or SIGINT stopped training early (after writing a checkpoint).
+    The evaluation, or None when a SIGTERM or SIGINT stopped training early
+    (after writing a checkpoint).
   """
   config, workdir = expand_paths(config), os.path.expanduser(workdir)
-  with _closing(build_trainer(config, workdir, 'train')) as trainer:
+  with _closing(build_trainer(config, workdir, 'train', dataset)) as trainer:
     trainer.restore_latest()
     if not trainer.train():
       return None
@@ -158,7 +167,7 @@ def _closing(trainer: Trainer) -> Iterator[Trainer]:
     trainer.close()
 
 
-def _evaluate(trainer: Trainer) -> dict | None:
+def _evaluate(trainer: Trainer) -> Evaluation | None:
   """The evaluation of the trained model, written to WORKDIR; None when a
   stop signal abandoned it (evaluating the same checkpoint again redoes
   it)."""
@@ -177,18 +186,18 @@ def _evaluate(trainer: Trainer) -> dict | None:
     return None
 
 
-def _evaluate_and_write(trainer: Trainer) -> dict:
+def _evaluate_and_write(trainer: Trainer) -> Evaluation:
   """The saved model, then the metrics of the three assignments:
   results.json, report/ (with the embeddings), the metric logs and the
   results table."""
   trainer.dec_centroids_for_evaluation()
   config, dataset, workdir = trainer.config, trainer.dataset, trainer.workdir
+  model = trained_model.TrainedModel(
+      config=config, channels=dataset.channels,
+      variables=trained_model.host_variables(trainer.state),
+      step=int(trainer.state.step), class_names=dataset.class_names)
   if distributed.writes_shared_files():
-    trained_model.TrainedModel(
-        config=config, channels=dataset.channels,
-        variables=trained_model.host_variables(trainer.state),
-        step=int(trainer.state.step), class_names=dataset.class_names,
-    ).save(os.path.join(workdir, trained_model.MODEL_FOLDER))
+    model.save(os.path.join(workdir, trained_model.MODEL_FOLDER))
   outputs = trainer.passes.outputs(trainer.state)
   labels = trainer.passes.labels
   k = config.dataset.num_clusters
@@ -222,7 +231,7 @@ def _evaluate_and_write(trainer: Trainer) -> dict:
       for metric, value in values.items()})
   if distributed.writes_shared_files():
     print(evaluate.format_results_table(results), flush=True)
-  return results
+  return Evaluation(results, outputs, model)
 
 
 def _trained(config: ml_collections.ConfigDict, workdir: str,
@@ -244,27 +253,15 @@ def _trained(config: ml_collections.ConfigDict, workdir: str,
 
 
 def evaluate_workdir(config: ml_collections.ConfigDict,
-                     workdir: str) -> dict | None:
+                     workdir: str) -> Evaluation | None:
   """Evaluates the latest checkpoint of WORKDIR without training (and saves
   its model, WORKDIR/saved_model).
 
-  Returns the results, or None when a stop signal abandoned the evaluation.
+  Returns the evaluation, or None when a stop signal abandoned it.
   """
   config, workdir = expand_paths(config), os.path.expanduser(workdir)
   with _closing(_trained(config, workdir, 'evaluate')) as trainer:
     return _evaluate(trainer)
-
-
-# What a --config given to --mode=predict must agree on with the saved model.
-MODEL_FIELDS = ('dataset.num_clusters', 'dataset.image_size',
-                'model.backbone', 'model.convnet_widths', 'model.head_hidden',
-                'model.projection_dim', 'model.decoder_width')
-
-
-def _field(config: ml_collections.ConfigDict, name: str):
-  group, field = name.split('.')
-  value = config[group][field]
-  return list(value) if isinstance(value, (tuple, list)) else value
 
 
 def saved_model_for_prediction(config: ml_collections.ConfigDict,
@@ -289,9 +286,11 @@ def saved_model_for_prediction(config: ml_collections.ConfigDict,
       ).save(os.path.join(workdir, trained_model.MODEL_FOLDER))
   model = trained_model.load(workdir)
   if given:
-    differ = [f'{name}: {_field(model.config, name)!r} there, '
-              f'{_field(config, name)!r} now' for name in MODEL_FIELDS
-              if _field(model.config, name) != _field(config, name)]
+    saved, now = (models.model_spec(c, model.channels)
+                  for c in (model.config, config))
+    differ = [f'{models.MODEL_FIELDS[name]}: {saved[name]!r} there, '
+              f'{now[name]!r} now' for name in models.MODEL_FIELDS
+              if saved[name] != now[name]]
     if differ:
       raise ConfigError(
           f'--config describes another model than {workdir} holds '
@@ -315,22 +314,18 @@ def predict_workdir(config: ml_collections.ConfigDict,
   if not source:
     raise ConfigError('--mode=predict needs images: set '
                       '--config.predict.input=FOLDER or FILE.npz.')
-  if not os.path.exists(source):
-    raise DataError(f'config.predict.input={source!r}: no such file or '
-                    'folder.')
   sources.check_predict_input(source)
   if not os.path.isdir(workdir):
     raise CheckpointError(f'--workdir={workdir}: no such folder; give the '
                           'workdir of a trained model.')
   if 'distributed' in config:
     distributed.initialize(config)
-  parallel.use_one_cpu_device_per_core()  # prediction pads its batches
   parallel.check_platforms()
   model = saved_model_for_prediction(config, workdir)
   skip_bad = config.get('dataset', model.config.dataset).skip_bad_images
   names, images = sources.load_predict_images(
       source, model.image_size, model.channels, skip_bad)
-  outputs = model.predictor()(model.variables, images)
+  outputs = inference.saved_model_predictor(model)(model.variables, images)
   rows = report.assignment_rows({'image': names}, outputs['cluster_probs'],
                                 outputs['student_t'])
   if distributed.writes_shared_files():

@@ -88,3 +88,32 @@ def test_conv_grad_times_the_matmul_of_tiny_maps_against_lax():
   *times, difference = conv_grad.measure_dense(2, 8, rounds=1)
   assert len(times) == 4 and all(t > 0 for t in times)
   assert difference < 1e-5
+
+
+def test_the_peer_benchmarks_jcc_sides_match_ccs_settings(tmp_path):
+  import argparse  # pylint: disable=g-import-not-at-top
+  from benchmarks import peer_cc  # pylint: disable=g-import-not-at-top
+  from jcc import validate  # pylint: disable=g-import-not-at-top
+  npz = tmp_path / 'd.npz'
+  np.savez(npz, images=np.zeros((256, 8, 8), np.uint8),
+           labels=np.zeros(256, np.int64))
+  args = argparse.Namespace(
+      image_size=16, num_clusters=10, batch_size=128, epochs=20,
+      widths=(32, 64, 128), projection_dim=128, learning_rate=1e-3,
+      instance_temperature=0.5, cluster_temperature=1.0)
+  configs = {side: peer_cc.jcc_config(side, str(npz), args, seed=1)
+             for side in peer_cc.SIDES if side != 'cc'}
+  for config in configs.values():
+    validate.check_fields(config)
+    assert (config.seed, config.train.batch_size, config.train.num_epochs,
+            config.dataset.image_size) == (1, 128, 20, 16)
+  cc, paper = configs['jcc_cc'], configs['jcc_paper']
+  # CC's terms alone, with CC's crops, heads as wide as its backbone, and
+  # its temperatures; the paper adds reconstruction and KL.
+  assert (cc.loss.reconstruction, cc.loss.kl) == (0.0, 0.0)
+  assert paper.loss.reconstruction > 0 and paper.loss.kl > 0
+  for config in (cc, paper):
+    assert tuple(config.augment.crop_scale) == (0.08, 1.0)
+    assert config.model.head_hidden == 128
+    assert not config.loss.neighbor_consistency
+    assert not config.train.selflabel_epochs

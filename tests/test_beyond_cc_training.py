@@ -9,6 +9,7 @@ import numpy as np
 import optax
 import pytest
 
+from jcc import objective
 from jcc import evaluate
 from jcc import models
 from jcc import parallel
@@ -42,13 +43,13 @@ def test_neighbor_terms_are_computed_only_with_a_weight():
   variables = model.init(jax.random.key(0), x)
   outputs = model.apply(variables, x, decode=True)
   neighbor = jax.tree.map(lambda a: a[:4], outputs)
-  terms = step.compute_loss_terms(outputs, x, jnp.full((4, 10), 0.1),
+  terms = objective.compute_loss_terms(outputs, x, jnp.full((4, 10), 0.1),
                                   config.loss, neighbor=neighbor)
   assert {'neighbor_consistency', 'neighbor_instance'} <= set(terms)
   assert all(np.isfinite(v) for v in terms.values())
   assert validate.uses_neighbors(config) and not validate.uses_neighbors(
       tiny_config())
-  assert 'neighbor_instance' not in step.compute_loss_terms(
+  assert 'neighbor_instance' not in objective.compute_loss_terms(
       outputs, x, jnp.full((4, 10), 0.1), tiny_config().loss)
 
 
@@ -58,35 +59,41 @@ def test_the_pipeline_pairs_each_row_with_a_chosen_neighbour():
   dataset = sources.ImageDataset('t', images, None)
   table = rng.integers(0, 40, (40, 3)).astype(np.int32)
   whole = list(pipeline.train_batches(dataset, 8, 1, 0, 6, neighbors=table))
-  for s, (batch, indices, neighbor_images) in enumerate(whole):
+  for s, batch in enumerate(whole):
     slot = pipeline.neighbor_choice(8, 3, 1, s)
-    np.testing.assert_array_equal(neighbor_images,
-                                  images[table[indices, slot]])
+    np.testing.assert_array_equal(batch['neighbor_images'],
+                                  images[table[batch['indices'], slot]])
   # Two hosts together feed what one does.
   halves = [list(pipeline.train_batches(dataset, 8, 1, 0, 6, i, 2, table))
             for i in range(2)]
   for one, a, b in zip(whole, *halves):
-    np.testing.assert_array_equal(one[2], np.concatenate([a[2], b[2]]))
+    np.testing.assert_array_equal(one['neighbor_images'], np.concatenate(
+        [a['neighbor_images'], b['neighbor_images']]))
 
 
 @pytest.mark.slow
 def test_neighbors_are_mined_after_the_warm_up_and_resume_exactly(tmp_path):
   # 3 epochs of 7 steps; mined at steps 7, 10, 13, 16, 19. The resumed run
   # restarts at 14 between two minings: it must use the saved neighbours.
-  straight = workflows.build_trainer(_with_neighbors(num_epochs=3), str(tmp_path / 'a'))
-  assert not np.any(straight.neighbors != np.arange(1797)[:, None])
+  straight = workflows.build_trainer(_with_neighbors(num_epochs=3),
+                                     str(tmp_path / 'a'))
+  unmined = np.asarray(straight.run.neighbors)
+  assert not np.any(unmined != np.arange(1797)[:, None])
   straight.train()
-  table = straight.neighbors
+  table = np.asarray(straight.run.neighbors)
   assert table.shape == (1797, 5)
   assert not np.any(table == np.arange(1797)[:, None])  # never itself
-  first = workflows.build_trainer(_with_neighbors(num_epochs=2), str(tmp_path / 'b'))
+  first = workflows.build_trainer(_with_neighbors(num_epochs=2),
+                                  str(tmp_path / 'b'))
   first.train()
   first.close()
-  resumed = workflows.build_trainer(_with_neighbors(num_epochs=3), str(tmp_path / 'b'))
+  resumed = workflows.build_trainer(_with_neighbors(num_epochs=3),
+                                    str(tmp_path / 'b'))
   assert resumed.restore_latest()
-  np.testing.assert_array_equal(resumed.neighbors, first.neighbors)
+  np.testing.assert_array_equal(np.asarray(resumed.run.neighbors),
+                                np.asarray(first.run.neighbors))
   resumed.train()
-  np.testing.assert_array_equal(resumed.neighbors, table)
+  np.testing.assert_array_equal(np.asarray(resumed.run.neighbors), table)
   _assert_same_params(straight, resumed)
   straight.close()
   resumed.close()
@@ -148,7 +155,7 @@ def test_self_labelling_follows_the_method_and_resumes_exactly(tmp_path,
   first.config.train.selflabel_threshold = threshold
   caplog.clear()
   with caplog.at_level('INFO'):
-    first.passes.pseudo_labels(first.state, fixed=False, steps=7)
+    first.passes.with_pseudo_labels(first.run, steps=7)
   assert (f'{100 * confident["fraction"]:.1f}% of images above '
           f'{threshold:g}, ACC {confident["acc"]:.3f} on them; re-read at '
           'every step.') in caplog.text
@@ -166,8 +173,8 @@ def test_only_clustered_rows_give_pseudo_labels():
   # view a, then view b (the same here)
   views = jnp.asarray([[0.6, 0.4], [0.2, 0.8], [0.6, 0.4], [0.2, 0.8]])
   config = tiny_config(selflabel_threshold=0.5, selflabel_balance=False)
-  everyone = step.self_labeling_terms(plain, views, config.train)
-  first_only = step.self_labeling_terms(plain, views, config.train,
+  everyone = objective.self_labeling_terms(plain, views, config.train)
+  first_only = objective.self_labeling_terms(plain, views, config.train,
                                         jnp.asarray([True, False]))
   np.testing.assert_allclose(everyone['self_labeling'],
                              -(np.log(0.6) + np.log(0.8)) / 2, rtol=1e-6)
@@ -191,9 +198,9 @@ def test_fixed_pseudo_labels_are_the_ones_the_step_trains_on():
 
   def self_labeling_term(pseudo_labels):
     _, metrics = fixed_step(
-        jax.tree.map(jnp.copy, state), target, step.Batch(
-            images=dataset.images[indices], indices=indices,
-            joint_scale=np.float32(1.0), pseudo_labels=pseudo_labels))
+        step.RunState(train=jax.tree.map(jnp.copy, state), target=target,
+                      pseudo_labels=pseudo_labels),
+        step.Batch(images=dataset.images[indices], indices=indices))
     return float(metrics['self_labeling'])
 
   none = np.full(len(dataset), -1, np.int32)
@@ -229,7 +236,8 @@ def test_fixed_pseudo_labels_come_from_the_stage_start_and_resume(
   assert 0.4 < np.mean(expected >= 0) < 0.6
   straight = workflows.build_trainer(config(1, threshold), str(tmp_path / 'a'))
   straight.train()
-  np.testing.assert_array_equal(straight.pseudo_labels, expected)
+  np.testing.assert_array_equal(np.asarray(straight.run.pseudo_labels),
+                                expected)
   records = [json.loads(line) for line in
              (tmp_path / 'a' / 'metrics.jsonl').read_text().splitlines()]
   assert any(r.get('loss/self_labeling', 0) > 0 for r in records)
@@ -243,7 +251,8 @@ def test_fixed_pseudo_labels_come_from_the_stage_start_and_resume(
   resumed.close()
   again = workflows.build_trainer(config(1, threshold), str(tmp_path / 'b'))
   assert again.restore_latest() and int(again.state.step) == 17
-  np.testing.assert_array_equal(again.pseudo_labels, expected)
+  np.testing.assert_array_equal(np.asarray(again.run.pseudo_labels),
+                                expected)
   again.train()
   _assert_same_params(straight, again)
   straight.close()

@@ -83,3 +83,16 @@ def test_the_paper_switch_works_on_the_command_line():
   config_flags.DEFINE_config_file('config', None, 'test', flag_values=holder)
   holder(['prog', f'--config={REPO_ROOT}/configs/mnist.py:paper'])
   assert holder.config.loss.neighbor_instance == 0
+
+
+def test_no_dataset_config_imports_another():
+  # Each starts from default.py; shared recipes are named functions there,
+  # so tuning one dataset never changes another's results.
+  import ast  # pylint: disable=g-import-not-at-top
+  for name in CONFIGS:
+    tree = ast.parse((REPO_ROOT / 'configs' / f'{name}.py').read_text())
+    imported = {alias.name for node in ast.walk(tree)
+                if isinstance(node, ast.ImportFrom) and
+                node.module == 'jcc.configs' for alias in node.names}
+    assert imported <= {'default'}, (name, imported)
+

@@ -9,6 +9,7 @@ from jax import lax
 import numpy as np
 import pytest
 
+from jcc import inference
 from jcc import conv
 from jcc import models
 from jcc.configs import digits
@@ -154,7 +155,7 @@ def test_the_train_steps_forward_is_compiled_with_them(cpu_options):
   variables = model.init(jax.random.key(0), images.astype(jnp.float32),
                          train=False)
   mesh = parallel.make_mesh(jax.devices()[:1])
-  text = step.make_forward(model, mesh).lower(
+  text = inference.make_forward(model, mesh).lower(
       variables, images).compile().as_text()
   assert ' convolution(' in text
   assert _convolutions_in_ynn_fusions(text) == 0

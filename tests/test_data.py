@@ -86,8 +86,16 @@ def test_npz_source_keeps_real_pixels_exact(shared_data):
   assert digest == '492d3adcf78ecda8'
   assert sorted(np.unique(ds.labels)) == list(range(10))
   # ...and so do the training and evaluation pipelines built on it.
-  for images, indices in pipeline.train_batches(ds, 1000, 0, 0, 5):
-    np.testing.assert_array_equal(images, ds.images[indices])
+  for batch in pipeline.train_batches(ds, 1000, 0, 0, 5):
+    np.testing.assert_array_equal(batch['images'], ds.images[batch['indices']])
   rows = [batch[mask] for batch, mask in pipeline.eval_batches(ds.images, 1024)]
   digest = hashlib.sha256(np.concatenate(rows).tobytes()).hexdigest()[:16]
   assert digest == '492d3adcf78ecda8'
+
+
+def test_float_images_get_the_conversion_their_range_needs():
+  with pytest.raises(errors.DataError, match=r'\(x \* 255\)\.round\(\)'):
+    sources.as_nhwc_uint8(np.full((2, 4, 4), 0.5), 'X')
+  with pytest.raises(errors.DataError,
+                     match=r'span 0-255: x\.round\(\)\.astype'):
+    sources.as_nhwc_uint8(np.full((2, 4, 4), 200.0), 'X')

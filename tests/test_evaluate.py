@@ -1,10 +1,14 @@
-"""jcc.evaluate: clustering metrics and full-dataset prediction."""
+"""jcc.evaluate: clustering metrics (NumPy only); batched prediction
+(jcc.inference)."""
+
+import pathlib
 
 import numpy as np
 import pytest
 from sklearn import metrics as sk_metrics
 
 from jcc import evaluate
+from jcc import inference
 from jcc import pipeline
 
 
@@ -55,7 +59,7 @@ def test_predict_batches_visits_every_example_once(num, batch):
     seen.append(x[:, 0])
     return {'double': 2 * x[:, 0]}
 
-  out = evaluate.predict_batches(forward, pipeline.eval_batches(images, batch))
+  out = inference.predict_batches(forward, pipeline.eval_batches(images, batch))
   np.testing.assert_array_equal(out['double'], 2 * np.arange(num))
   assert len(seen) == -(-num // batch)
 
@@ -122,3 +126,13 @@ def test_the_results_table_names_the_k_the_embedding_supports():
   table = evaluate.format_results_table(results)
   assert 'K the embedding supports: 4 (silhouette 0.800; at K=3: 0.500)' in (
       table)
+
+
+def test_evaluate_is_numpy_only():
+  import ast  # pylint: disable=g-import-not-at-top
+  tree = ast.parse(pathlib.Path(evaluate.__file__).read_text())
+  modules = {alias.name.split('.')[0] for node in ast.walk(tree)
+             if isinstance(node, ast.Import) for alias in node.names} | {
+                 node.module.split('.')[0] for node in ast.walk(tree)
+                 if isinstance(node, ast.ImportFrom) and node.module}
+  assert not modules & {'jax', 'flax', 'optax'}

@@ -97,7 +97,7 @@ def test_a_run_without_tensorboard_finishes(tmp_path, monkeypatch):
   # Without tensorboard the first progress line's metric write must not
   # raise and end the run.
   _without_tensorboard(monkeypatch)
-  results = workflows.train_and_evaluate(tiny_config(), str(tmp_path))
+  results = workflows.train_and_evaluate(tiny_config(), str(tmp_path)).results
   assert results['cluster_head']['acc'] > 0
   written = json.loads((tmp_path / 'results.json').read_text())
   # The share of confident predictions self-labelling would take, and ACC.

@@ -75,3 +75,33 @@ def test_depth_to_space_places_channel_blocks_as_pixels():
     for b in range(2):
       np.testing.assert_array_equal(
           y[:, a::2, b::2, :], x[..., (2 * a + b) * 2:(2 * a + b) * 2 + 2])
+
+
+def test_head_batchnorm_normalises_the_heads_hidden_layer():
+  kwargs = dict(backbone='convnet', num_clusters=3, image_size=8, channels=1,
+                convnet_widths=(4, 8), head_hidden=8, projection_dim=4,
+                decoder_width=4)
+  x = jnp.asarray(np.random.default_rng(2).uniform(size=(6, 8, 8, 1)))
+  plain = models.ClusteringModel(**kwargs).init(jax.random.key(0), x)
+  model = models.ClusteringModel(**kwargs, head_batchnorm=True)
+  variables = model.init(jax.random.key(0), x)
+  for head in ('instance_head', 'cluster_head'):
+    assert 'BatchNorm_0' not in plain['params'][head]
+    assert 'bias' not in variables['params'][head]['Dense_0']
+    assert variables['batch_stats'][head]['BatchNorm_0']['mean'].shape == (8,)
+  # Training normalises by the batch and updates the running statistics.
+  _, updates = model.apply(variables, x, train=True, mutable=['batch_stats'])
+  assert not np.allclose(
+      updates['batch_stats']['cluster_head']['BatchNorm_0']['mean'], 0.0)
+
+
+def test_model_spec_gives_a_config_saved_before_a_field_its_old_model():
+  from tests.conftest import tiny_config
+  config = tiny_config()
+  spec = models.model_spec(config, channels=1)
+  assert set(spec) == set(models.MODEL_FIELDS) | {'channels'}
+  assert spec['convnet_widths'] == [8, 16] and spec['head_batchnorm'] is False
+  older = config.copy_and_resolve_references()
+  del older.model['head_batchnorm']
+  assert models.model_spec(older, channels=1) == spec
+  assert models.build_model(older, 1).head_batchnorm is False

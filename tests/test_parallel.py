@@ -11,6 +11,7 @@ import numpy as np
 import optax
 import pytest
 
+from jcc import inference
 from jcc import errors
 from jcc import models
 from jcc import parallel
@@ -31,8 +32,7 @@ def meshes(request):
 
 def _setup(config):
   dataset = sources.load_dataset(config.dataset)
-  model = models.build_model(config, dataset.channels,
-                             step.compute_dtype(config))
+  model = models.build_model(config, dataset.channels)
   tx = optax.adam(config.train.learning_rate)
   state = step.create_train_state(
       model, tx, jax.random.key(0), dataset.images.shape[1:])
@@ -43,14 +43,14 @@ def _setup(config):
 
 
 def _place(mesh, state, target, images, indices):
-  """(state, target, batch) as the step takes them, placed on ``mesh``."""
+  """(run, batch) as the step takes them, placed on ``mesh``."""
   replicated, _ = parallel.shardings(mesh)
-  state = jax.tree.map(
-      lambda x: parallel.to_global(np.asarray(x), replicated), state)
+  run = jax.tree.map(
+      lambda x: parallel.to_global(np.asarray(x), replicated),
+      step.RunState(train=state, target=target))
   batch = jax.tree.map(parallel.to_global, step.Batch(
-      images=images, indices=indices, joint_scale=np.float32(1.0)),
-                       step.batch_shardings(mesh))
-  return state, parallel.to_global(target, replicated), batch
+      images=images, indices=indices), step.batch_shardings(mesh))
+  return run, batch
 
 
 def test_one_step_on_several_devices_equals_1_device(meshes):
@@ -61,8 +61,8 @@ def test_one_step_on_several_devices_equals_1_device(meshes):
   for mesh in meshes:
     train_step = step.make_train_step(model, tx, config, mesh)
     placed = _place(mesh, state, target, images, indices)
-    new_state, metrics = train_step(*placed)
-    results.append(jax.device_get((new_state, metrics)))
+    new_run, metrics = train_step(*placed)
+    results.append(jax.device_get((new_run.train, metrics)))
   (state_1, metrics_1), (state_n, metrics_n) = results
   assert set(metrics_1) == {'instance', 'cluster', 'entropy',
                             'reconstruction', 'kl', 'total'}
@@ -82,7 +82,7 @@ def test_evaluation_on_several_devices_equals_1_device(meshes):
   variables = {'params': state.params, 'batch_stats': state.batch_stats}
   outputs = []
   for mesh in meshes:
-    forward = step.make_forward(model, mesh)
+    forward = inference.make_forward(model, mesh)
     replicated, batch = parallel.shardings(mesh)
     out = jax.device_get(forward(
         jax.tree.map(lambda x: parallel.to_global(
@@ -107,9 +107,9 @@ def test_train_step_makes_no_hidden_transfers(meshes):
   train_step = step.make_train_step(model, tx, config, mesh)
   placed = _place(mesh, state, target, dataset.images[indices], indices)
   with jax.transfer_guard('disallow'):
-    new_state, _ = train_step(*placed)
-    new_state, metrics = train_step(new_state, *placed[1:])
-  assert int(jax.device_get(new_state.step)) == 2
+    new_run, _ = train_step(*placed)
+    new_run, metrics = train_step(new_run, placed[1])
+  assert int(jax.device_get(new_run.train.step)) == 2
   assert np.isfinite(jax.device_get(metrics['total']))
 
 
@@ -122,8 +122,9 @@ def test_a_non_finite_update_leaves_the_state_unchanged(meshes):
   state = state.replace(opt_state=tx.init(state.params))
   mesh = meshes[0]
   placed = _place(mesh, state, target, dataset.images[indices], indices)
-  new_state, metrics = jax.device_get(
+  new_run, metrics = jax.device_get(
       step.make_train_step(model, tx, config, mesh)(*placed))
+  new_state = new_run.train
   assert np.isfinite(metrics['total'])
   assert int(new_state.nonfinite_step) == 1
   assert step.nonfinite_names(new_state.nonfinite_terms) == ['update']
@@ -138,8 +139,8 @@ def test_bfloat16_compute_keeps_float32_parameters_and_losses(meshes):
   mesh = meshes[1]
   train_step = step.make_train_step(model, tx, config, mesh)
   placed = _place(mesh, state, target, dataset.images[indices], indices)
-  new_state, metrics = jax.device_get(train_step(*placed))
-  for leaf in jax.tree.leaves(new_state.params):
+  new_run, metrics = jax.device_get(train_step(*placed))
+  for leaf in jax.tree.leaves(new_run.train.params):
     assert leaf.dtype == jnp.float32 and np.all(np.isfinite(leaf))
   for value in metrics.values():
     assert value.dtype == jnp.float32 and np.isfinite(value)

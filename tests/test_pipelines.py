@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from jcc import objective
 from jcc import errors
 from jcc import losses
 from jcc import pipeline
@@ -97,8 +98,20 @@ def test_an_unprepared_tfds_dataset_leaves_no_folder_in_system_temp(
 
 
 def test_every_registry_entry_has_a_config_or_a_test():
-  tested = set(TFDS_SOURCES) | {'digits', 'npz', 'folder', 'tiny_imagenet'}
+  tested = set(TFDS_SOURCES) | {'digits', 'npz', 'folder', 'tiny_imagenet',
+                                'arrays'}  # tests/test_api.py
   assert set(sources.DATASETS) == tested
+
+
+def test_in_memory_arrays_come_only_from_python():
+  config = _dataset_config('default')
+  config.name = 'arrays'
+  with pytest.raises(errors.DataError, match=r'Clusterer\.fit\(X\)'):
+    sources.load_dataset(config)
+  dataset = sources.from_arrays(np.zeros((3, 5, 5), np.uint8), [0, 1, 1])
+  assert dataset.name == 'arrays' and dataset.images.shape == (3, 5, 5, 1)
+  with pytest.raises(errors.DataError, match=r'^y has shape \(2,\)'):
+    sources.from_arrays(np.zeros((3, 5, 5), np.uint8), [0, 1])
 
 
 def _write_jpeg(path, rng, size=20, mode='RGB'):
@@ -193,14 +206,16 @@ def _numbered_dataset(n):
 
 def test_train_batches_follow_the_seed_epoch_order_and_split_per_host():
   ds = _numbered_dataset(100)
-  steps = list(zip(range(7), pipeline.train_batches(ds, 30, 0, 0, 7)))
+  steps = list(zip(range(7), (
+      (b['images'], b['indices']) for b in pipeline.train_batches(
+          ds, 30, 0, 0, 7))))
   for step_index, (images, indices) in steps:
     np.testing.assert_array_equal(
         indices, pipeline.train_batch_indices(100, 30, 0, step_index))
     np.testing.assert_array_equal(images[:, 0, 0, 0], indices % 256)
   # Two hosts: each gets its half of every global batch.
-  halves = [list(pipeline.train_batches(ds, 30, 0, 2, 5, process_index=i,
-                                    process_count=2)) for i in range(2)]
+  halves = [[(b['images'], b['indices']) for b in pipeline.train_batches(
+      ds, 30, 0, 2, 5, process_index=i, process_count=2)] for i in range(2)]
   for (a_images, a_idx), (b_images, b_idx), (_, (images, idx)) in zip(
       halves[0], halves[1], steps[2:5]):
     assert a_idx.shape == (15,)
@@ -211,8 +226,8 @@ def test_train_batches_follow_the_seed_epoch_order_and_split_per_host():
 
 def test_train_batches_resume_mid_epoch():
   ds = _numbered_dataset(100)
-  whole = [idx for _, idx in pipeline.train_batches(ds, 30, 3, 0, 8)]
-  resumed = [idx for _, idx in pipeline.train_batches(ds, 30, 3, 4, 8)]
+  whole = [b['indices'] for b in pipeline.train_batches(ds, 30, 3, 0, 8)]
+  resumed = [b['indices'] for b in pipeline.train_batches(ds, 30, 3, 4, 8)]
   for a, b in zip(whole[4:], resumed, strict=True):
     np.testing.assert_array_equal(a, b)
 
@@ -256,10 +271,10 @@ def test_instance_only_rows_leave_the_clustering_terms_unchanged():
       cluster_probs=probs, student_t=q,
       reconstruction=jnp.zeros((2 * b, 1)))
   views = jnp.zeros((2 * b, 1))
-  masked = step.compute_loss_terms(fake, views, target, config.loss,
+  masked = objective.compute_loss_terms(fake, views, target, config.loss,
                                     jnp.asarray(keep))
   rows = np.concatenate([np.flatnonzero(keep), b + np.flatnonzero(keep)])
-  kept = step.compute_loss_terms(
+  kept = objective.compute_loss_terms(
       jax.tree.map(lambda x: x[rows], fake),
       views[rows], target[keep], config.loss)
   for name in ('cluster', 'entropy', 'kl'):
@@ -280,7 +295,7 @@ def test_stl10_like_run_clusters_and_evaluates_the_labelled_part(
   config.model.backbone = 'convnet'
   config.train.batch_size = 64
   with tfds.testing.mock_data(num_examples=80):
-    results = workflows.train_and_evaluate(config, str(tmp_path))
+    results = workflows.train_and_evaluate(config, str(tmp_path)).results
   assert results['num_examples'] == 80  # the unlabelled 80 are not evaluated
   assert 0.0 <= results['cluster_head']['acc'] <= 1.0
 

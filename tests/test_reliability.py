@@ -21,6 +21,7 @@ from PIL import Image
 from jcc import evaluate
 from jcc import sources
 from jcc import workflows
+from jcc.checkpoint import WorkdirLock
 from jcc.errors import CheckpointError, ConfigError, DataError
 from tests import cli
 from tests.conftest import REPO_ROOT, tiny_config
@@ -727,3 +728,45 @@ def test_flag_mistakes_are_one_line(tmp_path, flags_, fragment):
   lines = finished.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith('jcc: error:'), lines
   assert fragment in lines[0]
+
+
+def test_a_stray_argument_and_a_second_config_are_one_line(tmp_path):
+  finished = cli.run_main('--config=digits', f'--workdir={tmp_path}/w', 'foo')
+  assert finished.status == 2
+  assert finished.last_line.startswith(
+      'jcc: error: unexpected argument foo: jcc takes flags only')
+  finished = cli.run_main('--config=digits', '--config=mnist',
+                          f'--workdir={tmp_path}/w')
+  assert finished.status == 2
+  assert finished.last_line == (
+      'jcc: error: --config is given more than once: name one config.')
+  finished = cli.run_main('--config=mnist:bogus', f'--workdir={tmp_path}/w')
+  assert finished.status == 2 and 'Traceback' not in finished.stderr
+  assert finished.last_line.startswith(
+      'jcc: error: --config=mnist:bogus: the config file failed (ValueError: '
+      "configs/mnist.py:bogus: the only option is ':paper'")
+
+
+def test_jcc_never_writes_through_a_link_nor_into_a_file_not_its_own(
+    tmp_path):
+  workdir, target = tmp_path / 'w', tmp_path / 'precious.txt'
+  workdir.mkdir()
+  target.write_text('keep me')
+  for name in ('lock', 'metrics.jsonl'):
+    (workdir / name).symlink_to(target)
+    finished = cli.run_main('--config=digits', f'--workdir={workdir}')
+    assert finished.status == 2
+    assert 'is a symbolic link' in finished.last_line, finished.last_line
+    assert target.read_text() == 'keep me'
+    (workdir / name).unlink()
+  # The lock itself refuses a link (checked again where it opens) and a
+  # file of someone else's.
+  (workdir / 'lock').symlink_to(target)
+  with pytest.raises(CheckpointError, match='symbolic link'):
+    WorkdirLock(str(workdir), 'train')
+  (workdir / 'lock').unlink()
+  (workdir / 'lock').write_text('my notes')
+  with pytest.raises(CheckpointError, match="not jcc's lock file"):
+    WorkdirLock(str(workdir), 'train')
+  assert (workdir / 'lock').read_text() == 'my notes'
+  assert target.read_text() == 'keep me'

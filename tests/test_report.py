@@ -42,7 +42,7 @@ def _folder_config(root):
 def trained(digits_folder, tmp_path_factory):
   workdir = tmp_path_factory.mktemp('run')
   config = _folder_config(digits_folder)
-  results = workflows.train_and_evaluate(config, str(workdir))
+  results = workflows.train_and_evaluate(config, str(workdir)).results
   return config, workdir, results
 
 

@@ -11,8 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jcc import objective
 from jcc import errors
 from jcc import models
+from jcc import optimizer
 from jcc import parallel
 from jcc import plan
 from jcc import signals
@@ -30,7 +32,7 @@ def test_zero_weight_removes_the_term():
   x = jnp.asarray(np.random.default_rng(0).uniform(size=(8, 8, 8, 1)))
   variables = model.init(jax.random.key(0), x)
   outputs = model.apply(variables, x, decode=False)
-  terms = step.compute_loss_terms(
+  terms = objective.compute_loss_terms(
       outputs, x, jnp.full((4, 10), 0.1), config.loss)
   assert set(terms) == {'instance', 'cluster', 'entropy'}
   assert all(np.isfinite(v) for v in terms.values())
@@ -55,7 +57,7 @@ def test_train_evaluate_and_resume(trained_copy):
   with open(results_file) as f:
     first = json.load(f)
   # A finished run is evaluated again, not retrained: the same figures.
-  results = workflows.train_and_evaluate(tiny_config(), workdir)
+  results = workflows.train_and_evaluate(tiny_config(), workdir).results
   with open(results_file) as f:
     on_disk = json.load(f)
   assert on_disk == results
@@ -99,7 +101,8 @@ def test_resumed_run_matches_an_uninterrupted_one(tmp_path):
                jax.tree.leaves(resumed.state.params))
   for a, b in leaves:
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(straight.target, resumed.target, atol=1e-6)
+  np.testing.assert_allclose(straight.run.target, resumed.run.target,
+                             atol=1e-6)
   straight.close()
   resumed.close()
 
@@ -188,20 +191,6 @@ def test_a_hangup_stops_a_run_as_sigterm_does():
   assert got == [signal.SIGHUP]
 
 
-def test_learning_rate_schedules():
-  config = tiny_config(learning_rate=1e-3)
-  constant = step.learning_rate_schedule(config.train, 100)
-  assert float(constant(0)) == float(constant(99)) == 1e-3
-  config.train.lr_schedule = 'cosine'
-  cosine = step.learning_rate_schedule(config.train, 100)
-  np.testing.assert_allclose(float(cosine(0)), 1e-3)
-  np.testing.assert_allclose(float(cosine(50)), 0.5e-3, rtol=1e-6)
-  np.testing.assert_allclose(float(cosine(100)), 0.0, atol=1e-12)
-  config.train.lr_schedule = 'linear'
-  with pytest.raises(errors.ConfigError, match="lr_schedule='linear'"):
-    validate.check_fields(config)
-
-
 def test_is_time_for_periodic_actions():
   due = lambda **kw: [s for s in range(13) if plan.is_time(s, **kw)]
   assert due(every=5) == [0, 5, 10]
@@ -224,7 +213,7 @@ def test_cosine_run_logs_the_decaying_learning_rate(tmp_path):
   # timed, so not logged).
   assert [step for step, _ in rates] == list(range(2, 15))
   # Each is the rate the step used: step s ran with the schedule at s − 1.
-  schedule = step.learning_rate_schedule(config.train, 14)
+  schedule = optimizer.learning_rate_schedule(config.train, 14)
   np.testing.assert_allclose([v for _, v in rates],
                              [float(schedule(s - 1)) for s, _ in rates],
                              rtol=1e-6)
@@ -317,3 +306,15 @@ def test_a_field_one_version_lacks_is_not_compared_on_resume(trained_copy):
   trainer = workflows.build_trainer(
       tiny_config(checkpoint_every_steps=7), str(trained_copy))
   trainer.close()
+
+
+def test_the_non_finite_flags_keep_their_bits_as_terms_are_added():
+  # The bits that checkpoints already hold: entry i is bit i. A new term
+  # goes at the end, never between them.
+  recorded = ('instance', 'cluster', 'entropy', 'reconstruction', 'kl',
+              'total or gradient', 'update', 'neighbor_consistency',
+              'neighbor_instance', 'self_labeling')
+  assert step.FINITE_CHECKS[:len(recorded)] == recorded
+  assert set(step.FINITE_CHECKS) == set(step.TERMS) | {'total or gradient',
+                                                       'update'}
+  assert step.nonfinite_names(0b100001) == ['instance', 'total or gradient']

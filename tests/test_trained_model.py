@@ -9,6 +9,7 @@ import shutil
 import numpy as np
 import pytest
 from sklearn import datasets
+from sklearn.exceptions import NotFittedError
 
 from jcc import Clusterer
 from jcc import errors
@@ -116,7 +117,7 @@ def test_mistakes_are_one_line_naming_the_fix(trained_on_npz):
     assert '\n' not in text
     return text
 
-  with pytest.raises(errors.ConfigError) as raised:
+  with pytest.raises(NotFittedError) as raised:
     Clusterer().predict(_digit_images()[:3])
   assert 'fit' in message(raised)
   model = Clusterer.load(str(trained_on_npz))
@@ -143,8 +144,8 @@ def test_parameters_follow_scikit_learns_protocol():
   config = model.training_config()
   assert (config.dataset.num_clusters, config.dataset.image_size,
           config.train.num_epochs) == (6, 12, 3)
-  assert repr(model) == ("Clusterer(n_clusters=6, config='digits', "
-                         'train__num_epochs=3, dataset__image_size=12)')
+  assert repr(model) == ('Clusterer(dataset__image_size=12, n_clusters=6, '
+                         'train__num_epochs=3)')
   # scikit-learn's clone rebuilds an estimator from its parameters.
   again = Clusterer(**model.get_params())
   assert again.get_params() == model.get_params()
@@ -233,3 +234,10 @@ def test_a_packaged_config_is_named_on_the_command_line(tmp_path):
   assert finished.last_line.startswith(
       'jcc: error: --config=mnistt: neither a file nor a config name (')
   assert 'cifar10_small' in finished.last_line
+
+
+def test_the_saved_model_keeps_no_path_of_the_training_data(trained_on_npz):
+  # trained_on_npz trained on ROOT/train.npz: the model keeps its name only.
+  text = (trained_on_npz / 'saved_model' / 'info.json').read_text()
+  assert str(trained_on_npz.parent) not in text
+  assert json.loads(text)['config']['dataset']['path'] == 'train.npz'

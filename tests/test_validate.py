@@ -83,6 +83,11 @@ BAD_VALUES = {
     'train.eval_every_steps': [-1],
     'train.checkpoint_every_steps': [0],
     'train.max_checkpoints': [0],
+    'train.optimizer': ['rmsprop', 0],
+    'train.momentum': [-0.1, 1.01],
+    'train.weight_decay': [-1e-4, float('nan')],
+    'train.lr_warmup_epochs': [-1, 0.5],
+    'model.head_batchnorm': [1, 'yes'],
     'train.eval_batch_size': [0],
     'predict.input': [7],
 }

@@ -4,7 +4,7 @@ Contrastive Clustering's recipe (Li et al., AAAI 2021): ResNet-34, Adam 3e-4, ba
 SimCLR augmentation with jitter strength s = 0.5. CC feeds 224×224 to an
 ImageNet stem; here the CIFAR stem (3×3 conv, no max-pool) takes the native
 32×32, which costs 49× fewer pixels per image. Not yet run to the end: the
-accelerator time has not been available (benchmarks/RESULTS.md).
+accelerator time has not been available (benchmarks/notes/speed.md).
 
 Beyond CC, the literature's settings, untuned here until an accelerator run
 confirms them (so not enabled; this applies to every GPU config): SCAN's 20
@@ -19,12 +19,9 @@ from jcc.configs import default
 
 
 def get_config():
-  config = default.get_config()
+  config = default.accelerator_schedule(default.get_config())
   config.dataset.name = 'cifar10'
   config.dataset.image_size = 32
   config.dataset.num_clusters = 10
   config.model.backbone = 'resnet34_cifar'
-  config.train.num_epochs = 1000
-  config.train.warmup_epochs = 100
-  config.train.compute_dtype = 'bfloat16'
   return config

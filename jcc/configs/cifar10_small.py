@@ -14,7 +14,7 @@ def get_config():
   config = default.get_config()
   config.dataset.name = 'npz'
   # 16×16: a third of 32×32's cost per step, and no loss of accuracy at
-  # this budget (benchmarks/RESULTS.md).
+  # this budget (benchmarks/notes/cifar10.md).
   config.dataset.image_size = 16
   config.dataset.num_clusters = 10
   config.model.backbone = 'convnet'
@@ -26,7 +26,7 @@ def get_config():
   # for the same images. 64 and a learning rate of 3e-3 were worse.
   config.train.batch_size = 128
   config.train.learning_rate = 1e-3
-  # More epochs help slowly (benchmarks/RESULTS.md has the curve); a cosine
+  # More epochs help slowly (benchmarks/notes/cifar10.md has the curve); a cosine
   # schedule was worse.
   config.train.num_epochs = 20
   config.train.warmup_epochs = 10

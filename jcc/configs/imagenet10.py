@@ -14,15 +14,12 @@ from jcc.configs import default
 
 
 def get_config():
-  config = default.get_config()
+  config = default.accelerator_schedule(default.get_config())
   config.dataset.name = 'imagenet10'
   config.dataset.image_size = 224
   config.dataset.num_clusters = 10
   config.model.backbone = 'resnet34'
   default.set_jitter_strength(config.augment, 1.0)
   config.augment.blur_prob = 0.5
-  config.train.num_epochs = 1000
-  config.train.warmup_epochs = 100
-  config.train.compute_dtype = 'bfloat16'
   config.train.eval_batch_size = 512
   return config

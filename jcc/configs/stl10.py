@@ -12,14 +12,11 @@ from jcc.configs import default
 
 
 def get_config():
-  config = default.get_config()
+  config = default.accelerator_schedule(default.get_config())
   config.dataset.name = 'stl10'
   config.dataset.image_size = 96
   config.dataset.num_clusters = 10
   config.dataset.use_unlabelled = True
   config.model.backbone = 'resnet34'
   default.set_jitter_strength(config.augment, 1.0)
-  config.train.num_epochs = 1000
-  config.train.warmup_epochs = 100
-  config.train.compute_dtype = 'bfloat16'
   return config

@@ -12,13 +12,10 @@ from jcc.configs import default
 
 
 def get_config():
-  config = default.get_config()
+  config = default.accelerator_schedule(default.get_config())
   config.dataset.name = 'tiny_imagenet'
   config.dataset.image_size = 64
   config.dataset.num_clusters = 200
   config.model.backbone = 'resnet34'
   config.train.batch_size = 512  # every one of the 200 clusters in a batch
-  config.train.num_epochs = 1000
-  config.train.warmup_epochs = 100
-  config.train.compute_dtype = 'bfloat16'
   return config

@@ -21,7 +21,8 @@ import ml_collections
 import numpy as np
 
 from jcc.errors import DataError
-from jcc.sources.arrays import load_digits, load_npz
+from jcc.sources.arrays import (from_arrays, load_digits, load_npz,
+                                refuse_arrays)
 from jcc.sources.dataset import (ImageDataset, as_nhwc_uint8, conform_images,
                                  count_distinct, resize_image, resize_images)
 from jcc.sources.idx import read_idx, _mnist_like_source
@@ -33,47 +34,59 @@ from jcc.sources.tfds import (TFDS_INSTALL, _subset_source, _tfds_source,
 
 __all__ = ['DATASETS', 'IMAGE_EXTENSIONS', 'ImageDataset', 'Source',
            'TFDS_INSTALL', 'as_nhwc_uint8', 'check_predict_input',
-           'conform_images', 'count_distinct',
-           'decode_images', 'load_dataset', 'load_digits', 'load_folder',
-           'load_npz', 'load_predict_images', 'read_idx', 'resize_image',
+           'conform_images', 'count_distinct', 'decode_images', 'from_arrays',
+           'load_dataset', 'load_digits', 'load_folder', 'load_npz',
+           'load_predict_images', 'read_idx', 'resize_image',
            'resize_images', 'tensorflow']
 
 
-def check_predict_input(path: str) -> None:
-  """Raises DataError unless ``path`` holds images to predict: an .npz of at
-  least one image, or a folder with image files. Cheap next to loading the
-  model, so it runs first."""
+def check_predict_input(source: np.ndarray | str,
+                        given_as: str = 'config.predict.input') -> None:
+  """Raises DataError unless ``source`` holds images to predict: a uint8
+  array of at least one image, an .npz of at least one, or a folder with
+  image files. Cheap next to loading the model, so it runs first; both
+  ``--mode=predict`` and :class:`jcc.Clusterer` check here. ``given_as``
+  names the input in the messages."""
+  if isinstance(source, np.ndarray):
+    if not len(as_nhwc_uint8(source, given_as)):
+      raise DataError(f'{given_as} holds no image: give at least one.')
+    return
+  path = source
+  if not os.path.exists(path):
+    raise DataError(f'{given_as}={path!r}: no such file or folder.')
   if os.path.isfile(path) and path.endswith('.npz'):
     dataset = load_npz(ml_collections.ConfigDict({'path': path}))
     if not len(dataset):
-      raise DataError(f'{path}: `images` holds no image '
-                      '(config.predict.input).')
+      raise DataError(f'{path}: `images` holds no image ({given_as}).')
     return
   if not os.path.isdir(path):
-    raise DataError(f'config.predict.input={path!r}: not a folder of images '
-                    'or an .npz file.')
+    raise DataError(f'{given_as}={path!r}: not a folder of images or an .npz '
+                    'file.')
   if not _list_images(path)[0]:
-    raise DataError(f'{path}: no images found (config.predict.input).')
+    raise DataError(f'{path}: no images found ({given_as}).')
 
 
-def load_predict_images(path: str, image_size: int, channels: int,
-                        skip_bad_images: bool = True,
+def load_predict_images(source: np.ndarray | str, image_size: int,
+                        channels: int, skip_bad_images: bool = True,
+                        given_as: str = 'config.predict.input',
                         ) -> tuple[list[str], np.ndarray]:
-  """New images to assign: (names, uint8 images at the model's size/channels).
+  """New images to assign: (names, uint8 images at the model's size and
+  channels), converted as in training; :func:`check_predict_input` first.
 
-  ``path`` is an .npz (names are the row indices) or a folder (flat or with
-  class subfolders; names are the paths relative to it, in sorted order).
+  ``source`` is a uint8 array (names are the row indices), an .npz (the
+  same) or a folder (flat or with class subfolders; names are the paths
+  relative to it, in sorted order).
   """
+  if isinstance(source, np.ndarray):
+    images = conform_images(as_nhwc_uint8(source, given_as), image_size,
+                            channels)
+    return [str(i) for i in range(len(images))], images
+  path = source
   if os.path.isfile(path) and path.endswith('.npz'):
     dataset = load_npz(ml_collections.ConfigDict({'path': path}))
     images = conform_images(dataset.images, image_size, channels)
     return [str(i) for i in range(len(images))], images
-  if not os.path.isdir(path):
-    raise DataError(f'config.predict.input={path!r}: not a folder of images '
-                    'or an .npz file.')
   files, _, _ = _list_images(path)
-  if not files:
-    raise DataError(f'{path}: no images found (config.predict.input).')
   images, kept = decode_images(files, image_size, skip_bad_images, path,
                                mode='L' if channels == 1 else 'RGB')
   return [os.path.relpath(files[i], path) for i in kept], images
@@ -88,6 +101,7 @@ class Source(NamedTuple):
 DATASETS: dict[str, Source] = {
     'digits': Source(load_digits, 10),
     'npz': Source(load_npz, None),
+    'arrays': Source(refuse_arrays, None),
     'folder': Source(load_folder, None),
     'cifar10': Source(_tfds_source('cifar10', 'train+test'), 10),
     'cifar100': Source(
@@ -102,15 +116,18 @@ DATASETS: dict[str, Source] = {
 }
 
 
-def load_dataset(dataset_config) -> ImageDataset:
-  """The dataset ``config.dataset`` names, resized to its image_size."""
+def load_dataset(dataset_config,
+                 given: ImageDataset | None = None) -> ImageDataset:
+  """The dataset ``config.dataset`` names (or ``given``, one a caller holds
+  in memory), resized to its image_size."""
   name = dataset_config.name
   if name not in DATASETS:
     raise DataError(
         f'Unknown dataset {name!r} (config.dataset.name); choose one of '
         f'{sorted(DATASETS)}.')
   start = time.time()
-  dataset = DATASETS[name].load(dataset_config)
+  dataset = given if given is not None else DATASETS[name].load(
+      dataset_config)
   images = resize_images(dataset.images, dataset_config.image_size)
   logging.info('Loaded %s: %d images of %s in %.1f s.', name, len(images),
                'x'.join(map(str, images.shape[1:])), time.time() - start)

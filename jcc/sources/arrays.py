@@ -1,4 +1,5 @@
-"""Sources held as arrays: scikit-learn's embedded digits and .npz files."""
+"""Sources held as arrays: scikit-learn's embedded digits, .npz files, and
+the arrays a Python caller passes (:class:`jcc.Clusterer`)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,28 @@ def load_digits(dataset_config) -> ImageDataset:
   return ImageDataset('digits', images[..., None],
                       digits.target.astype(np.int64),
                       class_names=tuple(str(d) for d in range(10)))
+
+
+def from_arrays(images: np.ndarray, labels=None) -> ImageDataset:
+  """The images (and labels) a caller passes in memory, as the dataset
+  'arrays': uint8 (N, H, W) or (N, H, W, C); ``labels`` (N,) class indices
+  for evaluation, or None."""
+  images = as_nhwc_uint8(np.asarray(images), 'X')
+  if labels is not None:
+    labels = _class_indices(np.asarray(labels), 'y')
+    if labels.shape != (images.shape[0],):
+      raise DataError(f'y has shape {labels.shape}: give one label per image, '
+                      f'({images.shape[0]},).')
+  return ImageDataset('arrays', images, labels)
+
+
+def refuse_arrays(dataset_config) -> ImageDataset:
+  """The registry's 'arrays': only a Python caller has them."""
+  del dataset_config
+  raise DataError(
+      "dataset 'arrays' lives in memory: pass the images to "
+      "jcc.Clusterer.fit(X); from files, use config.dataset.name='npz' or "
+      "'folder'.")
 
 
 def load_npz(dataset_config) -> ImageDataset:

@@ -56,8 +56,12 @@ def as_nhwc_uint8(images: np.ndarray, where: str) -> np.ndarray:
   """``images`` as uint8 NHWC (a missing channel axis added); a DataError
   naming ``where`` unless uint8 (N, H, W) or (N, H, W, 1|3)."""
   if images.dtype != np.uint8:
-    fix = ('; from floats in [0, 1]: (x * 255).round().astype(np.uint8)'
-           if images.dtype.kind == 'f' else '')
+    fix = ''
+    if images.dtype.kind == 'f' and images.size:
+      # Floats in 0-255 are scaled already; in [0, 1] they need it.
+      fix = ('; these floats span 0-255: x.round().astype(np.uint8)'
+             if np.nanmax(images) > 1 else
+             '; from floats in [0, 1]: (x * 255).round().astype(np.uint8)')
     raise DataError(f'{where}: images must be uint8 (0-255), got '
                     f'{images.dtype}{fix}.')
   if images.ndim == 3:

@@ -1,0 +1,91 @@
+"""Inference: the model's evaluation forward pass, batched over whole sets.
+
+:func:`make_forward` is the jitted forward of one batch; :class:`Predictor`
+runs it over every image of a set, in fixed-size batches sharded over the
+devices. Training's evaluation, its passes over the dataset, ``--mode=
+predict`` and :class:`jcc.Clusterer` all predict through it, so a saved
+model's predictions are the evaluation's own, bit for bit on a CPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jcc import conv
+from jcc import models
+from jcc import parallel
+from jcc import pipeline
+from jcc import trained_model
+
+
+def make_forward(model, mesh):
+  """Jitted evaluation forward: variables, uint8 images → dict of outputs."""
+
+  def forward(variables, images):
+    out = model.apply(variables, images.astype(jnp.float32) / 255.0,
+                      train=False, decode=False)
+    return {'embedding': out.embedding, 'cluster_probs': out.cluster_probs,
+            'student_t': out.student_t}
+
+  replicated, batch = parallel.shardings(mesh)
+  return jax.jit(forward, in_shardings=(replicated, batch),
+                 out_shardings=replicated,
+                 compiler_options=conv.compiler_options())
+
+
+def predict_batches(
+    forward: Callable[[jax.Array], dict[str, jax.Array]],
+    batches: Iterable[tuple[np.ndarray, np.ndarray]],
+    to_device: Callable[[np.ndarray], jax.Array] = jax.device_put,
+) -> dict[str, np.ndarray]:
+  """Runs ``forward`` over (images, mask) batches; concatenated outputs.
+
+  ``batches`` is :func:`jcc.pipeline.eval_batches`: fixed-size batches (one
+  compiled shape) whose padding rows, False in ``mask``, are dropped.
+  """
+  outputs: dict[str, list[np.ndarray]] = {}
+  for images, mask in batches:
+    result = jax.device_get(forward(to_device(images)))
+    for key, value in result.items():
+      outputs.setdefault(key, []).append(np.asarray(value)[mask])
+  return {key: np.concatenate(value) for key, value in outputs.items()}
+
+
+class Predictor:
+  """The model's evaluation forward over whole sets of uint8 images.
+
+  ``predictor(variables, images)`` → ``{'embedding': (N, D), 'cluster_probs':
+  (N, K), 'student_t': (N, K)}`` as NumPy, in batches of ``batch_size``
+  (rounded up to a multiple of the devices) sharded over ``mesh``.
+  """
+
+  def __init__(self, model: models.ClusteringModel, mesh: jax.sharding.Mesh,
+               batch_size: int):
+    self._forward = make_forward(model, mesh)
+    self._replicated, self._batch_sharding = parallel.shardings(mesh)
+    self.batch_size = -(-max(batch_size, mesh.size) // mesh.size) * mesh.size
+
+  def __call__(self, variables: dict, images: np.ndarray
+               ) -> dict[str, np.ndarray]:
+    variables = jax.tree.map(
+        lambda a: a if isinstance(a, jax.Array) else parallel.to_global(
+            np.asarray(a), self._replicated), variables)
+    return predict_batches(
+        lambda batch: self._forward(variables, batch),
+        pipeline.eval_batches(images, self.batch_size),
+        lambda batch: parallel.to_global(batch, self._batch_sharding))
+
+
+def saved_model_predictor(model: trained_model.TrainedModel,
+                          mesh: jax.sharding.Mesh | None = None,
+                          batch_size: int | None = None) -> Predictor:
+  """A :class:`Predictor` of a saved model on ``mesh`` (default: every
+  device JAX sees), in batches of ``batch_size`` (default: its config's
+  train.eval_batch_size)."""
+  return Predictor(models.build_model(model.config, model.channels),
+                   mesh or parallel.make_mesh(),
+                   batch_size or model.config.train.eval_batch_size)
