@@ -110,6 +110,20 @@ class Clusterer(base.ClusterMixin, base.TransformerMixin, base.BaseEstimator):
       setattr(self, name, value)
     return self
 
+  def __repr__(self, N_CHAR_MAX: int = 700) -> str:  # pylint: disable=invalid-name
+    if not isinstance(self.config, ml_collections.ConfigDict):
+      return super().__repr__(N_CHAR_MAX)
+    # A ConfigDict would print whole (dozens of lines): its dataset, network
+    # and image size stand for it.
+    config = self.config
+    params = {**self.get_params(), 'config': (
+        f'<ConfigDict: {config.dataset.name}, {config.model.backbone}, '
+        f'{config.dataset.image_size}px>')}
+    return 'Clusterer(' + ', '.join(
+        f'{name}={value if name == "config" else repr(value)}'
+        for name, value in params.items()
+        if name == 'config' or value is not None) + ')'
+
   def __sklearn_tags__(self):
     tags = super().__sklearn_tags__()
     # Images as uint8 arrays, folders or .npz files; not feature matrices.
@@ -196,10 +210,43 @@ class Clusterer(base.ClusterMixin, base.TransformerMixin, base.BaseEstimator):
     """Each image's embedding (the backbone's features), (N, D)."""
     return self._outputs(X)['embedding']
 
-  def save(self, path: str) -> str:
-    """Writes the fitted model to the folder ``path``; returns it."""
+  def predict_files(self, folder: str | os.PathLike
+                    ) -> tuple[list[str], np.ndarray]:
+    """(names, clusters) of the images under ``folder``: each file's path
+    relative to it, in sorted order, and its cluster. Files that cannot be
+    read are left out, named in a warning (config.dataset.skip_bad_images
+    of the model's config makes them an error instead)."""
     validation.check_is_fitted(self, 'model_')
-    return self.model_.save(os.path.expanduser(path))
+    path = os.path.expanduser(os.fspath(folder))
+    if not os.path.isdir(path):
+      raise DataError(f'{path}: not a folder; predict_files takes a folder '
+                      '(predict takes arrays and .npz files too).')
+    model = self.model_
+    sources.check_predict_input(path, given_as='folder')
+    names, images = sources.load_predict_images(
+        path, model.image_size, model.channels,
+        model.config.dataset.skip_bad_images, given_as='folder')
+    return names, self.predict(images)
+
+  def save(self, path: str) -> str:
+    """Writes the fitted model to the folder ``path`` (created, or replacing
+    the model an earlier ``save`` wrote there); returns it.
+
+    ``Clusterer.load(path)`` reads it back. A workdir (a training's folder,
+    with its own model and checkpoints) is refused, and so is a file.
+    """
+    validation.check_is_fitted(self, 'model_')
+    path = os.path.expanduser(os.fspath(path))
+    if os.path.lexists(path) and not os.path.isdir(path):
+      raise ConfigError(f'save({path!r}): a file stands there; give a folder '
+                        'path (it is created).')
+    if any(os.path.exists(os.path.join(path, name)) for name in (
+        trained_model.MODEL_FOLDER, 'checkpoints')):
+      raise ConfigError(
+          f'save({path!r}): that is a training\'s workdir, with a model of '
+          'its own (Clusterer.load reads it as it is); save to another '
+          'folder.')
+    return self.model_.save(path)
 
   @classmethod
   def load(cls, path: str) -> Clusterer:

@@ -48,17 +48,21 @@ LENGTH_ON_RESUME = ('train.num_epochs', 'train.selflabel_epochs')
 
 
 def model_signature(config: ml_collections.ConfigDict, channels: int,
-                    num_examples: int) -> dict:
+                    num_examples: int, images: str | None = None) -> dict:
   """What a checkpoint's shapes depend on; must match to restore it.
 
-  The dataset and its size too: DEC's target P has a row per example. And
-  which parts a checkpoint holds besides the state and P: with a neighbour
-  term, each image's neighbours; with train.selflabel_fixed, the fixed
-  pseudo-labels.
+  The dataset and its size too: DEC's target P has a row per example; and
+  ``images``, the content digest of the images it trains on
+  (:meth:`jcc.sources.ImageDataset.content_digest`): other images of the
+  same number would otherwise resume, or only be evaluated, as if they were
+  the run's. And which parts a checkpoint holds besides the state and P:
+  with a neighbour term, each image's neighbours; with
+  train.selflabel_fixed, the fixed pseudo-labels.
   """
   return {
       'dataset': config.dataset.name,
       'num_examples': num_examples,
+      'images': images,
       **models.model_spec(config, channels),
       'neighbor_terms': terms.uses_neighbors(config),
       'selflabel_fixed': config.train.selflabel_fixed,
@@ -104,13 +108,19 @@ def check_model_signature(workdir: str, signature: dict) -> None:
   # A key that a workdir of an older version lacks has the value that
   # version built; other keys it lacks are not compared.
   saved = {**models.ABSENT_FIELD_VALUES, **saved}
-  differ = [f'{key}: {saved[key]!r} there, {value!r} now'
-            for key, value in signature.items()
+  differ = [key for key, value in signature.items()
             if key in saved and saved[key] != value]
-  if differ:
+  if differ == ['images']:
     raise CheckpointError(
-        f'{workdir} holds a model trained with other settings '
-        f'({"; ".join(differ)}). '
+        f'{workdir} holds a model trained on other images (as many, but '
+        f'their content differs: sha256 {saved["images"]}… there, '
+        f'{signature["images"]}… now). Train these in another --workdir, or '
+        'give the images it was trained on.')
+  if differ:
+    listed = '; '.join(f'{key}: {saved[key]!r} there, {signature[key]!r} '
+                       'now' for key in differ)
+    raise CheckpointError(
+        f'{workdir} holds a model trained with other settings ({listed}). '
         'Use the config it was trained with, or another --workdir.')
 
 

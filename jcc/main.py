@@ -117,6 +117,12 @@ def _parse_flags(argv: list[str]) -> list[str]:
   config, argv = _take_config(argv)
   if config is not None:
     unknown = _unknown_fields(argv, config)
+    known = configs.load('default')
+    if unknown and not _unknown_fields(argv, known):
+      # Fields of the full config, given to --mode=predict without --config.
+      _fail(f'{", ".join(unknown)}: not read by --mode=predict without '
+            '--config, whose saved model brings its own; only predict.*, '
+            'dataset.skip_bad_images and distributed.* apply.')
     if unknown:
       _fail(f'unknown config field{"s" if len(unknown) > 1 else ""} '
             f'{", ".join(unknown)}: jcc/configs/default.py lists every '
@@ -146,6 +152,12 @@ def _use_one_cpu_device_per_core(config: ml_collections.ConfigDict) -> None:
       train.batch_size if train and _MODE.value != 'predict' else None)
 
 
+def _has_checkpoint(workdir: str) -> bool:
+  folder = os.path.join(os.path.expanduser(workdir), 'checkpoints')
+  return os.path.isdir(folder) and any(name.isdigit()
+                                       for name in os.listdir(folder))
+
+
 def main(argv):
   if len(argv) > 1:
     _fail(f'unexpected argument{"s" if len(argv) > 2 else ""} '
@@ -168,8 +180,9 @@ def main(argv):
     _fail(str(e), 1, prefix='jcc: ')
   except KeyboardInterrupt:
     # A second Ctrl-C during training, or one before it began.
-    _fail('interrupted; the workdir keeps its last checkpoint.', 130,
-          prefix='jcc: ')
+    kept = ('the workdir keeps its last checkpoint' if _has_checkpoint(workdir)
+            else 'no checkpoint was written yet')
+    _fail(f'interrupted; {kept}.', 130, prefix='jcc: ')
   except EvaluationStopped as e:
     # Only raised here when several processes run: this one stops alone.
     _fail(f'{e} during the evaluation', 0, prefix='jcc: stopped: ')

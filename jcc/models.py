@@ -20,6 +20,7 @@ import jax.numpy as jnp
 
 from jcc import losses
 from jcc.conv import conv_general_dilated
+from jcc.terms import ABSENT_FIELD_VALUES, MODEL_FIELDS
 
 Array = jax.Array
 
@@ -234,23 +235,6 @@ class ClusteringModel(nn.Module):
         cluster_probs=jax.nn.softmax(self.cluster_head(h, train), axis=-1),
         student_t=self.clustering(h),
         reconstruction=self.decoder(h) if decode else None)
-
-
-# The config fields that fix the model's variables, by the names that
-# model_spec, the checkpoint signature and the saved model give them.
-MODEL_FIELDS = {
-    'backbone': 'model.backbone',
-    'num_clusters': 'dataset.num_clusters',
-    'image_size': 'dataset.image_size',
-    'convnet_widths': 'model.convnet_widths',
-    'head_hidden': 'model.head_hidden',
-    'projection_dim': 'model.projection_dim',
-    'decoder_width': 'model.decoder_width',
-    'head_batchnorm': 'model.head_batchnorm',
-}
-# The value of a field that a config saved before it existed lacks: the one
-# that builds the model that config was trained with.
-ABSENT_FIELD_VALUES = {'head_batchnorm': False}
 
 
 def model_spec(config, channels: int) -> dict[str, Any]:

@@ -69,6 +69,11 @@ class DatasetPasses:
     """``run`` with DEC's centroids ← k-means on every embedding."""
     config, start, state = self.config, time.time(), run.train
     embeddings = self.outputs(state)['embedding']
+    if not np.all(np.isfinite(embeddings)):
+      raise FloatingPointError(
+          'The embeddings are not finite where k-means would set DEC\'s '
+          f'centroids (step {int(state.step)}): the training diverged. '
+          'Lower config.train.learning_rate.')
     centroids, _ = evaluate.kmeans(embeddings, config.dataset.num_clusters,
                                    config.seed, config.train.kmeans_n_init)
     centroids = distributed.from_process_zero(centroids)

@@ -211,9 +211,34 @@ def write_assignments(path: str, rows: list[dict]) -> None:
   cells neutralised against spreadsheet formulas (:func:`jcc.files.csv_cell`).
   """
   with files.atomic_write(path, newline='', encoding='utf-8') as f:
-    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(
-        {name: files.csv_cell(value) for name, value in
-         dict(row, confidence=f'{row["confidence"]:.4f}').items()}
-        for row in rows)
+    _write_rows(f, rows)
+
+
+def _write_rows(f, rows: list[dict]) -> None:
+  writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+  writer.writeheader()
+  writer.writerows(
+      {name: files.csv_cell(value) for name, value in
+       dict(row, confidence=f'{row["confidence"]:.4f}').items()}
+      for row in rows)
+
+
+PREDICTIONS = ('predictions.csv', 'embeddings.npy')
+
+
+def write_predictions(folder: str, rows: list[dict],
+                      embeddings: np.ndarray) -> str:
+  """FOLDER/predictions.csv (:func:`write_assignments`) and
+  FOLDER/embeddings.npy (row i: the embedding of the CSV's row i) as one
+  unit: both are written in full before either replaces the pair already
+  there, so a full disk leaves that pair as it was. Returns the CSV's path.
+  """
+  csv_path, npy_path = (os.path.join(folder, name) for name in PREDICTIONS)
+  with files.atomic_write(csv_path, newline='', encoding='utf-8') as f, \
+      files.atomic_write(npy_path, 'wb') as g:
+    _write_rows(f, rows)
+    np.save(g, np.asarray(embeddings, np.float32))
+    for written in (f, g):  # on disk before the first rename
+      written.flush()
+      os.fsync(written.fileno())
+  return csv_path

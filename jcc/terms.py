@@ -15,6 +15,21 @@ LOSS_WEIGHTS = ('instance', 'cluster', 'entropy', 'reconstruction', 'kl',
 # neighbours are set at its end).
 JOINT_TERMS = ('kl', 'neighbor_consistency', 'neighbor_instance')
 NEIGHBOR_TERMS = ('neighbor_consistency', 'neighbor_instance')
+# The config fields that fix the model's variables, by the names that
+# model_spec, the checkpoint signature and the saved model give them.
+MODEL_FIELDS = {
+    'backbone': 'model.backbone',
+    'num_clusters': 'dataset.num_clusters',
+    'image_size': 'dataset.image_size',
+    'convnet_widths': 'model.convnet_widths',
+    'head_hidden': 'model.head_hidden',
+    'projection_dim': 'model.projection_dim',
+    'decoder_width': 'model.decoder_width',
+    'head_batchnorm': 'model.head_batchnorm',
+}
+# The value of a field that a config saved before it existed lacks: the one
+# that builds the model that config was trained with.
+ABSENT_FIELD_VALUES = {'head_batchnorm': False}
 COMPUTE_DTYPES = ('float32', 'bfloat16')
 LR_SCHEDULES = ('constant', 'cosine')
 OPTIMIZERS = ('adam', 'adamw', 'sgd', 'lars')

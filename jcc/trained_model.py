@@ -24,8 +24,10 @@ import numpy as np
 
 from jcc import configs
 from jcc import files
+from jcc import models
 from jcc import step as step_lib
-from jcc.errors import CheckpointError
+from jcc import validate
+from jcc.errors import CheckpointError, ConfigError
 
 MODEL_FOLDER = 'saved_model'
 INFO_FILE = 'info.json'
@@ -123,6 +125,49 @@ def load(path: str) -> TrainedModel:
     raise CheckpointError(
         f'The saved model in {folder} cannot be read ({type(e).__name__}: '
         f'{e}); --mode=evaluate with its --config writes it again.') from None
-  names = info.get('class_names')
-  return TrainedModel(config=config, channels=channels, variables=variables,
-                      step=step, class_names=tuple(names) if names else None)
+  model = TrainedModel(config=config, channels=channels,
+                       variables=variables, step=step,
+                       class_names=tuple(info.get('class_names') or ()) or None)
+  _check(model, info, folder)
+  return model
+
+
+def _check(model: TrainedModel, info: dict, folder: str) -> None:
+  """Raises CheckpointError, in one line, for a saved model whose info.json
+  describes no model jcc builds, or another one than variables.msgpack
+  holds (edited, or the two files from different models)."""
+  where = os.path.join(folder, INFO_FILE)
+  try:
+    validate.check_model_fields(model.config, where)
+  except ConfigError as e:
+    raise CheckpointError(str(e)) from None
+  config = model.config
+  stated = {'num_clusters': config.dataset.num_clusters,
+            'image_size': config.dataset.image_size}
+  for name, value in stated.items():
+    if info.get(name, value) != value:
+      raise CheckpointError(
+          f'{where}: {name}={info[name]!r}, but its config says {value!r}: '
+          'the file was edited; put back the original.')
+  if model.channels not in (1, 3):
+    raise CheckpointError(f'{where}: channels={model.channels!r} must be 1 '
+                          'or 3.')
+  network = models.build_model(config, model.channels)
+  image = jax.ShapeDtypeStruct((1, config.dataset.image_size,
+                                config.dataset.image_size, model.channels),
+                               np.float32)
+  expected = jax.eval_shape(network.init, jax.random.key(0), image)
+  expected = {'params': expected['params'],
+              'batch_stats': expected.get('batch_stats', {})}
+  want = flax.traverse_util.flatten_dict(flax.core.unfreeze(expected),
+                                         sep='/')
+  have = flax.traverse_util.flatten_dict(model.variables, sep='/')
+  for name in sorted(set(want) | set(have)):
+    if name not in have or name not in want or (
+        tuple(np.shape(have[name])) != tuple(want[name].shape)):
+      raise CheckpointError(
+          f'{folder}: {VARIABLES_FILE} does not hold the model that '
+          f'{INFO_FILE} describes ({name}: '
+          f'{tuple(np.shape(have[name])) if name in have else "missing"} '
+          f'there, {tuple(want[name].shape) if name in want else "none"} '
+          'expected): the two files come from different models.')

@@ -19,7 +19,7 @@ import ml_collections
 
 from jcc.errors import ConfigError
 from jcc.terms import (COMPUTE_DTYPES, JOINT_TERMS, LOSS_WEIGHTS,
-                       LR_SCHEDULES, NEIGHBOR_TERMS, OPTIMIZERS,
+                       LR_SCHEDULES, MODEL_FIELDS, NEIGHBOR_TERMS, OPTIMIZERS,
                        uses_neighbors)
 
 __all__ = ['COMPUTE_DTYPES', 'JOINT_TERMS', 'LOSS_WEIGHTS', 'LR_SCHEDULES',
@@ -177,6 +177,7 @@ FIELDS: dict[str, Rule] = {
     'train.eval_batch_size': integer(1),
     'train.accept_changed_settings': FLAG,
     'predict.input': TEXT,
+    'predict.output': TEXT,
 }
 
 
@@ -195,6 +196,17 @@ def check_choice(field: str, value: str, allowed: Sequence[str]) -> None:
   rule = choice(lambda: allowed)
   if not rule.ok(value):
     raise ConfigError(f'config.{field}={value!r}: must be {rule.describe()}.')
+
+
+def check_model_fields(config: ml_collections.ConfigDict, where: str) -> None:
+  """Raises ConfigError for a model field of ``config`` (a saved model's,
+  from ``where``) that no model can have: each field of
+  :data:`jcc.terms.MODEL_FIELDS` it holds, and train.compute_dtype."""
+  values = dict(flatten(config))
+  for field in (*MODEL_FIELDS.values(), 'train.compute_dtype'):
+    if field in values and not FIELDS[field].ok(values[field]):
+      raise ConfigError(f'{where}: {field}={values[field]!r} must be '
+                        f'{FIELDS[field].describe()}.')
 
 
 def check_fields(config: ml_collections.ConfigDict) -> None:

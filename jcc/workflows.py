@@ -23,6 +23,7 @@ from jcc import checkpoint
 from jcc import configs
 from jcc import distributed
 from jcc import evaluate
+from jcc import files
 from jcc import inference
 from jcc import metric_writer
 from jcc import models
@@ -53,6 +54,22 @@ def expand_paths(config: ml_collections.ConfigDict
   return config
 
 
+def _check_workdir_apart_from_data(config: ml_collections.ConfigDict,
+                                   workdir: str) -> None:
+  """Refuses a workdir that is the folder of images, or inside it: jcc's own
+  report/ and saved_model/ would be read as images (a class, even) by the
+  next run."""
+  if config.dataset.name != 'folder' or not config.dataset.path:
+    return
+  data = os.path.realpath(config.dataset.path)
+  work = os.path.realpath(workdir)
+  if work == data or work.startswith(data.rstrip(os.sep) + os.sep):
+    raise ConfigError(
+        f'--workdir={workdir} lies in the folder of images '
+        f'(config.dataset.path={config.dataset.path}): jcc would read its own '
+        'report and model as images next time. Use a workdir outside it.')
+
+
 def build_trainer(config: ml_collections.ConfigDict, workdir: str,
                   mode: str = 'train',
                   dataset: sources.ImageDataset | None = None) -> Trainer:
@@ -64,6 +81,7 @@ def build_trainer(config: ml_collections.ConfigDict, workdir: str,
   caller holds in memory (:func:`jcc.sources.from_arrays`), instead of
   those config.dataset names."""
   validate.check_fields(config)
+  _check_workdir_apart_from_data(config, workdir)
   # Joining the other processes first: a peer whose data cannot be read
   # then tells them, rather than leaving them waiting to be joined.
   distributed.initialize(config)
@@ -79,7 +97,8 @@ def build_trainer(config: ml_collections.ConfigDict, workdir: str,
                     known, config.dataset.num_clusters)
   checkpoint.check_workdir(workdir)
   signature = checkpoint.model_signature(config, dataset.channels,
-                                         len(dataset))
+                                         len(dataset),
+                                         dataset.content_digest())
   checkpoint.check_model_signature(workdir, signature)
   # The hosts of one run share the workdir: the first one holds it.
   lock = (checkpoint.WorkdirLock(workdir, mode)
@@ -299,15 +318,31 @@ def saved_model_for_prediction(config: ml_collections.ConfigDict,
   return model
 
 
+def _predictions_lock(output: str) -> checkpoint.WorkdirLock:
+  """The lock of the folder predictions go to, once its files are known to
+  be writable (before any image is read)."""
+  if not os.path.isdir(output):
+    raise ConfigError(f'config.predict.output={output!r}: no such folder; '
+                      'create it, or leave the field empty (the workdir).')
+  if not os.access(output, os.W_OK):
+    raise ConfigError(
+        f'{output} is read-only: write the predictions elsewhere with '
+        '--config.predict.output=DIR.')
+  for name in report.PREDICTIONS:
+    files.check_writable_file(os.path.join(output, name))
+  return checkpoint.WorkdirLock(output, 'predict')
+
+
 def predict_workdir(config: ml_collections.ConfigDict,
                     workdir: str) -> list[dict]:
   """Assigns config.predict.input's images with WORKDIR's saved model.
 
   Needs neither the training data nor the training config: ``config`` may
-  hold only the ``predict`` group (jcc/configs/saved.py). Writes
-  WORKDIR/predictions.csv (image, cluster, confidence, dec_cluster; one row
-  per image in a stable order) and WORKDIR/embeddings.npy (row i: the
-  embedding of the CSV's row i), and prints the images per cluster.
+  hold only what jcc/prediction_config.py gives. Writes predictions.csv
+  (image, cluster, confidence, dec_cluster; one row per image in a stable
+  order) and embeddings.npy (row i: the embedding of the CSV's row i) as
+  one unit into config.predict.output (default: WORKDIR, which then may be
+  read-only), and prints the images per cluster.
   """
   config, workdir = expand_paths(config), os.path.expanduser(workdir)
   source = config.predict.input
@@ -316,27 +351,37 @@ def predict_workdir(config: ml_collections.ConfigDict,
                       '--config.predict.input=FOLDER or FILE.npz.')
   sources.check_predict_input(source)
   if not os.path.isdir(workdir):
-    raise CheckpointError(f'--workdir={workdir}: no such folder; give the '
-                          'workdir of a trained model.')
+    what = 'is a file' if os.path.exists(workdir) else 'no such folder'
+    raise CheckpointError(f'--workdir={workdir}: {what}; give the workdir of '
+                          'a trained model (or the folder Clusterer.save '
+                          'wrote).')
+  output = config.predict.get('output') or workdir
   if 'distributed' in config:
     distributed.initialize(config)
   parallel.check_platforms()
   model = saved_model_for_prediction(config, workdir)
-  skip_bad = config.get('dataset', model.config.dataset).skip_bad_images
-  names, images = sources.load_predict_images(
-      source, model.image_size, model.channels, skip_bad)
-  outputs = inference.saved_model_predictor(model)(model.variables, images)
-  rows = report.assignment_rows({'image': names}, outputs['cluster_probs'],
-                                outputs['student_t'])
-  if distributed.writes_shared_files():
-    lock = checkpoint.WorkdirLock(workdir, 'predict')
-    try:
-      path = os.path.join(workdir, 'predictions.csv')
-      report.write_assignments(path, rows)
-      report.write_embeddings(os.path.join(workdir, 'embeddings.npy'),
-                              outputs['embedding'])
-    finally:
+  lock = _predictions_lock(output) if (
+      distributed.writes_shared_files()) else None
+  try:  # the images are read once the outputs are known to be writable
+    skip_bad = config.get('dataset', model.config.dataset).skip_bad_images
+    names, images = sources.load_predict_images(
+        source, model.image_size, model.channels, skip_bad)
+    outputs = inference.saved_model_predictor(model)(model.variables, images)
+    rows = report.assignment_rows({'image': names}, outputs['cluster_probs'],
+                                  outputs['student_t'])
+    if lock is not None:
+      path = report.write_predictions(output, rows, outputs['embedding'])
+  except OSError as e:
+    if not is_disk_full(e):
+      raise
+    raise CheckpointError(
+        f'No space left in {output} for the predictions: free some space '
+        'and run the same command again; the predictions.csv and '
+        'embeddings.npy there are as they were.') from None
+  finally:
+    if lock is not None:
       lock.release()
+  if distributed.writes_shared_files():
     sizes = np.bincount([r['cluster'] for r in rows],
                         minlength=model.num_clusters)
     print(f'{len(rows)} images from {source} -> {path} (embeddings: '

@@ -176,3 +176,49 @@ def test_a_name_resolves_to_the_packaged_config_first(tmp_path, monkeypatch):
   with pytest.raises(errors.ConfigError, match=r"config=mnist:bogus: .*"
                      "ValueError"):
     configs.load('mnist:bogus')
+
+
+def test_save_writes_where_load_reads_and_never_into_a_workdir(
+    fitted, tmp_path):
+  folder = tmp_path / 'model'
+  fitted.save(str(folder))
+  fitted.save(str(folder))  # a model folder of its own: replaced
+  np.testing.assert_array_equal(Clusterer.load(str(folder)).predict(IMAGES),
+                                fitted.labels_)
+  workdir = tmp_path / 'workdir'
+  (workdir / 'checkpoints').mkdir(parents=True)
+  with pytest.raises(errors.ConfigError, match="training's workdir"):
+    fitted.save(str(workdir))
+  (tmp_path / 'a_file').write_text('x')
+  with pytest.raises(errors.ConfigError, match='a file stands there'):
+    fitted.save(str(tmp_path / 'a_file'))
+
+
+def test_a_finished_workdir_refuses_other_images_of_the_same_number(
+    tmp_path):
+  model = _clusterer(workdir=str(tmp_path / 'w')).fit(IMAGES)
+  again = _clusterer(workdir=str(tmp_path / 'w'))
+  np.testing.assert_array_equal(again.fit(IMAGES).labels_, model.labels_)
+  with pytest.raises(errors.CheckpointError,
+                     match='trained on other images .as many'):
+    again.fit(255 - IMAGES)
+
+
+def test_predict_files_names_each_image(fitted, tmp_path):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  for i, path in enumerate(('b.png', 'a/c.png', 'a/d/e.png')):
+    (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(IMAGES[i]).save(tmp_path / path)
+  names, clusters = fitted.predict_files(tmp_path)
+  assert names == [os.path.join('a', 'c.png'),
+                   os.path.join('a', 'd', 'e.png'), 'b.png']
+  np.testing.assert_array_equal(clusters, fitted.predict(IMAGES[[1, 2, 0]]))
+  with pytest.raises(errors.DataError, match='not a folder'):
+    fitted.predict_files(tmp_path / 'b.png')
+
+
+def test_the_repr_of_a_config_dict_is_one_line():
+  text = repr(_clusterer(train__num_epochs=2))
+  assert text == ('Clusterer(n_clusters=4, config=<ConfigDict: digits, '
+                  'convnet, 8px>, train__num_epochs=2)')
+  assert repr(Clusterer(config='mnist')) == "Clusterer(config='mnist')"

@@ -99,3 +99,54 @@ def test_float_images_get_the_conversion_their_range_needs():
   with pytest.raises(errors.DataError,
                      match=r'span 0-255: x\.round\(\)\.astype'):
     sources.as_nhwc_uint8(np.full((2, 4, 4), 200.0), 'X')
+
+
+def test_an_array_and_a_file_of_one_picture_become_the_same_grey(tmp_path):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  pictures = rng.integers(0, 256, (3, 20, 14, 3), dtype=np.uint8)
+  for i, picture in enumerate(pictures):
+    Image.fromarray(picture).save(tmp_path / f'{i}.png')
+  _, from_files = sources.load_predict_images(str(tmp_path), 8, 1)
+  _, from_array = sources.load_predict_images(pictures, 8, 1)
+  np.testing.assert_array_equal(from_array, from_files)
+  # Pillow's luma, not the channels' mean.
+  np.testing.assert_array_equal(
+      sources.rgb_to_gray(pictures)[..., 0],
+      [np.asarray(Image.fromarray(p).convert('L')) for p in pictures])
+
+
+def test_alpha_is_dropped_from_arrays_as_from_files():
+  rng = np.random.default_rng(1)
+  rgba = rng.integers(0, 256, (2, 6, 6, 4), dtype=np.uint8)
+  np.testing.assert_array_equal(sources.as_nhwc_uint8(rgba, 'X'),
+                                rgba[..., :3])
+  np.testing.assert_array_equal(sources.as_nhwc_uint8(rgba[..., 2:], 'X'),
+                                rgba[..., 2:3])
+  with pytest.raises(errors.DataError, match=r'C 1-4'):
+    sources.as_nhwc_uint8(np.zeros((2, 6, 6, 5), np.uint8), 'X')
+
+
+@pytest.mark.parametrize('damage', ['truncated', 'bad_crc', 'not_an_array'])
+def test_a_damaged_npz_is_one_line_in_training_and_predict(tmp_path, damage):
+  import zipfile  # pylint: disable=g-import-not-at-top
+  path = tmp_path / 'd.npz'
+  images = np.random.default_rng(0).integers(0, 256, (20, 8, 8), np.uint8)
+  np.savez(path, images=images)
+  data = bytearray(path.read_bytes())
+  if damage == 'truncated':  # still starts with PK
+    data = data[:len(data) // 2]
+  elif damage == 'bad_crc':
+    start = data.index(images.tobytes()[:16])
+    data[start] ^= 0xFF
+  path.write_bytes(bytes(data))
+  if damage == 'not_an_array':
+    with zipfile.ZipFile(path, 'w') as archive:
+      archive.writestr('images.npy', 'text, not an array')
+  config = ml_collections.ConfigDict({'name': 'npz', 'path': str(path),
+                                      'image_size': 8, 'num_clusters': 2})
+  with pytest.raises(errors.DataError) as raised:
+    sources.load_dataset(config)
+  assert str(path) in str(raised.value) and '\n' not in str(raised.value)
+  with pytest.raises(errors.DataError):
+    sources.check_predict_input(str(path))

@@ -481,6 +481,31 @@ def test_images_beside_class_folders_are_an_error_not_dropped(tmp_path):
     sources.load_dataset(_folder_config(tmp_path))
 
 
+def test_images_at_any_depth_count_and_what_is_passed_over_is_named(
+    tmp_path, caplog):
+  # dogs/2023/5.png was dropped with no word, and a class whose images all
+  # lay one level down vanished with them.
+  for path in ('dogs/a.png', 'dogs/2023/5.png', 'dogs/2023/may/6.png',
+               'cats/2022/b.png', 'cats/.thumbs/t.png'):
+    (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+    _write(tmp_path / path, 'RGB')
+  (tmp_path / 'dogs' / 'notes.txt').write_text('not an image')
+  (tmp_path / 'empty').mkdir()
+  with caplog.at_level('WARNING'):
+    ds = sources.load_dataset(_folder_config(tmp_path))
+  assert ds.class_names == ('cats', 'dogs')
+  assert ds.image_names == (os.path.join('cats', '2022', 'b.png'),
+                            os.path.join('dogs', '2023', '5.png'),
+                            os.path.join('dogs', '2023', 'may', '6.png'),
+                            os.path.join('dogs', 'a.png'))
+  np.testing.assert_array_equal(ds.labels, [0, 1, 1, 1])
+  for passed_over in ('notes.txt', '.thumbs', 'empty'):
+    assert passed_over in caplog.text
+  # Predict takes every image under the folder, named by its path.
+  names, images = sources.load_predict_images(str(tmp_path), 8, 3)
+  assert names == list(ds.image_names) and len(images) == 4
+
+
 @pytest.mark.parametrize('labels,match', [
     (np.array([0, 1, -1, 2, 0, 1]), 'negative'),
     (np.array([0.0, 1.0, np.nan, 2.0, 0.0, 1.0]), 'not whole numbers'),
@@ -770,3 +795,77 @@ def test_jcc_never_writes_through_a_link_nor_into_a_file_not_its_own(
     WorkdirLock(str(workdir), 'train')
   assert (workdir / 'lock').read_text() == 'my notes'
   assert target.read_text() == 'keep me'
+
+
+def test_an_interrupt_says_whether_a_checkpoint_was_kept(tmp_path,
+                                                         monkeypatch):
+  def interrupted(config, workdir):
+    raise KeyboardInterrupt
+  monkeypatch.setattr(workflows, 'train_and_evaluate', interrupted)
+  finished = cli.run_main('--config=digits', f'--workdir={tmp_path}/w')
+  assert finished.status == 130
+  assert finished.last_line == (
+      'jcc: interrupted; no checkpoint was written yet.')
+  (tmp_path / 'w' / 'checkpoints' / '7').mkdir(parents=True)
+  finished = cli.run_main('--config=digits', f'--workdir={tmp_path}/w')
+  assert finished.last_line == (
+      'jcc: interrupted; the workdir keeps its last checkpoint.')
+
+
+def test_a_workdir_inside_the_image_folder_is_refused(tmp_path):
+  for i in range(4):
+    _write(tmp_path / f'{i}.png', 'RGB')
+  config = tiny_config()
+  config.dataset.name, config.dataset.path = 'folder', str(tmp_path)
+  for workdir in (tmp_path, tmp_path / 'run'):
+    with pytest.raises(ConfigError, match='lies in the folder of images'):
+      workflows.build_trainer(config, str(workdir))
+  assert not (tmp_path / 'run').exists()
+
+
+def test_predict_names_fields_it_does_not_read_and_a_file_as_workdir(
+    tmp_path):
+  finished = cli.run_main('--mode=predict', f'--workdir={tmp_path}',
+                          '--config.dataset.num_clusters=5')
+  assert finished.status == 2
+  assert finished.last_line == (
+      'jcc: error: dataset.num_clusters: not read by --mode=predict without '
+      '--config, whose saved model brings its own; only predict.*, '
+      'dataset.skip_bad_images and distributed.* apply.')
+  (tmp_path / 'a_file').write_text('x')
+  np.savez(tmp_path / 'new.npz', images=np.zeros((2, 8, 8), np.uint8))
+  finished = cli.run_main('--mode=predict', f'--workdir={tmp_path}/a_file',
+                          f'--config.predict.input={tmp_path}/new.npz')
+  assert finished.status == 2
+  assert 'a_file: is a file; give the workdir' in finished.last_line
+
+
+def test_a_very_large_image_is_named_in_a_line_of_jccs(tmp_path, caplog,
+                                                        monkeypatch):
+  from PIL import Image as PILImage  # pylint: disable=g-import-not-at-top
+  _write(tmp_path / 'big.png', 'RGB', size=(20, 20))
+  _write(tmp_path / 'small.png', 'RGB', size=(5, 5))
+  monkeypatch.setattr(PILImage, 'MAX_IMAGE_PIXELS', 300)  # 400 > 300
+  with warnings.catch_warnings():
+    warnings.simplefilter('error')  # Pillow's own warning would fail here
+    with caplog.at_level('WARNING'):
+      ds = sources.load_dataset(_folder_config(tmp_path))
+  assert len(ds) == 2
+  assert '1 very large image(s), over 300 pixels' in caplog.text
+  assert 'big.png' in caplog.text and 'small.png' not in caplog.text
+
+
+def test_non_finite_embeddings_stop_before_k_means(tmp_path):
+  trainer = workflows.build_trainer(tiny_config(), str(tmp_path / 'run'))
+  try:
+    state = trainer.run.train
+    # A diverged backbone: its last BatchNorm offset at infinity (NaN
+    # weights would vanish in the ReLUs).
+    params = jax.tree_util.tree_map_with_path(
+        lambda path, x: x + np.inf if 'BatchNorm_3' in str(path) and
+        'bias' in str(path[-1]) else x, state.params)
+    run = trainer.run.replace(train=state.replace(params=params))
+    with pytest.raises(FloatingPointError, match='not finite where k-means'):
+      trainer.passes.with_kmeans_centroids(run)
+  finally:
+    trainer.close()

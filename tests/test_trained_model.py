@@ -241,3 +241,75 @@ def test_the_saved_model_keeps_no_path_of_the_training_data(trained_on_npz):
   text = (trained_on_npz / 'saved_model' / 'info.json').read_text()
   assert str(trained_on_npz.parent) not in text
   assert json.loads(text)['config']['dataset']['path'] == 'train.npz'
+
+
+@pytest.mark.parametrize('edit,match', [
+    (lambda info: info['config']['model'].update(backbone='vgg'),
+     r"info.json: model.backbone='vgg' must be one of"),
+    (lambda info: info['config']['train'].update(compute_dtype='float16'),
+     r'info.json: train.compute_dtype=.float16. must be one of'),
+    (lambda info: info.update(num_clusters=12),
+     r'info.json: num_clusters=12, but its config says 10'),
+    (lambda info: info.update(channels=4), r'channels=4 must be 1 or 3'),
+    (lambda info: info['config']['dataset'].update(num_clusters=12) or
+     info.update(num_clusters=12),
+     r'variables.msgpack does not hold the model that info.json describes '
+     r'\(params/cluster_head/Dense_1/bias: \(10,\) there, \(12,\)'),
+    (lambda info: info['config']['model'].update(convnet_widths=[8, 16, 32]),
+     'the two files come from different models'),
+])
+def test_a_saved_model_that_does_not_add_up_is_one_line(
+    trained_on_npz, tmp_path, edit, match):
+  folder = tmp_path / 'model'
+  shutil.copytree(trained_on_npz / 'saved_model', folder)
+  info = json.loads((folder / 'info.json').read_text())
+  edit(info)
+  (folder / 'info.json').write_text(json.dumps(info))
+  with pytest.raises(errors.CheckpointError, match=match) as raised:
+    trained_model.load(str(folder))
+  assert '\n' not in str(raised.value)
+
+
+def test_predictions_are_written_as_one_unit_and_elsewhere_on_request(
+    trained_on_npz, tmp_path, monkeypatch):
+  import errno  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  from unittest import mock  # pylint: disable=g-import-not-at-top
+  from jcc import sources  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path / 'w'
+  shutil.copytree(trained_on_npz / 'saved_model', workdir / 'saved_model')
+  np.savez(tmp_path / 'new.npz', images=_digit_images()[:10])
+  config = tiny_config()
+  config.predict.input = str(tmp_path / 'new.npz')
+  workflows.predict_workdir(config, str(workdir))
+  before = [(workdir / n).read_bytes()
+            for n in ('predictions.csv', 'embeddings.npy')]
+  # A full disk while the pair is written: the earlier pair stays whole.
+  config.predict.input = str(trained_on_npz.parent / 'other.npz')
+  np.savez(config.predict.input, images=_digit_images()[10:15])
+  full = OSError(errno.ENOSPC, 'No space left on device')
+  with mock.patch.object(np, 'save', side_effect=full):
+    with pytest.raises(errors.CheckpointError, match='No space left'):
+      workflows.predict_workdir(config, str(workdir))
+  assert before == [(workdir / n).read_bytes()
+                    for n in ('predictions.csv', 'embeddings.npy')]
+  # The targets are checked before any image is read.
+  (workdir / 'embeddings.npy').unlink()
+  (workdir / 'embeddings.npy').mkdir()
+  with mock.patch.object(sources, 'load_predict_images',
+                         side_effect=AssertionError('read first')):
+    with pytest.raises(errors.UserError, match='is a directory'):
+      workflows.predict_workdir(config, str(workdir))
+  # A read-only model folder: one line, and predict.output writes elsewhere.
+  os.chmod(workdir, 0o555)
+  monkeypatch.setattr(os, 'access', lambda path, mode: mode != os.W_OK or (
+      str(path) != str(workdir)))  # root ignores the permission bits
+  try:
+    with pytest.raises(errors.ConfigError, match='read-only.*predict.output'):
+      workflows.predict_workdir(config, str(workdir))
+    config.predict.output = str(tmp_path)
+    rows = workflows.predict_workdir(config, str(workdir))
+  finally:
+    os.chmod(workdir, 0o755)
+  assert len(rows) == 5 and (tmp_path / 'predictions.csv').is_file()
+  assert len(np.load(tmp_path / 'embeddings.npy')) == 5

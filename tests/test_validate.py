@@ -90,6 +90,7 @@ BAD_VALUES = {
     'model.head_batchnorm': [1, 'yes'],
     'train.eval_batch_size': [0],
     'predict.input': [7],
+    'predict.output': [7],
 }
 
 

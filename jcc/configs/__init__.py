@@ -26,7 +26,8 @@ from jcc.errors import ConfigError
 
 # Fields that name files or folders (a leading ~ is the home folder).
 PATH_FIELDS = (('dataset', 'path'), ('dataset', 'tfds_data_dir'),
-               ('dataset', 'manual_dir'), ('predict', 'input'))
+               ('dataset', 'manual_dir'), ('predict', 'input'),
+               ('predict', 'output'))
 
 
 def without_paths(config: ml_collections.ConfigDict

@@ -16,7 +16,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.dataset = dataset = ml_collections.ConfigDict()
   # Registry name (jcc.data.DATASETS): 'digits' (scikit-learn's bundled 8×8
   # digits, no download), 'npz' (a file with uint8 `images` and optional
-  # `labels`), 'folder' (DIR/<class>/*.jpg gives labels; a flat DIR none),
+  # `labels`), 'folder' (DIR/<class>/…/*.jpg gives labels, images at any
+  # depth below a class folder; a flat DIR none),
   # the TFDS benchmarks 'cifar10', 'cifar100' (20 superclasses), 'stl10',
   # 'mnist', 'fashion_mnist', the ILSVRC2012 subsets 'imagenet10' and
   # 'imagenet_dogs', and 'tiny_imagenet' (its official folder layout).
@@ -207,6 +208,9 @@ def get_config() -> ml_collections.ConfigDict:
   # --mode=predict: a folder of images (flat or with class subfolders) or an
   # .npz whose images are assigned to the trained clusters.
   predict.input = ''
+  # The folder --mode=predict writes predictions.csv and embeddings.npy to
+  # ('': the workdir; another folder lets a read-only model folder be used).
+  predict.output = ''
   return config
 
 

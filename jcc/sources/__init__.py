@@ -24,11 +24,12 @@ from jcc.errors import DataError
 from jcc.sources.arrays import (from_arrays, load_digits, load_npz,
                                 refuse_arrays)
 from jcc.sources.dataset import (ImageDataset, as_nhwc_uint8, conform_images,
-                                 count_distinct, resize_image, resize_images)
+                                 count_distinct, resize_image, resize_images,
+                                 rgb_to_gray)
 from jcc.sources.idx import read_idx, _mnist_like_source
 from jcc.sources.image_files import (IMAGE_EXTENSIONS, _list_images,
                                      decode_images, load_folder,
-                                     load_tiny_imagenet)
+                                     load_tiny_imagenet, warn_passed_over)
 from jcc.sources.tfds import (TFDS_INSTALL, _subset_source, _tfds_source,
                               tensorflow)
 
@@ -37,7 +38,7 @@ __all__ = ['DATASETS', 'IMAGE_EXTENSIONS', 'ImageDataset', 'Source',
            'conform_images', 'count_distinct', 'decode_images', 'from_arrays',
            'load_dataset', 'load_digits', 'load_folder', 'load_npz',
            'load_predict_images', 'read_idx', 'resize_image',
-           'resize_images', 'tensorflow']
+           'resize_images', 'rgb_to_gray', 'tensorflow']
 
 
 def check_predict_input(source: np.ndarray | str,
@@ -62,7 +63,7 @@ def check_predict_input(source: np.ndarray | str,
   if not os.path.isdir(path):
     raise DataError(f'{given_as}={path!r}: not a folder of images or an .npz '
                     'file.')
-  if not _list_images(path)[0]:
+  if not _list_images(path, labelled=False)[0]:
     raise DataError(f'{path}: no images found ({given_as}).')
 
 
@@ -86,7 +87,8 @@ def load_predict_images(source: np.ndarray | str, image_size: int,
     dataset = load_npz(ml_collections.ConfigDict({'path': path}))
     images = conform_images(dataset.images, image_size, channels)
     return [str(i) for i in range(len(images))], images
-  files, _, _ = _list_images(path)
+  files, _, _, passed_over = _list_images(path, labelled=False)
+  warn_passed_over(path, passed_over)
   images, kept = decode_images(files, image_size, skip_bad_images, path,
                                mode='L' if channels == 1 else 'RGB')
   return [os.path.relpath(files[i], path) for i in kept], images

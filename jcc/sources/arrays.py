@@ -4,6 +4,7 @@ the arrays a Python caller passes (:class:`jcc.Clusterer`)."""
 from __future__ import annotations
 
 import os
+import zipfile
 
 import numpy as np
 
@@ -62,13 +63,22 @@ def load_npz(dataset_config) -> ImageDataset:
       if 'images' not in data:
         raise DataError(
             f'{path}: has no `images` array (found {data.files}).')
-      images = as_nhwc_uint8(data['images'], path)
-      labels = (_class_indices(data['labels'], f'{path}: `labels`')
-                if 'labels' in data else None)
+      members = {name: data[name] for name in ('images', 'labels')
+                 if name in data}
+      for name, member in members.items():
+        if not isinstance(member, np.ndarray):
+          raise DataError(f'{path}: `{name}` is not a NumPy array (a damaged '
+                          'or hand-made file); write one with np.savez(path, '
+                          'images=images[, labels=labels]).')
+      images = as_nhwc_uint8(members['images'], path)
+      labels = (_class_indices(members['labels'], f'{path}: `labels`')
+                if 'labels' in members else None)
       class_names = None
       if 'class_names' in data and data['class_names'].dtype.kind == 'U':
         class_names = tuple(str(c) for c in data['class_names'])
-  except (ValueError, OSError, EOFError) as e:
+  except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+    # A zip cut short or with a bad CRC (zipfile.BadZipFile), a member that
+    # is no array: one line, whichever step meets it.
     if isinstance(e, DataError):
       raise
     if 'allow_pickle' in str(e) or 'Object arrays' in str(e):

@@ -8,6 +8,7 @@ to ``config.dataset.image_size``.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 
 import numpy as np
 
@@ -44,6 +45,12 @@ class ImageDataset:
   def channels(self) -> int:
     return self.images.shape[-1]
 
+  def content_digest(self) -> str:
+    """SHA-256 of the images (as loaded, resized), the first 16 hex digits:
+    the same images give the same digest whichever way they arrive."""
+    return hashlib.sha256(np.ascontiguousarray(self.images).data).hexdigest(
+    )[:16]
+
   @property
   def cluster_indices(self) -> np.ndarray:
     """Indices of the examples that are clustered and evaluated."""
@@ -53,8 +60,9 @@ class ImageDataset:
 
 
 def as_nhwc_uint8(images: np.ndarray, where: str) -> np.ndarray:
-  """``images`` as uint8 NHWC (a missing channel axis added); a DataError
-  naming ``where`` unless uint8 (N, H, W) or (N, H, W, 1|3)."""
+  """``images`` as uint8 NHWC, grey or RGB: a missing channel axis added,
+  and an alpha channel dropped (grey+alpha, RGBA), as an image file's is; a
+  DataError naming ``where`` unless uint8 (N, H, W) or (N, H, W, 1-4)."""
   if images.dtype != np.uint8:
     fix = ''
     if images.dtype.kind == 'f' and images.size:
@@ -66,10 +74,12 @@ def as_nhwc_uint8(images: np.ndarray, where: str) -> np.ndarray:
                     f'{images.dtype}{fix}.')
   if images.ndim == 3:
     images = images[..., None]
-  if images.ndim != 4 or images.shape[-1] not in (1, 3):
+  if images.ndim != 4 or images.shape[-1] not in (1, 2, 3, 4):
     raise DataError(
-        f'{where}: images must be (N, H, W) or (N, H, W, 1|3); got shape '
-        f'{images.shape}.')
+        f'{where}: images must be (N, H, W) or (N, H, W, C) with C 1-4 '
+        f'(grey, grey+alpha, RGB, RGBA); got shape {images.shape}.')
+  if images.shape[-1] in (2, 4):  # the alpha channel is not the picture
+    images = images[..., :-1]
   return images
 
 
@@ -117,17 +127,24 @@ def resize_images(images: np.ndarray, size: int) -> np.ndarray:
   return out
 
 
+def rgb_to_gray(images: np.ndarray) -> np.ndarray:
+  """uint8 (…, 3) RGB → (…, 1) grey by ITU-R 601-2 luma, in Pillow's own
+  integer arithmetic: the grey that ``Image.convert('L')`` gives an image
+  file, so an array and a file of the same picture become the same grey."""
+  r, g, b = (images[..., i].astype(np.uint32) for i in range(3))
+  luma = (r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16
+  return luma.astype(np.uint8)[..., None]
+
+
 def conform_images(images: np.ndarray, size: int, channels: int
                    ) -> np.ndarray:
-  """uint8 NHWC images at size × size with ``channels`` channels: resized
-  as every source is, grey made RGB by repetition, RGB made grey by the
-  mean of its channels."""
-  images = resize_images(images, size)
-  if images.shape[-1] == channels:
-    return images
-  if channels == 1:
-    return images.mean(axis=-1, keepdims=True).round().astype(np.uint8)
-  return np.repeat(images, channels, axis=-1)
+  """uint8 NHWC images at size × size with ``channels`` channels, made as an
+  image file's are: RGB made grey by :func:`rgb_to_gray` (grey made RGB by
+  repetition), then resized as every source is."""
+  if images.shape[-1] != channels:
+    images = rgb_to_gray(images) if channels == 1 else np.repeat(
+        images, channels, axis=-1)
+  return resize_images(images, size)
 
 
 def count_distinct(images: np.ndarray, limit: int = 1000) -> int:

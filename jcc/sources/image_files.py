@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+import warnings
 
 from absl import logging
 import numpy as np
@@ -21,18 +22,40 @@ IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.webp', '.tif',
                     '.tiff')
 
 
-def _images_in(folder: str) -> list[str]:
-  """The image files directly in ``folder``, sorted.
+def _is_image(path: str) -> bool:
+  """An image file by its name; a symbolic link that leads nowhere (dangling,
+  or a loop) counts too: decoding then reports it as a bad file, rather than
+  it vanishing."""
+  return os.path.basename(path).lower().endswith(IMAGE_EXTENSIONS) and (
+      os.path.isfile(path) or (os.path.islink(path) and
+                               not os.path.exists(path)))
 
-  A symbolic link that leads nowhere (dangling, or a loop) is listed too:
-  decoding then reports it as a bad file, rather than it vanishing.
-  """
-  def is_image(path: str) -> bool:
-    return os.path.isfile(path) or (os.path.islink(path) and
-                                    not os.path.exists(path))
+
+def _images_in(folder: str) -> list[str]:
+  """The image files directly in ``folder``, sorted."""
   return sorted(os.path.join(folder, f) for f in os.listdir(folder)
-                if f.lower().endswith(IMAGE_EXTENSIONS) and
-                is_image(os.path.join(folder, f)))
+                if _is_image(os.path.join(folder, f)))
+
+
+def _images_under(folder: str) -> tuple[list[str], list[str]]:
+  """(the image files at any depth under ``folder``, sorted by path; what
+  was passed over: files that are not images, hidden folders and links to
+  folders, which are not followed)."""
+  images, passed_over = [], []
+  for current, folders, names in os.walk(folder):
+    for name in sorted(folders):
+      path = os.path.join(current, name)
+      if name.startswith('.') or os.path.islink(path):
+        passed_over.append(path + os.sep)
+    folders[:] = sorted(d for d in folders if not d.startswith('.') and
+                        not os.path.islink(os.path.join(current, d)))
+    for name in names:
+      path = os.path.join(current, name)
+      if _is_image(path):
+        images.append(path)
+      elif not name.startswith('.'):  # .DS_Store and the like: not data
+        passed_over.append(path)
+  return sorted(images), passed_over
 
 
 def _class_files(folders: list[str]) -> tuple[list[str], list[int]]:
@@ -45,18 +68,36 @@ def _class_files(folders: list[str]) -> tuple[list[str], list[int]]:
   return files, labels
 
 
-def _list_images(root: str) -> tuple[list[str], list[int] | None, list[str]]:
-  """(files, labels or None, class names): class subfolders, or flat.
+def _list_images(root: str, labelled: bool = True
+                 ) -> tuple[list[str], list[int] | None, list[str], list[str]]:
+  """(files, labels or None, class names, what was passed over).
 
-  One layout or the other: images both at the top level and in class
-  folders are an error (the top-level ones would have no class).
+  Class subfolders (each first-level folder is a class, and its images at
+  any depth below it are that class's), or a flat folder. One layout or the
+  other: images both at the top level and in class folders are an error
+  (the top-level ones would have no class). Not ``labelled`` (images to
+  predict): every image under ``root``, whatever the layout.
   """
-  classes = sorted(d for d in os.listdir(root)
-                   if os.path.isdir(os.path.join(root, d)) and
-                   _images_in(os.path.join(root, d)))
+  if not labelled:
+    files, passed_over = _images_under(root)
+    return files, None, [], passed_over
+  found, passed_over = {}, []
+  for name in sorted(os.listdir(root)):
+    path = os.path.join(root, name)
+    if name.startswith('.'):
+      if os.path.isdir(path):
+        passed_over.append(path + os.sep)
+    elif os.path.isdir(path):
+      found[name], skipped = _images_under(path)
+      passed_over += skipped
+      if not found[name]:
+        passed_over.append(path + os.sep)
+    elif not _is_image(path):
+      passed_over.append(path)
+  classes = [name for name, files in found.items() if files]
   top_level = _images_in(root)
   if not classes:
-    return top_level, None, []
+    return top_level, None, [], passed_over
   if top_level:
     raise DataError(
         f'{root}: {len(top_level)} images at its top level (e.g. '
@@ -64,8 +105,24 @@ def _list_images(root: str) -> tuple[list[str], list[int] | None, list[str]]:
         f'folder(s) ({", ".join(classes[:5])}{", …" if len(classes) > 5 else ""}'
         '). Use one layout: every image in a class folder, or all of them '
         'at the top level (no labels).')
-  files, labels = _class_files([os.path.join(root, c) for c in classes])
-  return files, labels, classes
+  files = [f for name in classes for f in found[name]]
+  labels = [label for label, name in enumerate(classes)
+            for _ in found[name]]
+  return files, labels, classes, passed_over
+
+
+def warn_passed_over(root: str, passed_over: list[str]) -> None:
+  """Names, in one warning, what a folder held that is not read as images."""
+  if not passed_over:
+    return
+  shown = ', '.join(os.path.relpath(p, root) + (os.sep if p.endswith(os.sep)
+                                                 else '')
+                    for p in passed_over[:5])
+  logging.warning(
+      '%s: passed over %d entr%s that %s no image file (by extension: %s): '
+      '%s%s.', root, len(passed_over), 'y' if len(passed_over) == 1 else 'ies',
+      'is' if len(passed_over) == 1 else 'are', ' '.join(IMAGE_EXTENSIONS),
+      shown, ', …' if len(passed_over) > 5 else '')
 
 
 class _BadImage(Exception):
@@ -93,19 +150,25 @@ def _eight_bit(image):
   return Image.fromarray(np.clip(np.round(values), 0, 255).astype(np.uint8))
 
 
-def _read_image(path: str, size: int, mode: str | None = None):
+def _read_image(path: str, size: int, mode: str | None = None,
+                large: list[str] | None = None):
   """(size, size, C) uint8 and whether the file is grayscale.
 
   As a viewer shows it: EXIF orientation applied, 16-bit values scaled to 8
   bits. ``mode`` 'L' or 'RGB' forces the channels; None keeps gray images
   gray. Raises _BadImage, saying why, for a file that cannot be used.
+  ``large``: where the paths of images beyond Pillow's pixel warning limit
+  are noted.
   """
+  large = [] if large is None else large
   from PIL import Image  # pylint: disable=g-import-not-at-top
   from PIL import ImageOps  # pylint: disable=g-import-not-at-top
   if os.path.islink(path) and not os.path.exists(path):
     raise _BadImage('a symbolic link that leads to no file')
   try:
     with Image.open(path) as image:
+      if image.size[0] * image.size[1] > Image.MAX_IMAGE_PIXELS:
+        large.append(path)  # decoded, but named (Pillow would only warn)
       image.load()
       image = ImageOps.exif_transpose(image)
       gray = image.mode in ('1', 'L', 'I', 'F') or image.mode.startswith('I;16')
@@ -132,15 +195,28 @@ def decode_images(files: list[str], size: int, skip_bad_images: bool,
   with a warning that lists them when ``skip_bad_images``, else they are an
   error; no readable file at all is always an error.
   """
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  large = []
+
   def read(path: str):
     try:
-      return _read_image(path, size, mode)
+      return _read_image(path, size, mode, large)
     except _BadImage as e:
       return str(e)
 
-  with concurrent.futures.ThreadPoolExecutor(
-      max_workers=min(32, (os.cpu_count() or 1) + 4)) as pool:
-    decoded = list(pool.map(read, files))
+  # Pillow's own warning for a very large image names no file: the line
+  # below does.
+  with warnings.catch_warnings():
+    warnings.simplefilter('ignore', Image.DecompressionBombWarning)
+    with concurrent.futures.ThreadPoolExecutor(
+        max_workers=min(32, (os.cpu_count() or 1) + 4)) as pool:
+      decoded = list(pool.map(read, files))
+  if large:
+    logging.warning(
+        '%s: %d very large image(s), over %s pixels, decoded and resized all '
+        'the same (slow, and memory-hungry): %s%s', where, len(large),
+        f'{Image.MAX_IMAGE_PIXELS:,}', ', '.join(sorted(large)[:5]),
+        ', …' if len(large) > 5 else '')
   bad = [f'{f} ({d})' for f, d in zip(files, decoded) if isinstance(d, str)]
   if len(bad) == len(files):
     raise DataError(f'{where}: none of the {len(files)} image files could be '
@@ -165,8 +241,10 @@ def decode_images(files: list[str], size: int, skip_bad_images: bool,
 def load_folder(dataset_config) -> ImageDataset:
   """Images under config.dataset.path, resized to image_size.
 
-  ``PATH/<class>/*.png|jpg|…`` gives labels (class folders in sorted order);
-  a flat folder gives none. Grayscale, RGB and RGBA files may be mixed: if any
+  ``PATH/<class>/…/*.png|jpg|…`` gives labels (class folders in sorted
+  order; images at any depth below a class folder are its); a flat folder
+  gives none. What is passed over (other files, hidden folders, links to
+  folders) is named in a warning. Grayscale, RGB and RGBA files may be mixed: if any
   is colour, all become RGB. Unreadable or truncated files are skipped with a
   warning that lists them when ``config.dataset.skip_bad_images`` is True
   (else they are an error); a folder with no readable image is an error.
@@ -179,11 +257,12 @@ def load_folder(dataset_config) -> ImageDataset:
   if not os.path.isdir(root):
     raise DataError(
         f"dataset 'folder': no directory at {root!r} (config.dataset.path).")
-  files, labels, classes = _list_images(root)
+  files, labels, classes, passed_over = _list_images(root)
   if not files:
     raise DataError(
         f'{root}: no images found (looked for {", ".join(IMAGE_EXTENSIONS)} '
-        'directly inside it and in its class subfolders).')
+        'inside it and in its subfolders, at any depth).')
+  warn_passed_over(root, passed_over)
   images, kept = decode_images(files, dataset_config.image_size,
                                 dataset_config.skip_bad_images, root)
   label_array = None if labels is None else np.asarray(labels, np.int64)[kept]
