@@ -19,10 +19,48 @@ a process that loses a peer exits with status 75 (jcc.distributed).
 """
 
 import os
+import signal
 import sys
 import traceback
 
-from absl import app
+
+def _has_checkpoint(workdir: str) -> bool:
+  folder = os.path.join(os.path.expanduser(workdir), 'checkpoints')
+  return os.path.isdir(folder) and any(name.isdigit()
+                                       for name in os.listdir(folder))
+
+
+def _interrupted(workdir: str | None) -> str:
+  """The line that ends a run stopped by Ctrl-C outside its checkpointing."""
+  kept = ('the workdir keeps its last checkpoint' if workdir and
+          _has_checkpoint(workdir) else 'no checkpoint was written yet')
+  return f'jcc: interrupted; {kept}.'
+
+
+def _interrupted_at_once(signum, frame) -> None:
+  """Ctrl-C while jcc starts (imports, data, compilation): ends the process
+  at once with its one line and status 130. Unwinding a KeyboardInterrupt
+  through JAX's native threads there can crash the interpreter instead. The
+  training loop and the evaluation route the signal their own way (jcc.signals)
+  and hand it back here when they end."""
+  del signum, frame
+  workdir = None
+  for i, arg in enumerate(sys.argv):
+    if arg.startswith('--workdir='):
+      workdir = arg.split('=', 1)[1]
+    elif arg == '--workdir' and i + 1 < len(sys.argv):
+      workdir = sys.argv[i + 1]
+  print(_interrupted(workdir), file=sys.stderr, flush=True)
+  os._exit(130)  # pylint: disable=protected-access
+
+
+# Before the imports below, which take seconds; as Python does, not where
+# the caller has Ctrl-C ignored (a job started in the background).
+if __name__ == '__main__' and (
+    signal.getsignal(signal.SIGINT) is not signal.SIG_IGN):
+  signal.signal(signal.SIGINT, _interrupted_at_once)
+
+from absl import app  # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import flags
 import ml_collections
 from ml_collections import config_flags
@@ -152,12 +190,6 @@ def _use_one_cpu_device_per_core(config: ml_collections.ConfigDict) -> None:
       train.batch_size if train and _MODE.value != 'predict' else None)
 
 
-def _has_checkpoint(workdir: str) -> bool:
-  folder = os.path.join(os.path.expanduser(workdir), 'checkpoints')
-  return os.path.isdir(folder) and any(name.isdigit()
-                                       for name in os.listdir(folder))
-
-
 def main(argv):
   if len(argv) > 1:
     _fail(f'unexpected argument{"s" if len(argv) > 2 else ""} '
@@ -179,10 +211,8 @@ def main(argv):
   except FloatingPointError as e:
     _fail(str(e), 1, prefix='jcc: ')
   except KeyboardInterrupt:
-    # A second Ctrl-C during training, or one before it began.
-    kept = ('the workdir keeps its last checkpoint' if _has_checkpoint(workdir)
-            else 'no checkpoint was written yet')
-    _fail(f'interrupted; {kept}.', 130, prefix='jcc: ')
+    # A second Ctrl-C during training.
+    _fail(_interrupted(workdir), 130, prefix='')
   except EvaluationStopped as e:
     # Only raised here when several processes run: this one stops alone.
     _fail(f'{e} during the evaluation', 0, prefix='jcc: stopped: ')

@@ -132,6 +132,36 @@ def test_sigterm_ctrl_c_or_hangup_checkpoints_and_exits_zero(tmp_path, signum):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize('when', ['importing', 'compiling'])
+def test_an_early_ctrl_c_is_one_line_and_130(tmp_path, when):
+  # While jcc imports JAX, then while it builds and compiles the steps: a
+  # KeyboardInterrupt's traceback there, or a segfault, ended the process.
+  workdir = tmp_path / 'run'
+  cmd = [sys.executable, '-m', 'jcc.main', '--config=configs/digits.py',
+         f'--workdir={workdir}', *TINY_FLAGS]
+  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONUNBUFFERED='1')
+  proc = subprocess.Popen(  # Ctrl-C as a terminal delivers it
+      cmd, cwd=REPO_ROOT, env=env, text=True, stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+  seen = []
+  if when == 'importing':
+    time.sleep(1.0)
+  else:
+    for line in proc.stderr:  # the data are loaded: the steps compile next
+      seen.append(line)
+      if 'Loaded digits' in line:
+        break
+  proc.send_signal(signal.SIGINT)
+  _, rest = proc.communicate(timeout=120)
+  stderr = ''.join(seen) + rest
+  assert proc.returncode == 130, stderr[-3000:]
+  assert 'Traceback' not in stderr
+  assert stderr.strip().splitlines()[-1] == (
+      'jcc: interrupted; no checkpoint was written yet.')
+
+
+@pytest.mark.slow
 def test_a_stop_during_the_final_evaluation_says_so_and_evaluates_again(
     tmp_path):
   # SIGTERM during the final evaluation: one line, and evaluated again.
