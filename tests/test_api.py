@@ -222,3 +222,27 @@ def test_the_repr_of_a_config_dict_is_one_line():
   assert text == ('Clusterer(n_clusters=4, config=<ConfigDict: digits, '
                   'convnet, 8px>, train__num_epochs=2)')
   assert repr(Clusterer(config='mnist')) == "Clusterer(config='mnist')"
+
+
+def test_a_missing_dependency_says_how_to_install(tmp_path):
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  from tests.conftest import REPO_ROOT  # pylint: disable=g-import-not-at-top
+  # A script beside the clone's jcc/ on a Python without sklearn.
+  code = ("import sys; sys.modules['sklearn'] = None\n"
+          'from jcc import Clusterer\n')
+  done = subprocess.run([sys.executable, '-c', code], cwd=REPO_ROOT,
+                        capture_output=True, text=True, timeout=120)
+  assert done.returncode == 1
+  assert done.stderr.strip().splitlines()[-1].startswith(
+      'ImportError: jcc needs sklearn, which this Python does not have')
+  assert 'pip install -e . in the clone' in done.stderr
+
+
+def test_y_for_a_folder_and_no_images_are_refused_in_one_line(fitted,
+                                                              tmp_path):
+  np.savez(tmp_path / 'd.npz', images=IMAGES[:20])
+  with pytest.raises(errors.DataError, match='y is given with a folder'):
+    _clusterer().fit(str(tmp_path / 'd.npz'), np.zeros(20, int))
+  with pytest.raises(errors.DataError, match='X holds no image'):
+    fitted.predict(IMAGES[:0])
