@@ -117,8 +117,9 @@ class Clusterer(base.ClusterMixin, base.TransformerMixin, base.BaseEstimator):
     # and image size stand for it.
     config = self.config
     params = {**self.get_params(), 'config': (
-        f'<ConfigDict: {config.dataset.name}, {config.model.backbone}, '
-        f'{config.dataset.image_size}px>')}
+        f"<ConfigDict: {config.get('dataset', {}).get('name')}, "
+        f"{config.get('model', {}).get('backbone')}, "
+        f"{config.get('dataset', {}).get('image_size')}px>")}
     return 'Clusterer(' + ', '.join(
         f'{name}={value if name == "config" else repr(value)}'
         for name, value in params.items()
@@ -126,7 +127,9 @@ class Clusterer(base.ClusterMixin, base.TransformerMixin, base.BaseEstimator):
 
   def __sklearn_tags__(self):
     tags = super().__sklearn_tags__()
-    # Images as uint8 arrays, folders or .npz files; not feature matrices.
+    # X is images: uint8 arrays, or a folder's or an .npz's path (string).
+    # The checks scikit-learn runs on 2-D feature matrices stay on, and
+    # tests/test_api.py lists those that cannot apply to images.
     tags.input_tags.two_d_array = True
     tags.input_tags.string = True
     tags.non_deterministic = False
