@@ -155,8 +155,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
   config, argv = _take_config(argv)
   if config is not None:
     unknown = _unknown_fields(argv, config)
-    known = configs.load('default')
-    if unknown and not _unknown_fields(argv, known):
+    if unknown and not _unknown_fields(argv, configs.load('default')):
       # Fields of the full config, given to --mode=predict without --config.
       _fail(f'{", ".join(unknown)}: not read by --mode=predict without '
             '--config, whose saved model brings its own; only predict.*, '
