@@ -19,7 +19,8 @@ Both sides get the same images (an .npz, resized to --image-size), the same
 backbone (jcc's ConvNet; CC's side is benchmarks/torch_reference.ConvNet,
 the same layers in PyTorch, whose width CC's heads take as their hidden
 size, so jcc's heads take it too), batch, epochs, learning rate and
-temperatures, and CC's crops (8-100% of the area). The sides:
+temperatures, and CC's crops (8-100% of the area; --jcc-crop-min changes
+jcc's, which are cut from the image already resized). The sides:
 
 * ``cc``: CC's own code;
 * ``jcc_cc``: jcc with CC's terms alone (instance, cluster, entropy);
@@ -150,7 +151,9 @@ def jcc_config(side: str, npz: str, args, seed: int):
   config.model.convnet_widths = tuple(args.widths)
   config.model.head_hidden = args.widths[-1]
   config.model.projection_dim = args.projection_dim
-  config.augment.crop_scale = (0.08, 1.0)  # torchvision's, which CC keeps
+  # torchvision's 8-100%, which CC keeps, unless --jcc-crop-min says
+  # otherwise (jcc crops the resized image; CC, the original).
+  config.augment.crop_scale = (args.jcc_crop_min, 1.0)
   config.train.optimizer = 'adam'
   config.train.learning_rate = args.learning_rate
   config.train.lr_schedule = 'constant'
@@ -211,6 +214,9 @@ def main():
   parser.add_argument('--learning-rate', type=float, default=1e-3)
   parser.add_argument('--instance-temperature', type=float, default=0.5)
   parser.add_argument('--cluster-temperature', type=float, default=1.0)
+  parser.add_argument('--jcc-crop-min', type=float, default=0.08,
+                      help="the smallest crop of jcc's CC and paper sides, "
+                      "as a share of the image's area (CC's: 0.08)")
   parser.add_argument('--curves', action='store_true',
                       help="print each run's losses per epoch")
   parser.add_argument('--json', help='append every run to this file')
@@ -228,7 +234,8 @@ def main():
                           args, seed)
       else:
         record = train_jcc(side, args.data, args, seed)
-      record.update(side=side, seed=seed, seconds=time.time() - start)
+      record.update(side=side, seed=seed, seconds=time.time() - start,
+                    jcc_crop_min=args.jcc_crop_min)
       runs.setdefault(side, []).append(record)
       print(f"{side} seed={seed}: head ACC {record['metrics']['acc']:.3f} "
             f"({record['seconds']:.0f} s)", flush=True)

@@ -100,7 +100,7 @@ def test_the_peer_benchmarks_jcc_sides_match_ccs_settings(tmp_path):
   args = argparse.Namespace(
       image_size=16, num_clusters=10, batch_size=128, epochs=20,
       widths=(32, 64, 128), projection_dim=128, learning_rate=1e-3,
-      instance_temperature=0.5, cluster_temperature=1.0)
+      instance_temperature=0.5, cluster_temperature=1.0, jcc_crop_min=0.08)
   configs = {side: peer_cc.jcc_config(side, str(npz), args, seed=1)
              for side in peer_cc.SIDES if side != 'cc'}
   for config in configs.values():
