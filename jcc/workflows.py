@@ -36,7 +36,7 @@ from jcc import sources
 from jcc import step as step_lib
 from jcc import trained_model
 from jcc import validate
-from jcc.errors import (CheckpointError, ConfigError, DataError, UserError,
+from jcc.errors import (CheckpointError, ConfigError, UserError,
                         is_disk_full)
 from jcc.signals import EvaluationStopped
 from jcc.train import Trainer

@@ -9,9 +9,9 @@ import numpy as np
 import optax
 import pytest
 
-from jcc import objective
 from jcc import evaluate
 from jcc import models
+from jcc import objective
 from jcc import parallel
 from jcc import pipeline
 from jcc import sources

@@ -9,8 +9,8 @@ from jax import lax
 import numpy as np
 import pytest
 
-from jcc import inference
 from jcc import conv
+from jcc import inference
 from jcc import models
 from jcc.configs import digits
 
@@ -148,7 +148,6 @@ def test_the_options_leave_the_gradients_unchanged(cpu_options):
 def test_the_train_steps_forward_is_compiled_with_them(cpu_options):
   del cpu_options
   from jcc import parallel  # pylint: disable=g-import-not-at-top
-  from jcc import step  # pylint: disable=g-import-not-at-top
   config = digits.get_config()
   model = models.build_model(config, 1, jnp.float32)
   images = jnp.zeros((4, 8, 8, 1), jnp.uint8)

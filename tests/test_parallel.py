@@ -11,8 +11,8 @@ import numpy as np
 import optax
 import pytest
 
-from jcc import inference
 from jcc import errors
+from jcc import inference
 from jcc import models
 from jcc import parallel
 from jcc import sources

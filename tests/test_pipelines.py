@@ -16,14 +16,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jcc import objective
 from jcc import errors
 from jcc import losses
+from jcc import objective
 from jcc import pipeline
 from jcc import sources
 from jcc.sources import tfds as sources_tfds
 from jcc import models
-from jcc import step
 from jcc import workflows
 from tests.conftest import REPO_ROOT, tiny_config
 

@@ -11,9 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jcc import objective
 from jcc import errors
 from jcc import models
+from jcc import objective
 from jcc import optimizer
 from jcc import parallel
 from jcc import plan
