@@ -19,8 +19,9 @@ Both sides get the same images (an .npz, resized to --image-size), the same
 backbone (jcc's ConvNet; CC's side is benchmarks/torch_reference.ConvNet,
 the same layers in PyTorch, whose width CC's heads take as their hidden
 size, so jcc's heads take it too), batch, epochs, learning rate and
-temperatures, and CC's crops (8-100% of the area; --jcc-crop-min changes
-jcc's, which are cut from the image already resized). The sides:
+temperatures, and CC's crops (8-100% of the area, cut from the images at
+their own size and resized to --image-size; --jcc-crop-min and
+--jcc-crop-from change jcc's). The sides:
 
 * ``cc``: CC's own code;
 * ``jcc_cc``: jcc with CC's terms alone (instance, cluster, entropy);
@@ -146,14 +147,17 @@ def jcc_config(side: str, npz: str, args, seed: int):
   config.train.log_every_steps = max(1, len(np.load(npz)['labels']) //
                                      args.batch_size)  # once an epoch
   if side == 'jcc_config':
+    if args.jcc_crop_from_given:
+      config.dataset.crop_from_size = args.jcc_crop_from
     return config
   default.paper_method(config)
   config.model.convnet_widths = tuple(args.widths)
   config.model.head_hidden = args.widths[-1]
   config.model.projection_dim = args.projection_dim
-  # torchvision's 8-100%, which CC keeps, unless --jcc-crop-min says
-  # otherwise (jcc crops the resized image; CC, the original).
+  # torchvision's 8-100% of the original, which CC keeps, unless
+  # --jcc-crop-min and --jcc-crop-from say otherwise.
   config.augment.crop_scale = (args.jcc_crop_min, 1.0)
+  config.dataset.crop_from_size = args.jcc_crop_from
   config.train.optimizer = 'adam'
   config.train.learning_rate = args.learning_rate
   config.train.lr_schedule = 'constant'
@@ -217,6 +221,11 @@ def main():
   parser.add_argument('--jcc-crop-min', type=float, default=0.08,
                       help="the smallest crop of jcc's CC and paper sides, "
                       "as a share of the image's area (CC's: 0.08)")
+  parser.add_argument('--jcc-crop-from', type=int,
+                      help="the side of the images jcc cuts its views from "
+                      "(default: the images' own for the CC and paper "
+                      "sides, as CC; the config's for jcc_config; 0: the "
+                      "images resized to --image-size)")
   parser.add_argument('--curves', action='store_true',
                       help="print each run's losses per epoch")
   parser.add_argument('--json', help='append every run to this file')
@@ -225,6 +234,9 @@ def main():
   # Both sides on the same CPU cores: jcc as its command line runs.
   parallel.use_one_cpu_device_per_core(args.batch_size)
   dataset = sources.load_npz(ml_collections.ConfigDict({'path': args.data}))
+  args.jcc_crop_from_given = args.jcc_crop_from is not None
+  if args.jcc_crop_from is None:
+    args.jcc_crop_from = dataset.images.shape[1]
   runs = {}
   for side in args.sides.split(','):
     for seed in (int(s) for s in args.seeds.split(',')):
@@ -235,7 +247,8 @@ def main():
       else:
         record = train_jcc(side, args.data, args, seed)
       record.update(side=side, seed=seed, seconds=time.time() - start,
-                    jcc_crop_min=args.jcc_crop_min)
+                    jcc_crop_min=args.jcc_crop_min,
+                    jcc_crop_from=args.jcc_crop_from)
       runs.setdefault(side, []).append(record)
       print(f"{side} seed={seed}: head ACC {record['metrics']['acc']:.3f} "
             f"({record['seconds']:.0f} s)", flush=True)

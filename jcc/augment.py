@@ -27,8 +27,9 @@ def random_resized_crop(
     image: Array,
     scale: tuple[float, float] = (0.08, 1.0),
     ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    size: int | None = None,
 ) -> Array:
-  """Crops a random region and resizes it back to the image's size.
+  """Crops a random region and resizes it to ``size`` × ``size``.
 
   The region's area is a uniform fraction ``scale`` of the image and its
   aspect ratio w/h is log-uniform in ``ratio``; it is clipped to the image
@@ -39,9 +40,10 @@ def random_resized_crop(
     image: (H, W, C) float image.
     scale: range of the crop's area as a fraction of the image's.
     ratio: range of the crop's aspect ratio.
+    size: the output's side; None keeps the image's size.
 
   Returns:
-    (H, W, C) float image.
+    (size, size, C) float image ((H, W, C) when ``size`` is None).
   """
   height, width = image.shape[0], image.shape[1]
   k_area, k_ratio, k_y, k_x = jax.random.split(key, 4)
@@ -54,23 +56,36 @@ def random_resized_crop(
   crop_h = jnp.clip(jnp.sqrt(area / aspect), 1.0, height)
   y0 = jax.random.uniform(k_y) * (height - crop_h)
   x0 = jax.random.uniform(k_x) * (width - crop_w)
-  return crop_and_resize(image, y0, x0, crop_h, crop_w)
+  return crop_and_resize(image, y0, x0, crop_h, crop_w, size)
 
 
 def crop_and_resize(
-    image: Array, y0: Array, x0: Array, crop_h: Array, crop_w: Array) -> Array:
-  """Resamples the box [y0, y0+crop_h) × [x0, x0+crop_w) to the full size.
+    image: Array, y0: Array, x0: Array, crop_h: Array, crop_w: Array,
+    size: int | None = None) -> Array:
+  """Resamples the box [y0, y0+crop_h) × [x0, x0+crop_w) to ``size`` ×
+  ``size`` (None: the image's own size).
 
   Bilinear, with antialiasing when the box is larger than the output; the box
-  may be fractional and traced. The full box reproduces the image exactly.
+  may be fractional and traced. The full box at the image's own size
+  reproduces the image exactly.
   """
-  height, width = image.shape[0], image.shape[1]
-  scale = jnp.stack([height / crop_h, width / crop_w])
+  shape = image.shape if size is None else (size, size, image.shape[2])
+  scale = jnp.stack([shape[0] / crop_h, shape[1] / crop_w])
   translation = -jnp.stack([y0, x0]) * scale
   out = jax.image.scale_and_translate(
-      image, image.shape, spatial_dims=(0, 1), scale=scale,
+      image, shape, spatial_dims=(0, 1), scale=scale,
       translation=translation, method='linear', antialias=True)
   return jnp.clip(out, 0.0, 1.0)
+
+
+def resize_batch(images: Array, size: int) -> Array:
+  """An (N, H, W, C) batch resized to (N, size, size, C): the whole image,
+  as :func:`crop_and_resize` resamples a box."""
+  if images.shape[1:3] == (size, size):
+    return images
+  height, width = images.shape[1], images.shape[2]
+  return jax.vmap(lambda image: crop_and_resize(
+      image, 0.0, 0.0, height, width, size))(images)
 
 
 def random_affine(
@@ -216,9 +231,12 @@ def _with_probability(key: Array, prob: float, new: Array, old: Array):
 
 def augment_image(
     key: Array, image: Array, cfg: ml_collections.ConfigDict,
-    cutout_size: float = 0.0) -> Array:
+    cutout_size: float = 0.0, size: int | None = None) -> Array:
   """One random view of one (H, W, C) image, as ``cfg`` (config.augment)
-  says, then a Cutout of ``cutout_size`` (0: none)."""
+  says, then a Cutout of ``cutout_size`` (0: none). The crop is resized to
+  ``size`` × ``size`` (None: the image's size), so a view can be cut from an
+  image larger than the network's input, as torchvision's
+  ``RandomResizedCrop(size)`` cuts it from the original."""
   k_crop, k_flip, k_jitter, k_noise = jax.random.split(key, 4)
   # Keys of the later additions are folded in, so the four above stay as
   # they were (and a config that leaves the additions off, as digits does,
@@ -226,7 +244,7 @@ def augment_image(
   k_apply, k_gray, k_blur, k_blur_apply, k_affine = (
       jax.random.fold_in(key, i) for i in range(10, 15))
   image = random_resized_crop(
-      k_crop, image, tuple(cfg.crop_scale), tuple(cfg.crop_ratio))
+      k_crop, image, tuple(cfg.crop_scale), tuple(cfg.crop_ratio), size)
   if cfg.rotation > 0 or cfg.shear > 0:
     image = random_affine(k_affine, image, cfg.rotation, cfg.shear)
   if cfg.flip_prob > 0:
@@ -252,17 +270,20 @@ def augment_image(
 
 def augment_batch(
     key: Array, images: Array, cfg: ml_collections.ConfigDict,
-    cutout_size: float = 0.0) -> Array:
-  """One random view of each image of an (N, H, W, C) batch."""
+    cutout_size: float = 0.0, size: int | None = None) -> Array:
+  """One random view of each image of an (N, H, W, C) batch, each
+  ``size`` × ``size`` (None: H × W)."""
   keys = jax.random.split(key, images.shape[0])
-  return jax.vmap(augment_image, in_axes=(0, 0, None, None))(
-      keys, images, cfg, cutout_size)
+  return jax.vmap(augment_image, in_axes=(0, 0, None, None, None))(
+      keys, images, cfg, cutout_size, size)
 
 
 def two_views(
     key: Array, images: Array, cfg: ml_collections.ConfigDict,
-    cutout_size: float = 0.0) -> tuple[Array, Array]:
-  """Two independent random views of each image of an (N, H, W, C) batch."""
+    cutout_size: float = 0.0, size: int | None = None,
+) -> tuple[Array, Array]:
+  """Two independent random views of each image of an (N, H, W, C) batch,
+  each ``size`` × ``size`` (None: H × W)."""
   k_a, k_b = jax.random.split(key)
-  return (augment_batch(k_a, images, cfg, cutout_size),
-          augment_batch(k_b, images, cfg, cutout_size))
+  return (augment_batch(k_a, images, cfg, cutout_size, size),
+          augment_batch(k_b, images, cfg, cutout_size, size))

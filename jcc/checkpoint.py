@@ -28,6 +28,7 @@ from jcc import distributed
 from jcc import files
 from jcc import models
 from jcc import terms
+from jcc.sources import streamed
 from jcc.errors import CheckpointError, ConfigError, is_disk_full
 
 
@@ -43,7 +44,7 @@ FREE_ON_RESUME = (
     'train.checkpoint_every_steps', 'train.max_checkpoints',
     'train.eval_batch_size', 'train.accept_changed_settings', 'dataset.path',
     'dataset.tfds_data_dir', 'dataset.tfds_download', 'dataset.manual_dir',
-    'dataset.skip_bad_images', 'predict.', 'distributed.')
+    'dataset.skip_bad_images', 'dataset.stream', 'predict.', 'distributed.')
 LENGTH_ON_RESUME = ('train.num_epochs', 'train.selflabel_epochs')
 
 
@@ -110,6 +111,14 @@ def check_model_signature(workdir: str, signature: dict) -> None:
   saved = {**models.ABSENT_FIELD_VALUES, **saved}
   differ = [key for key, value in signature.items()
             if key in saved and saved[key] != value]
+  streamed_then, streamed_now = (str(d).startswith(streamed.FILES_DIGEST) for d in (
+      saved['images'], signature['images']))
+  if differ == ['images'] and streamed_then != streamed_now:
+    raise CheckpointError(
+        f'{workdir} holds a model trained on these files '
+        f'{"streamed" if streamed_then else "read into memory"} (config.'
+        f'dataset.stream={streamed_then}), which fingerprints them otherwise; '
+        f'resume with --config.dataset.stream={streamed_then}.')
   if differ == ['images']:
     raise CheckpointError(
         f'{workdir} holds a model trained on other images (as many, but '

@@ -74,10 +74,16 @@ class Predictor:
     variables = jax.tree.map(
         lambda a: a if isinstance(a, jax.Array) else parallel.to_global(
             np.asarray(a), self._replicated), variables)
+    if jax.process_count() == 1:
+      to_device = lambda batch: parallel.to_global(  # noqa: E731
+          batch, self._batch_sharding)
+    else:  # each host reads and sends only its rows
+      to_device = lambda batch: parallel.from_process_local(  # noqa: E731
+          self._batch_sharding, batch)[0]
     return predict_batches(
         lambda batch: self._forward(variables, batch),
-        pipeline.eval_batches(images, self.batch_size),
-        lambda batch: parallel.to_global(batch, self._batch_sharding))
+        pipeline.eval_batches(images, self.batch_size, jax.process_index(),
+                              jax.process_count()), to_device)
 
 
 def saved_model_predictor(model: trained_model.TrainedModel,

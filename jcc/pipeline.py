@@ -81,7 +81,7 @@ def host_batches(
                      f'{process_count} hosts.')
   per_host = batch_size // process_count
   lo, hi = process_index * per_host, (process_index + 1) * per_host
-  n, images = len(dataset), dataset.images
+  n, images = len(dataset), dataset.train_images
   for step in range(start_step, num_steps):
     indices = train_batch_indices(n, batch_size, seed, step)[lo:hi]
     batch = {'images': images[indices], 'indices': indices.astype(np.int32)}
@@ -99,23 +99,35 @@ def train_batches(*args, **kwargs) -> Iterator[dict[str, np.ndarray]]:
 
 
 def eval_batches(
-    images: np.ndarray, batch_size: int,
+    images: np.ndarray, batch_size: int, process_index: int = 0,
+    process_count: int = 1,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-  """Every image exactly once: (images (batch_size, …), mask (batch_size,)).
+  """Every image exactly once: (this host's rows of the global batch,
+  mask (batch_size,) of the global batch).
 
-  The last batch is padded with zeros to ``batch_size`` (one compiled shape);
+  Host i of P reads rows [i·B/P, (i+1)·B/P) of each global batch of B, as
+  :func:`host_batches` does, so no host reads another's images. The last
+  batch is padded with zeros to ``batch_size`` (one compiled shape);
   ``mask`` is False on the padding.
   """
-  return prefetch_in_thread(_padded_batches(images, batch_size))
+  if batch_size % process_count:
+    raise ValueError(f'batch {batch_size} does not split over '
+                     f'{process_count} hosts.')
+  return prefetch_in_thread(_padded_batches(
+      images, batch_size, process_index * batch_size // process_count,
+      batch_size // process_count))
 
 
-def _padded_batches(images: np.ndarray, batch_size: int) -> Iterator:
-  for start in range(0, images.shape[0], batch_size):
-    batch = images[start:start + batch_size]
-    valid = batch.shape[0]
-    mask = np.arange(batch_size) < valid
-    if valid < batch_size:
-      pad = np.zeros((batch_size - valid,) + batch.shape[1:], batch.dtype)
+def _padded_batches(images: np.ndarray, batch_size: int, offset: int,
+                    rows: int) -> Iterator:
+  total = images.shape[0]
+  for start in range(0, total, batch_size):
+    mask = np.arange(batch_size) < total - start
+    first = min(start + offset, total)
+    batch = images[first:min(start + offset + rows, total)]
+    if batch.shape[0] < rows:
+      pad = np.zeros((rows - batch.shape[0],) + tuple(images.shape[1:]),
+                     images.dtype)
       batch = np.concatenate([batch, pad])
     yield batch, mask
 

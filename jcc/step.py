@@ -50,7 +50,9 @@ class Batch:
   """One step's examples as one pytree: per-example fields only, each with
   the global batch's B rows first and sharded on 'data'.
 
-  ``images`` (B, H, W, C) uint8 and ``indices`` (B,) int32, their rows in
+  ``images`` (B, H, W, C) uint8 (H = W: dataset.crop_from_size, else
+  dataset.image_size; the views are image_size) and ``indices`` (B,) int32,
+  their rows in
   the dataset (which select their rows of :class:`RunState`'s arrays). The
   optional fields are None where a run has no use for them:
   ``in_clusters`` (B,) bool, False for the examples that train the instance
@@ -225,6 +227,7 @@ def make_train_step(model, tx, config, mesh, warmup_steps: int = 0,
   loss_config = config.loss
   aug_config = config.augment
   aug_key = jax.random.fold_in(jax.random.key(config.seed), 1)
+  size = config.dataset.image_size  # the views' side, whatever the batch's
   decode = bool(loss_config.reconstruction)
   if with_neighbors is None:
     with_neighbors = uses_neighbors(config)
@@ -240,15 +243,17 @@ def make_train_step(model, tx, config, mesh, warmup_steps: int = 0,
     key = jax.random.fold_in(aug_key, state.step)
     x = images.astype(jnp.float32) / 255.0
     cutout = config.train.selflabel_cutout if self_labeling else 0.0
-    views = jnp.concatenate(augment.two_views(key, x, aug_config, cutout))
+    views = jnp.concatenate(
+        augment.two_views(key, x, aug_config, cutout, size))
     inputs = views
     labels_from_images = self_labeling and not fixed_labels
     if labels_from_images:  # the plain images label the views, same pass
-      inputs = jnp.concatenate([views, x])
+      inputs = jnp.concatenate([views, augment.resize_batch(x, size)])
     if with_neighbors:  # one view of each neighbour, in the same pass
       inputs = jnp.concatenate([views, augment.augment_batch(
           jax.random.fold_in(key, 2),
-          batch.neighbor_images.astype(jnp.float32) / 255.0, aug_config)])
+          batch.neighbor_images.astype(jnp.float32) / 255.0, aug_config,
+          size=size)])
     p = run.target[indices]
 
     def loss_fn(params):

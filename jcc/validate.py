@@ -109,7 +109,12 @@ FIELDS: dict[str, Rule] = {
     'dataset.manual_dir': TEXT,
     'dataset.use_unlabelled': FLAG,
     'dataset.skip_bad_images': FLAG,
+    'dataset.stream': FLAG,
     'dataset.image_size': integer(*IMAGE_SIZES),
+    'dataset.crop_from_size': Rule(
+        lambda: f'0 or an integer in [{IMAGE_SIZES[0]}, {IMAGE_SIZES[1]}]',
+        lambda v: _is_int(v) and (
+            v == 0 or IMAGE_SIZES[0] <= v <= IMAGE_SIZES[1])),
     'dataset.num_clusters': integer(2),
     'model.backbone': choice(_backbones),
     'model.convnet_widths': Rule(
@@ -225,6 +230,12 @@ def check_fields(config: ml_collections.ConfigDict) -> None:
         f'config.distributed.process_id={d.process_id} is not below '
         f'config.distributed.num_processes={d.num_processes}: the processes '
         f'are numbered 0 to {d.num_processes - 1}.')
+  crop_from, size = config.dataset.crop_from_size, config.dataset.image_size
+  if 0 < crop_from < size:
+    raise ConfigError(
+        f'config.dataset.crop_from_size={crop_from} is below '
+        f'config.dataset.image_size={size}: views are cut from the larger '
+        'image; set it to 0 or to at least image_size.')
   if not any(config.loss[name] for name in LOSS_WEIGHTS):
     raise ConfigError(
         'config.loss: every weight is 0, so nothing would be trained; set at '

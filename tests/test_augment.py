@@ -41,6 +41,27 @@ def test_crop_of_a_corner_magnifies_it():
   assert float(out.min()) >= 0.5
 
 
+def test_a_view_cut_from_a_larger_image_has_the_requested_size():
+  big = jax.random.uniform(jax.random.key(1), (2, 32, 32, 3))
+  cfg = _config(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_prob=0.0,
+             jitter_prob=0.0, grayscale_prob=0.0, blur_prob=0.0,
+             noise_stddev=0.0)
+  a, b = augment.two_views(jax.random.key(0), big, cfg, size=16)
+  assert a.shape == b.shape == (2, 16, 16, 3)
+  # The whole crop at 16 is the whole image resized, as evaluation sees it.
+  whole = augment.resize_batch(big, 16)
+  np.testing.assert_allclose(a, whole, atol=1e-5)
+  # Antialiased: the halved image keeps each picture's mean, and a bright
+  # left half stays the bright left half.
+  np.testing.assert_allclose(whole.mean(axis=(1, 2)), big.mean(axis=(1, 2)),
+                             atol=0.01)
+  half = jnp.zeros((1, 32, 32, 1)).at[:, :, :16].set(1.0)
+  halved = augment.resize_batch(half, 16)[0, :, :, 0]
+  np.testing.assert_allclose(halved[:, :7], 1.0, atol=1e-6)
+  np.testing.assert_allclose(halved[:, 9:], 0.0, atol=1e-6)
+  assert augment.resize_batch(big, 32) is big
+
+
 def test_flip_twice_is_the_identity():
   image = _images(1)[0]
   key = jax.random.key(3)

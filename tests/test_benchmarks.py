@@ -100,7 +100,8 @@ def test_the_peer_benchmarks_jcc_sides_match_ccs_settings(tmp_path):
   args = argparse.Namespace(
       image_size=16, num_clusters=10, batch_size=128, epochs=20,
       widths=(32, 64, 128), projection_dim=128, learning_rate=1e-3,
-      instance_temperature=0.5, cluster_temperature=1.0, jcc_crop_min=0.08)
+      instance_temperature=0.5, cluster_temperature=1.0, jcc_crop_min=0.08,
+      jcc_crop_from=32, jcc_crop_from_given=False)
   configs = {side: peer_cc.jcc_config(side, str(npz), args, seed=1)
              for side in peer_cc.SIDES if side != 'cc'}
   for config in configs.values():
@@ -114,6 +115,12 @@ def test_the_peer_benchmarks_jcc_sides_match_ccs_settings(tmp_path):
   assert paper.loss.reconstruction > 0 and paper.loss.kl > 0
   for config in (cc, paper):
     assert tuple(config.augment.crop_scale) == (0.08, 1.0)
+    assert config.dataset.crop_from_size == 32  # from the original, as CC
     assert config.model.head_hidden == 128
     assert not config.loss.neighbor_consistency
     assert not config.train.selflabel_epochs
+  # jcc_config keeps its own crops unless --jcc-crop-from is given.
+  assert configs['jcc_config'].dataset.crop_from_size == 0
+  args.jcc_crop_from_given = True
+  assert peer_cc.jcc_config('jcc_config', str(npz), args,
+                            seed=1).dataset.crop_from_size == 32

@@ -257,3 +257,14 @@ def test_fixed_pseudo_labels_come_from_the_stage_start_and_resume(
   _assert_same_params(straight, again)
   straight.close()
   again.close()
+
+
+def test_views_cut_from_larger_images_train_every_stage(tmp_path):
+  # Neighbours (their images at crop_from_size too), self-labelling (the
+  # plain images resized on the device) and reconstruction (of the views).
+  config = _with_neighbors(num_epochs=3, selflabel_epochs=1,
+                           selflabel_threshold=0.0)
+  config.dataset.crop_from_size = 16
+  evaluation = workflows.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert evaluation.outputs['embedding'].shape[0] == 1797
+  assert np.isfinite(evaluation.results['cluster_head']['acc'])

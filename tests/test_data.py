@@ -30,6 +30,21 @@ def test_resize_changes_size_only():
   assert abs(ds.images.mean() - small.images.mean()) < 2.0
 
 
+def test_training_batches_carry_the_images_the_views_are_cut_from():
+  ds = sources.load_dataset(_config(image_size=8, crop_from_size=16))
+  assert ds.images.shape == (1797, 8, 8, 1)
+  assert ds.crop_source.shape == (1797, 16, 16, 1)
+  # The same pictures at two sizes (bilinear keeps the mean brightness).
+  assert abs(ds.crop_source.mean() - ds.images.mean()) < 2.0
+  batch = next(pipeline.host_batches(ds, 32, seed=0, start_step=0,
+                                     num_steps=1))
+  np.testing.assert_array_equal(batch['images'],
+                                ds.crop_source[batch['indices']])
+  assert sources.load_dataset(_config()).crop_source is None
+  assert sources.load_dataset(
+      _config(image_size=8, crop_from_size=8)).crop_source is None
+
+
 @pytest.mark.parametrize('shape', [(6, 5, 5), (6, 5, 5, 1), (6, 5, 5, 3)])
 def test_npz_reads_nhw_and_nhwc(tmp_path, shape):
   rng = np.random.default_rng(0)
@@ -150,3 +165,21 @@ def test_a_damaged_npz_is_one_line_in_training_and_predict(tmp_path, damage):
   assert str(path) in str(raised.value) and '\n' not in str(raised.value)
   with pytest.raises(errors.DataError):
     sources.check_predict_input(str(path))
+
+
+def test_files_are_decoded_again_at_the_size_views_are_cut_from(tmp_path):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  for i in range(3):
+    Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(
+        tmp_path / f'{i}.png')
+  config = _config(name='folder', path=str(tmp_path), image_size=8,
+                   crop_from_size=32, num_clusters=2)
+  ds = sources.load_dataset(config)
+  whole = sources.load_dataset(_config(name='folder', path=str(tmp_path),
+                                       image_size=32, num_clusters=2))
+  # The originals, not the 8×8 images made larger; and the 8×8 images as
+  # --mode=predict decodes them.
+  np.testing.assert_array_equal(ds.crop_source, whole.images)
+  np.testing.assert_array_equal(
+      ds.images, sources.load_predict_images(str(tmp_path), 8, 3)[1])

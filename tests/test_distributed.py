@@ -23,7 +23,8 @@ import pytest
 from jcc import distributed
 from tests import readme
 from tests.conftest import REPO_ROOT, tiny_config
-from tests.test_reliability import TINY_FLAGS, _steps, _truncate_data_files
+from tests.test_reliability import (TINY_FLAGS, _digits_as_files, _steps,
+                                    _truncate_data_files)
 
 # Warm-up (7 steps), k-means, then joint training with P refreshes: 21 steps.
 # Without digits' rotation and shear: the joint phase's drift bounds below
@@ -313,6 +314,37 @@ def test_two_processes_train_like_one_and_resume_exactly(tmp_path):
                   jax.tree.leaves(_final_state(tmp_path / 'stopped'))):
     np.testing.assert_array_equal(b, a)
   assert _results(tmp_path / 'stopped') == _results(tmp_path / 'two')
+
+
+@pytest.mark.slow
+def test_two_processes_streamed_resume_exactly_after_a_kill(tmp_path):
+  # Each process reads its own rows of each batch from the files; one is
+  # killed, the other stops, and the same commands end as an uninterrupted
+  # streamed run and as the same images held in memory.
+  folder = ['--config.dataset.name=folder',
+            f'--config.dataset.path={_digits_as_files(tmp_path / "digits")}']
+  stream = folder + ['--config.dataset.stream=True']
+  straight = Processes(tmp_path / 'straight', *RUN, *stream)
+  assert straight.wait() == [0, 0], straight.log(0)[-3000:]
+  held = Processes(tmp_path / 'held', *RUN, *folder)
+  assert held.wait() == [0, 0], held.log(0)[-3000:]
+  assert _results(tmp_path / 'held') == _results(tmp_path / 'straight')
+
+  killed = Processes(tmp_path / 'killed', *RUN, *stream,
+                     '--config.train.checkpoint_every_steps=5')
+  killed.wait_for_checkpoint(5)
+  killed.procs[1].send_signal(signal.SIGKILL)
+  killed.procs[0].wait(timeout=120)
+  killed.kill()
+  steps = _steps(tmp_path / 'killed')
+  assert max(steps) < LAST_STEP, steps
+  resumed = Processes(tmp_path / 'killed', *RUN, *stream)
+  assert resumed.wait() == [0, 0], resumed.log(0)[-3000:]
+  assert f'Resumed from the checkpoint of step {max(steps)}' in resumed.log(0)
+  for a, b in zip(jax.tree.leaves(_final_state(tmp_path / 'straight')),
+                  jax.tree.leaves(_final_state(tmp_path / 'killed'))):
+    np.testing.assert_array_equal(b, a)
+  assert _results(tmp_path / 'killed') == _results(tmp_path / 'straight')
 
 
 LONG_RUN = ['--config.train.num_epochs=1000', '--config.train.warmup_epochs=1',

@@ -98,7 +98,8 @@ def test_an_unprepared_tfds_dataset_leaves_no_folder_in_system_temp(
 
 def test_every_registry_entry_has_a_config_or_a_test():
   tested = set(TFDS_SOURCES) | {'digits', 'npz', 'folder', 'tiny_imagenet',
-                                'arrays'}  # tests/test_api.py
+                                'arrays',  # tests/test_api.py
+                                'converted'}  # tests/test_streamed.py
   assert set(sources.DATASETS) == tested
 
 
@@ -132,6 +133,10 @@ def test_tiny_imagenet_folder_layout(tmp_path):
                                          path=str(tmp_path)))
   assert ds.images.shape == (9, 12, 12, 3) and ds.images.dtype == np.uint8
   np.testing.assert_array_equal(np.bincount(ds.labels), [2, 3, 4])
+  rows = sources.load_dataset(_dataset_config(
+      'tiny_imagenet', 12, path=str(tmp_path), stream=True))
+  np.testing.assert_array_equal(rows.images[:], ds.images)
+  np.testing.assert_array_equal(rows.labels, ds.labels)
 
 
 def test_tiny_imagenet_missing_folder_names_the_download(tmp_path):
@@ -240,6 +245,23 @@ def test_eval_batches_visit_every_example_once(num, batch):
     assert not padded[~mask].any()
     seen.append(padded[mask][:, 0, 0, 0])
   np.testing.assert_array_equal(np.concatenate(seen), np.arange(num))
+
+
+@pytest.mark.parametrize('num', [10, 8, 3, 13])
+def test_hosts_read_their_own_rows_of_each_eval_batch(num):
+  images = _numbered_dataset(num).images
+  whole = list(pipeline.eval_batches(images, 4))
+  hosts = [list(pipeline.eval_batches(images, 4, i, 2)) for i in range(2)]
+  for k, (padded, mask) in enumerate(whole):
+    parts = [hosts[i][k] for i in range(2)]
+    assert all(part.shape == (2, 2, 2, 1) for part, _ in parts)
+    np.testing.assert_array_equal(np.concatenate([p for p, _ in parts]),
+                                  padded)
+    for _, host_mask in parts:  # every host knows the global mask
+      np.testing.assert_array_equal(host_mask, mask)
+  assert all(len(h) == len(whole) for h in hosts)
+  with pytest.raises(ValueError, match='does not split'):
+    pipeline.eval_batches(images, 5, 0, 2)
 
 
 def test_prefetch_to_device_keeps_order_and_items():

@@ -74,11 +74,24 @@ def _params(workdir, step):
 # Exact resume and preemption, through the real command line.
 
 
+def _digits_as_files(folder: pathlib.Path) -> pathlib.Path:
+  """The bundled digits as PNG files in class folders."""
+  digits = sources.load_digits(None)
+  for i, (image, label) in enumerate(zip(digits.images, digits.labels)):
+    (folder / str(label)).mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image[:, :, 0]).save(folder / str(label) / f'{i:04d}.png')
+  return folder
+
+
 @pytest.mark.slow
+@pytest.mark.parametrize('streamed', [False, True])
 def test_sigkill_then_restart_ends_bitwise_like_an_uninterrupted_run(
-    tmp_path):
+    tmp_path, streamed):
   run = ['--config.train.num_epochs=12', '--config.train.warmup_epochs=4',
          '--config.train.checkpoint_every_steps=10']
+  if streamed:  # the same digits, as files read from disk by the batches
+    run += ['--config.dataset.name=folder', '--config.dataset.stream=True',
+            f'--config.dataset.path={_digits_as_files(tmp_path / "digits")}']
   straight = _cli(tmp_path / 'straight', *run)
   assert straight.returncode == 0, straight.stderr[-3000:]
 

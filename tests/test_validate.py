@@ -23,7 +23,9 @@ BAD_VALUES = {
     'dataset.manual_dir': [1.0],
     'dataset.use_unlabelled': [0],
     'dataset.skip_bad_images': ['no'],
+    'dataset.stream': ['yes', 1],
     'dataset.image_size': [0, 1, 1000, 16.0],
+    'dataset.crop_from_size': [-1, 4, 1000, 16.0],
     'dataset.num_clusters': [1, 0, 2.5],
     'model.backbone': ['vgg', ''],
     'model.convnet_widths': [(), (16, 0), (16.5,), 16],
@@ -146,6 +148,11 @@ def test_settings_that_only_clash_together():
   config.distributed.num_processes = 2
   config.distributed.process_id = 2
   with pytest.raises(ConfigError, match='process_id=2 is not below'):
+    validate.check_fields(config)
+  config = tiny_config()
+  config.dataset.image_size = 16
+  config.dataset.crop_from_size = 12
+  with pytest.raises(ConfigError, match='crop_from_size=12 is below'):
     validate.check_fields(config)
 
 

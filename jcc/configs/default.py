@@ -40,8 +40,21 @@ def get_config() -> ml_collections.ConfigDict:
   # truncated ones with a warning that lists them (True), or stop with an
   # error that lists them (False).
   dataset.skip_bad_images = True
+  # Read the images from disk as the batches need them (folders of image
+  # files, tiny_imagenet, and sets written by python -m jcc.convert), so
+  # memory does not grow with their number. False keeps them in memory,
+  # which is fastest, unless they would take over half this machine's
+  # memory: then they are streamed all the same, and a warning says so.
+  dataset.stream = False
   # Images are resized to image_size × image_size before training.
   dataset.image_size = 8
+  # Training views are cut from the images held at crop_from_size ×
+  # crop_from_size and resized to image_size, as torchvision's
+  # RandomResizedCrop(image_size) cuts them from the original; 0 cuts them
+  # from the image_size images. Costs (crop_from_size / image_size)² more
+  # host memory and input bandwidth; evaluation and predict still see
+  # image_size.
+  dataset.crop_from_size = 0
   # K: the number of clusters (cluster-head outputs and DEC centroids).
   dataset.num_clusters = 10
 

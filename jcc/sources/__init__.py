@@ -27,8 +27,9 @@ from jcc.sources.dataset import (ImageDataset, as_nhwc_uint8, conform_images,
                                  count_distinct, resize_image, resize_images,
                                  rgb_to_gray)
 from jcc.sources.idx import read_idx, _mnist_like_source
+from jcc.sources import streamed
 from jcc.sources.image_files import (IMAGE_EXTENSIONS, _list_images,
-                                     decode_images, load_folder,
+                                     decode_images, load_folder, stream_files,
                                      load_tiny_imagenet, warn_passed_over)
 from jcc.sources.tfds import (TFDS_INSTALL, _subset_source, _tfds_source,
                               tensorflow)
@@ -76,7 +77,9 @@ def load_predict_images(source: np.ndarray | str, image_size: int,
 
   ``source`` is a uint8 array (names are the row indices), an .npz (the
   same) or a folder (flat or with class subfolders; names are the paths
-  relative to it, in sorted order).
+  relative to it, in sorted order); a folder whose images would not fit
+  in memory decoded is read as the batches need them
+  (:func:`jcc.sources.streamed.choose_streaming`).
   """
   if isinstance(source, np.ndarray):
     images = conform_images(as_nhwc_uint8(source, given_as), image_size,
@@ -89,8 +92,12 @@ def load_predict_images(source: np.ndarray | str, image_size: int,
     return [str(i) for i in range(len(images))], images
   files, _, _, passed_over = _list_images(path, labelled=False)
   warn_passed_over(path, passed_over)
-  images, kept = decode_images(files, image_size, skip_bad_images, path,
-                               mode='L' if channels == 1 else 'RGB')
+  # Too many to hold decoded: read as the batches need them.
+  read = stream_files if streamed.choose_streaming(
+      ml_collections.ConfigDict({'image_size': image_size}), len(files),
+      channels, path) else decode_images
+  images, kept = read(files, image_size, skip_bad_images, path,
+                      mode='L' if channels == 1 else 'RGB')
   return [os.path.relpath(files[i], path) for i in kept], images
 
 
@@ -115,28 +122,61 @@ DATASETS: dict[str, Source] = {
     'tiny_imagenet': Source(load_tiny_imagenet, 200),
     'mnist': Source(_mnist_like_source('mnist'), 10),
     'fashion_mnist': Source(_mnist_like_source('fashion_mnist'), 10),
+    'converted': Source(streamed.load_converted, None),
 }
+# The sources whose images can be read from disk as the batches need them
+# (config.dataset.stream); the others are read into memory.
+STREAMABLE = ('folder', 'tiny_imagenet', 'converted')
+
+
+def _crop_source(dataset_config, dataset: ImageDataset, given: bool):
+  """The images at crop_from_size, or None where it is unset or equal to
+  image_size: resized from the loaded images where the source gives them
+  at their own size (arrays, .npz, IDX), else loaded again at that size
+  (files and TFDS, which decode at image_size: each image is then
+  decoded at both sizes, as --mode=predict decodes it at image_size)."""
+  size = dataset_config.get('crop_from_size', 0)
+  if not size or size == dataset_config.image_size:
+    return None
+  if given or dataset.images.shape[1:3] != (dataset_config.image_size,) * 2:
+    return resize_images(dataset.images, size)
+  if isinstance(dataset.images, streamed.StreamedImages):
+    return dataset.images.resized(size)
+  at_size = dataset_config.copy_and_resolve_references()
+  at_size.image_size = size
+  # Resized all the same: a source of originals that were at image_size.
+  return resize_images(DATASETS[dataset_config.name].load(at_size).images,
+                       size)
 
 
 def load_dataset(dataset_config,
                  given: ImageDataset | None = None) -> ImageDataset:
   """The dataset ``config.dataset`` names (or ``given``, one a caller holds
-  in memory), resized to its image_size."""
+  in memory), resized to its image_size, and to its crop_from_size where
+  that is set (the training views' source)."""
   name = dataset_config.name
   if name not in DATASETS:
     raise DataError(
         f'Unknown dataset {name!r} (config.dataset.name); choose one of '
         f'{sorted(DATASETS)}.')
+  if name not in STREAMABLE:
+    streamed.refuse_streaming(dataset_config)
   start = time.time()
   dataset = given if given is not None else DATASETS[name].load(
       dataset_config)
   images = resize_images(dataset.images, dataset_config.image_size)
-  logging.info('Loaded %s: %d images of %s in %.1f s.', name, len(images),
-               'x'.join(map(str, images.shape[1:])), time.time() - start)
+  crop_source = _crop_source(dataset_config, dataset, given is not None)
+  logging.info('Loaded %s: %d images of %s in %.1f s%s%s.', name,
+               len(images), 'x'.join(map(str, images.shape[1:])),
+               time.time() - start,
+               ' (streamed from disk)' if isinstance(
+                   images, streamed.StreamedImages) else '',
+               ' (views cut from {0}x{0})'.format(crop_source.shape[1])
+               if crop_source is not None else '')
   distinct = count_distinct(images)
   if distinct < dataset_config.get('num_clusters', 0):
     logging.warning(
         '%s: only %d distinct image(s) among %d, fewer than K=%d clusters: '
         'identical images fall in one cluster. Check the data.', name,
         distinct, len(images), dataset_config.num_clusters)
-  return dataclasses.replace(dataset, images=images)
+  return dataclasses.replace(dataset, images=images, crop_source=crop_source)

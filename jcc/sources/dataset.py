@@ -30,6 +30,8 @@ class ImageDataset:
     class_names: the name of each label value, when the source knows them.
     image_names: each image's file, relative to the folder it was read from,
       for sources of image files (the report names them).
+    crop_source: the same images at config.dataset.crop_from_size, which the
+      training views are cut from, or None: they are cut from ``images``.
   """
   name: str
   images: np.ndarray
@@ -37,9 +39,16 @@ class ImageDataset:
   instance_only: np.ndarray | None = None
   class_names: tuple[str, ...] | None = None
   image_names: tuple[str, ...] | None = None
+  crop_source: np.ndarray | None = None
 
   def __len__(self) -> int:
     return self.images.shape[0]
+
+  @property
+  def train_images(self) -> np.ndarray:
+    """The images the training batches carry: ``crop_source`` where there
+    is one, else ``images``."""
+    return self.images if self.crop_source is None else self.crop_source
 
   @property
   def channels(self) -> int:
@@ -47,7 +56,10 @@ class ImageDataset:
 
   def content_digest(self) -> str:
     """SHA-256 of the images (as loaded, resized), the first 16 hex digits:
-    the same images give the same digest whichever way they arrive."""
+    the same images give the same digest whichever way they arrive (a
+    streamed set's own :meth:`digest`)."""
+    if hasattr(self.images, 'digest'):
+      return self.images.digest()
     return hashlib.sha256(np.ascontiguousarray(self.images).data).hexdigest(
     )[:16]
 
@@ -121,6 +133,8 @@ def resize_images(images: np.ndarray, size: int) -> np.ndarray:
   """Resizes uint8 NHWC images to size × size (:func:`resize_image`)."""
   if images.shape[1:3] == (size, size):
     return images
+  if hasattr(images, 'resized'):  # streamed: resized as it is read
+    return images.resized(size)
   out = np.empty((images.shape[0], size, size, images.shape[3]), np.uint8)
   for i, image in enumerate(images):
     out[i] = resize_image(image, size)
@@ -152,8 +166,11 @@ def count_distinct(images: np.ndarray, limit: int = 1000) -> int:
   enough to tell a dataset of copies from a real one, without hashing all
   of a large one."""
   seen = set()
-  for image in images:
-    seen.add(hash(image.tobytes()))
-    if len(seen) >= limit:
-      break
+  # A streamed set (read from disk) is sampled in its first ``limit``.
+  end = len(images) if isinstance(images, np.ndarray) else limit
+  for start in range(0, min(end, len(images)), limit):
+    for image in images[start:start + limit]:
+      seen.add(hash(image.tobytes()))
+      if len(seen) >= limit:
+        return len(seen)
   return len(seen)

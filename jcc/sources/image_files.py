@@ -15,6 +15,7 @@ from absl import logging
 import numpy as np
 
 from jcc.errors import DataError
+from jcc.sources import streamed
 from jcc.sources.dataset import ImageDataset, resize_image
 
 
@@ -171,7 +172,7 @@ def _read_image(path: str, size: int, mode: str | None = None,
         large.append(path)  # decoded, but named (Pillow would only warn)
       image.load()
       image = ImageOps.exif_transpose(image)
-      gray = image.mode in ('1', 'L', 'I', 'F') or image.mode.startswith('I;16')
+      gray = _is_gray(image.mode)
       image = np.asarray(
           _eight_bit(image).convert(mode or ('L' if gray else 'RGB')), np.uint8)
   except Image.DecompressionBombError as e:
@@ -181,6 +182,62 @@ def _read_image(path: str, size: int, mode: str | None = None,
   except (OSError, ValueError, SyntaxError) as e:
     raise _BadImage(f'unreadable ({type(e).__name__})') from None
   return resize_image(image.reshape(image.shape[:2] + (-1,)), size), gray
+
+
+_GRAY_MODES = ('1', 'L', 'I', 'F')
+
+
+def _is_gray(mode: str) -> bool:
+  return mode in _GRAY_MODES or mode.startswith('I;16')
+
+
+def _check_bad(files: list[str], problems: list[str | None],
+               skip_bad_images: bool, where: str) -> np.ndarray:
+  """The one bad-file policy: indices of the files without a problem;
+  DataError where none is left, or where one has a problem and
+  ``skip_bad_images`` is False; a warning that lists the others."""
+  bad = [f'{f} ({p})' for f, p in zip(files, problems) if p is not None]
+  if len(bad) == len(files):
+    raise DataError(f'{where}: none of the {len(files)} image files could be '
+                    f'read (first: {bad[0]}).')
+  if bad and not skip_bad_images:
+    raise DataError(
+        f'{where}: {len(bad)} unusable image file(s): {", ".join(bad)}. '
+        'Remove them, or set --config.dataset.skip_bad_images=True.')
+  if bad:
+    logging.warning('Skipped %d unusable image file(s) in %s: %s', len(bad),
+                    where, ', '.join(bad))
+  return np.asarray([i for i, p in enumerate(problems) if p is None], int)
+
+
+def _open_header(path: str) -> tuple[str | None, str | None]:
+  """(the image's mode, None) from its header alone, or (None, why not)."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  if os.path.islink(path) and not os.path.exists(path):
+    return None, 'a symbolic link that leads to no file'
+  try:
+    with Image.open(path) as image:
+      return image.mode, None
+  except (OSError, ValueError, SyntaxError) as e:
+    return None, f'unreadable ({type(e).__name__})'
+
+
+def stream_files(files: list[str], size: int, skip_bad_images: bool,
+                 where: str, mode: str | None = None,
+                 ) -> tuple[streamed.FileImages, np.ndarray]:
+  """Image files as :class:`jcc.sources.streamed.FileImages` (decoded at
+  every read), and the indices of the files kept. Only their headers are
+  read here: a file that cannot be opened follows the bad-file policy of
+  :func:`decode_images`, and ``mode`` is as there."""
+  with concurrent.futures.ThreadPoolExecutor(
+      max_workers=min(32, (os.cpu_count() or 1) + 4)) as pool:
+    headers = list(pool.map(_open_header, files))
+  kept = _check_bad(files, [why for _, why in headers], skip_bad_images,
+                    where)
+  if mode is None:
+    mode = 'RGB' if any(not _is_gray(headers[i][0]) for i in kept) else 'L'
+  return streamed.FileImages([files[i] for i in kept], size, mode,
+                             where), kept
 
 
 def decode_images(files: list[str], size: int, skip_bad_images: bool,
@@ -217,19 +274,8 @@ def decode_images(files: list[str], size: int, skip_bad_images: bool,
         'the same (slow, and memory-hungry): %s%s', where, len(large),
         f'{Image.MAX_IMAGE_PIXELS:,}', ', '.join(sorted(large)[:5]),
         ', …' if len(large) > 5 else '')
-  bad = [f'{f} ({d})' for f, d in zip(files, decoded) if isinstance(d, str)]
-  if len(bad) == len(files):
-    raise DataError(f'{where}: none of the {len(files)} image files could be '
-                    f'read (first: {bad[0]}).')
-  if bad and not skip_bad_images:
-    raise DataError(
-        f'{where}: {len(bad)} unusable image file(s): {", ".join(bad)}. '
-        'Remove them, or set --config.dataset.skip_bad_images=True.')
-  if bad:
-    logging.warning('Skipped %d unusable image file(s) in %s: %s', len(bad),
-                    where, ', '.join(bad))
-  kept = np.asarray([i for i, d in enumerate(decoded)
-                     if not isinstance(d, str)])
+  kept = _check_bad(files, [d if isinstance(d, str) else None
+                            for d in decoded], skip_bad_images, where)
   any_colour = any(not decoded[i][1] for i in kept)
   images = [decoded[i][0] for i in kept]
   if any_colour and mode is None:
@@ -248,6 +294,8 @@ def load_folder(dataset_config) -> ImageDataset:
   is colour, all become RGB. Unreadable or truncated files are skipped with a
   warning that lists them when ``config.dataset.skip_bad_images`` is True
   (else they are an error); a folder with no readable image is an error.
+  Streamed (:func:`jcc.sources.streamed.choose_streaming`), the files are
+  decoded as the batches need them, and only their headers are read here.
   """
   root = dataset_config.path
   if not root:
@@ -263,8 +311,12 @@ def load_folder(dataset_config) -> ImageDataset:
         f'{root}: no images found (looked for {", ".join(IMAGE_EXTENSIONS)} '
         'inside it and in its subfolders, at any depth).')
   warn_passed_over(root, passed_over)
-  images, kept = decode_images(files, dataset_config.image_size,
+  if streamed.choose_streaming(dataset_config, len(files), 3, root):
+    images, kept = stream_files(files, dataset_config.image_size,
                                 dataset_config.skip_bad_images, root)
+  else:
+    images, kept = decode_images(files, dataset_config.image_size,
+                                  dataset_config.skip_bad_images, root)
   label_array = None if labels is None else np.asarray(labels, np.int64)[kept]
   logging.info('%s: %d images, %s.', root, len(images),
                f'{len(classes)} class folders ({", ".join(classes)})'
@@ -295,9 +347,11 @@ def load_tiny_imagenet(dataset_config) -> ImageDataset:
       [os.path.join(train, wnid, 'images') for wnid in wnids])
   if not files:
     raise DataError(f'{train}: no images in train/<wnid>/images/.')
-  images, kept = decode_images(
-      files, dataset_config.image_size, dataset_config.skip_bad_images,
-      f'tiny_imagenet ({root})', mode='RGB')
+  where = f'tiny_imagenet ({root})'
+  read = (stream_files if streamed.choose_streaming(
+      dataset_config, len(files), 3, where) else decode_images)
+  images, kept = read(files, dataset_config.image_size,
+                      dataset_config.skip_bad_images, where, mode='RGB')
   return ImageDataset('tiny_imagenet', images,
                       np.asarray(labels, np.int64)[kept],
                       class_names=tuple(wnids))
