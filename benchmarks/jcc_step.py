@@ -29,7 +29,9 @@ def step_runner(config, channels: int, devices=None,
   built = step.build_run(config, channels, plan, mesh,
                          clustered=np.ones(batch, bool),
                          compiler_options=compiler_options)
-  shape = (config.dataset.image_size,) * 2 + (channels,)
+  # The batch's images at the size the views are cut from, as training's.
+  side = config.dataset.crop_from_size or config.dataset.image_size
+  shape = (side, side, channels)
   images = np.random.default_rng(0).integers(0, 256, (batch,) + shape,
                                              dtype=np.uint8)
   train_step = built.steps.joint

@@ -23,6 +23,7 @@ import json
 import os
 import sys
 import time
+import zipfile
 
 from absl import app
 from absl import flags
@@ -34,8 +35,9 @@ from jcc import progress
 from jcc.errors import UserError
 from jcc.sources import image_files
 from jcc.sources import streamed
-from jcc.sources.arrays import load_npz
-from jcc.sources.dataset import resize_images
+from jcc.sources.arrays import load_npz, npz_member_header
+from jcc.sources.dataset import (_class_indices, as_nhwc_uint8,
+                                 resize_images)
 
 _INPUT = flags.DEFINE_string(
     'input', None, 'a folder of image files (DIR/<class>/… or flat) or an '
@@ -52,11 +54,49 @@ _SKIP_BAD = flags.DEFINE_boolean(
 CHUNK = 512
 
 
+def _npz_chunks(path: str, shape: tuple[int, ...]):
+  """The .npz's uint8 ``images`` (C order), CHUNK rows at a time, read
+  from the archive as a stream: memory holds one chunk."""
+  row = int(np.prod(shape[1:]))
+  with zipfile.ZipFile(path) as archive, archive.open('images.npy') as f:
+    streamed.read_npy_header(f)  # to the first row
+    for begin in range(0, shape[0], CHUNK):
+      count = min(CHUNK, shape[0] - begin)
+      data = f.read(row * count)
+      if len(data) != row * count:
+        raise UserError(f'{path}: `images` ends early; write it again.')
+      yield as_nhwc_uint8(np.frombuffer(data, np.uint8).reshape(
+          (count,) + tuple(shape[1:])), path)
+
+
+def _npz(path: str):
+  """(rows, count, channels, labels, class names) of an .npz: streamed
+  where its images are uint8 in C order, else read into memory."""
+  header = npz_member_header(path)
+  with np.load(path, allow_pickle=False) as data:
+    labels = (_class_indices(data['labels'], f'{path}: `labels`')
+              if 'labels' in data else None)
+    names = (tuple(str(c) for c in data['class_names'])
+             if 'class_names' in data and data['class_names'].dtype.kind ==
+             'U' else ())
+  if header is not None and header[2] == np.uint8 and not header[1] and len(
+      header[0]) in (3, 4):
+    shape = header[0]
+    channels = 1 if len(shape) == 3 else shape[3]
+    channels = 3 if channels == 4 else 1 if channels == 2 else channels
+    return _npz_chunks(path, shape), shape[0], channels, labels, names
+  dataset = load_npz(ml_collections.ConfigDict({'path': path}))
+  images = dataset.images
+  return ((images[i:i + CHUNK] for i in range(0, len(images), CHUNK)),
+          len(images), images.shape[-1], dataset.labels, names)
+
+
 def _source(path: str, size: int, skip_bad: bool):
-  """(the images as rows to read, labels or None, class names, names)."""
+  """(chunks of images, count, channels, labels or None, class names,
+  each image's name or None)."""
   if os.path.isfile(path) and path.endswith('.npz'):
-    dataset = load_npz(ml_collections.ConfigDict({'path': path}))
-    return dataset.images, dataset.labels, (), None
+    chunks, count, channels, labels, classes = _npz(path)
+    return chunks, count, channels, labels, classes, None
   if not os.path.isdir(path):
     raise UserError(f'--input={path}: not a folder of images or an .npz '
                     'file.')
@@ -67,7 +107,9 @@ def _source(path: str, size: int, skip_bad: bool):
                     'depth).')
   image_files.warn_passed_over(path, passed_over)
   images, kept = image_files.stream_files(found, size, skip_bad, path)
-  return (images, None if labels is None else np.asarray(labels)[kept],
+  chunks = (images[i:i + CHUNK] for i in range(0, len(images), CHUNK))
+  return (chunks, len(images), images.shape[-1],
+          None if labels is None else np.asarray(labels)[kept],
           tuple(classes), [os.path.relpath(found[i], path) for i in kept])
 
 
@@ -97,8 +139,8 @@ def convert(source: str, output: str, size: int,
   the stored set that dataset 'converted' reads; returns the path of its
   images.npy."""
   _check_output(output, source)
-  images, labels, classes, names = _source(source, size, skip_bad_images)
-  count, channels = len(images), images.shape[-1]
+  chunks, count, channels, labels, classes, names = _source(
+      source, size, skip_bad_images)
   os.makedirs(output, exist_ok=True)
   path = os.path.join(output, streamed.IMAGES)
   partial = path + '.partial'
@@ -107,11 +149,12 @@ def convert(source: str, output: str, size: int,
     np.lib.format.write_array_header_1_0(f, {
         'descr': '|u1', 'fortran_order': False,
         'shape': (count, size, size, channels)})
-    for begin in range(0, count, CHUNK):
-      f.write(np.ascontiguousarray(
-          resize_images(images[begin:begin + CHUNK], size)).tobytes())
+    done = 0
+    for chunk in chunks:
+      f.write(np.ascontiguousarray(resize_images(chunk, size)).tobytes())
+      done += len(chunk)
       if show_progress:
-        _progress(min(begin + CHUNK, count), count, start)
+        _progress(done, count, start)
   os.replace(partial, path)
   if labels is not None:
     with files.atomic_write(os.path.join(output, streamed.LABELS),

@@ -1,6 +1,7 @@
 """Every benchmark script starts from its documented command, either form,
 and the train step they time runs for each kind of config."""
 
+import importlib
 import os
 import subprocess
 import sys
@@ -120,7 +121,9 @@ def test_the_peer_benchmarks_jcc_sides_match_ccs_settings(tmp_path):
     assert not config.loss.neighbor_consistency
     assert not config.train.selflabel_epochs
   # jcc_config keeps its own crops unless --jcc-crop-from is given.
-  assert configs['jcc_config'].dataset.crop_from_size == 0
-  args.jcc_crop_from_given = True
+  own = importlib.import_module('jcc.configs.cifar10_small').get_config()
+  assert (configs['jcc_config'].dataset.crop_from_size ==
+          own.dataset.crop_from_size)
+  args.jcc_crop_from, args.jcc_crop_from_given = 0, True
   assert peer_cc.jcc_config('jcc_config', str(npz), args,
-                            seed=1).dataset.crop_from_size == 32
+                            seed=1).dataset.crop_from_size == 0

@@ -41,6 +41,13 @@ def test_training_batches_carry_the_images_the_views_are_cut_from():
   np.testing.assert_array_equal(batch['images'],
                                 ds.crop_source[batch['indices']])
   assert sources.load_dataset(_config()).crop_source is None
+  # Arrays no larger than image_size: nothing to cut from but themselves.
+  given = sources.from_arrays(np.zeros((4, 8, 8), np.uint8))
+  assert sources.load_dataset(_config(name='arrays', crop_from_size=32),
+                              given).crop_source is None
+  given = sources.from_arrays(np.zeros((4, 20, 20), np.uint8))
+  assert sources.load_dataset(_config(name='arrays', crop_from_size=32),
+                              given).crop_source.shape == (4, 20, 20, 1)
   assert sources.load_dataset(
       _config(image_size=8, crop_from_size=8)).crop_source is None
 

@@ -200,3 +200,28 @@ def test_predict_streams_a_folder_too_large_to_hold(digit_folder, monkeypatch,
   np.testing.assert_array_equal(
       np.load(tmp_path / 'held' / 'embeddings.npy'),
       np.load(tmp_path / 'streamed' / 'embeddings.npy'))
+  # A converted set predicts as its folder, with the files' names.
+  convert.convert(str(digit_folder), str(tmp_path / 'stored'), 8,
+                  show_progress=False)
+  config.predict.input = str(tmp_path / 'stored')
+  config.predict.output = str(tmp_path / 'streamed')
+  assert workflows.predict_workdir(config, str(trained_workdir)) == held
+
+
+def test_an_npz_converts_in_chunks_and_one_too_large_says_so(tmp_path,
+                                                             monkeypatch):
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (1100, 12, 12, 4), dtype=np.uint8)  # RGBA
+  labels = rng.integers(0, 3, 1100)
+  np.savez(tmp_path / 'x.npz', images=images, labels=labels)
+  monkeypatch.setattr(convert, 'CHUNK', 256)
+  convert.convert(str(tmp_path / 'x.npz'), str(tmp_path / 'out'), 12,
+                  show_progress=False)
+  np.testing.assert_array_equal(np.load(tmp_path / 'out' / 'images.npy'),
+                                images[..., :3])  # alpha dropped, as loaded
+  np.testing.assert_array_equal(np.load(tmp_path / 'out' / 'labels.npy'),
+                                labels)
+  monkeypatch.setattr(streamed, 'memory_budget', lambda: 1000)
+  with pytest.raises(DataError, match='python -m jcc.convert --input='):
+    sources.load_dataset(_folder_config(tmp_path / 'x.npz',
+                                        name='npz').dataset)

@@ -51,9 +51,10 @@ def get_config() -> ml_collections.ConfigDict:
   # Training views are cut from the images held at crop_from_size ×
   # crop_from_size and resized to image_size, as torchvision's
   # RandomResizedCrop(image_size) cuts them from the original; 0 cuts them
-  # from the image_size images. Costs (crop_from_size / image_size)² more
-  # host memory and input bandwidth; evaluation and predict still see
-  # image_size.
+  # from the image_size images. Arrays and .npz files are never made larger
+  # for it (image files are decoded at both sizes). Costs (crop_from_size /
+  # image_size)² more host memory and input bandwidth; evaluation and
+  # predict still see image_size.
   dataset.crop_from_size = 0
   # K: the number of clusters (cluster-head outputs and DEC centroids).
   dataset.num_clusters = 10

@@ -64,6 +64,8 @@ def check_predict_input(source: np.ndarray | str,
   if not os.path.isdir(path):
     raise DataError(f'{given_as}={path!r}: not a folder of images or an .npz '
                     'file.')
+  if streamed.is_converted(path):
+    return
   if not _list_images(path, labelled=False)[0]:
     raise DataError(f'{path}: no images found ({given_as}).')
 
@@ -76,7 +78,8 @@ def load_predict_images(source: np.ndarray | str, image_size: int,
   channels), converted as in training; :func:`check_predict_input` first.
 
   ``source`` is a uint8 array (names are the row indices), an .npz (the
-  same) or a folder (flat or with class subfolders; names are the paths
+  same), a set ``python -m jcc.convert`` wrote (its files' names) or a
+  folder (flat or with class subfolders; names are the paths
   relative to it, in sorted order); a folder whose images would not fit
   in memory decoded is read as the batches need them
   (:func:`jcc.sources.streamed.choose_streaming`).
@@ -90,6 +93,14 @@ def load_predict_images(source: np.ndarray | str, image_size: int,
     dataset = load_npz(ml_collections.ConfigDict({'path': path}))
     images = conform_images(dataset.images, image_size, channels)
     return [str(i) for i in range(len(images))], images
+  if streamed.is_converted(path):
+    dataset = streamed.load_converted(ml_collections.ConfigDict(
+        {'name': 'converted', 'path': path, 'image_size': image_size}))
+    images = dataset.images
+    if images.shape[-1] != channels:  # other channels: converted in memory
+      images = conform_images(images[:], image_size, channels)
+    return (list(dataset.image_names or map(str, range(len(images)))),
+            resize_images(images, image_size))
   files, _, _, passed_over = _list_images(path, labelled=False)
   warn_passed_over(path, passed_over)
   # Too many to hold decoded: read as the batches need them.
@@ -132,13 +143,17 @@ STREAMABLE = ('folder', 'tiny_imagenet', 'converted')
 def _crop_source(dataset_config, dataset: ImageDataset, given: bool):
   """The images at crop_from_size, or None where it is unset or equal to
   image_size: resized from the loaded images where the source gives them
-  at their own size (arrays, .npz, IDX), else loaded again at that size
+  at their own size (arrays, .npz, IDX; never larger than that size, and
+  None where it is not above image_size), else loaded again at that size
   (files and TFDS, which decode at image_size: each image is then
   decoded at both sizes, as --mode=predict decodes it at image_size)."""
   size = dataset_config.get('crop_from_size', 0)
   if not size or size == dataset_config.image_size:
     return None
   if given or dataset.images.shape[1:3] != (dataset_config.image_size,) * 2:
+    size = min(size, dataset.images.shape[1])
+    if size <= dataset_config.image_size:
+      return None
     return resize_images(dataset.images, size)
   if isinstance(dataset.images, streamed.StreamedImages):
     return dataset.images.resized(size)

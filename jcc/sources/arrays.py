@@ -9,6 +9,7 @@ import zipfile
 import numpy as np
 
 from jcc.errors import DataError
+from jcc.sources import streamed
 from jcc.sources.dataset import ImageDataset, as_nhwc_uint8, _class_indices
 
 
@@ -58,6 +59,7 @@ def load_npz(dataset_config) -> ImageDataset:
     raise DataError(
         f"dataset 'npz': no file at {path!r} (config.dataset.path).")
   _check_npz_file(path)
+  _check_fits_in_memory(path)
   try:
     with np.load(path, allow_pickle=False) as data:
       if 'images' not in data:
@@ -97,6 +99,32 @@ def load_npz(dataset_config) -> ImageDataset:
         'labels must be class indices 0, 1, 2, … (fewer classes than '
         'images).')
   return ImageDataset('npz', images, labels, class_names=class_names)
+
+
+def npz_member_header(path: str, member: str = 'images'):
+  """(shape, fortran order, dtype) of an .npz member, from its header
+  alone, or None where the member is missing or unreadable."""
+  try:
+    with zipfile.ZipFile(path) as archive, archive.open(member + '.npy') as f:
+      return streamed.read_npy_header(f)
+  except (KeyError, ValueError, OSError, zipfile.BadZipFile):
+    return None
+
+
+def _check_fits_in_memory(path: str) -> None:
+  """DataError for an .npz whose images would take over the in-memory
+  budget (:func:`jcc.sources.streamed.memory_budget`), before reading it."""
+  header = npz_member_header(path)
+  if header is None:
+    return
+  shape, _, dtype = header
+  size = int(np.prod(shape)) * dtype.itemsize
+  if size > streamed.memory_budget():
+    raise DataError(
+        f'{path}: its images take {size / 1e9:.1f} GB, over half this '
+        "machine's memory. Convert them once (python -m jcc.convert "
+        f'--input={path} --output=DIR --image_size=S) and train on DIR with '
+        '--config.dataset.name=converted --config.dataset.stream=True.')
 
 
 def _check_npz_file(path: str) -> None:

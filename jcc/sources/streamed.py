@@ -36,6 +36,15 @@ _THREADS = min(32, (os.cpu_count() or 1) + 4)
 MEMORY_SHARE = 0.5
 
 
+def read_npy_header(f) -> tuple[tuple[int, ...], bool, np.dtype]:
+  """(shape, Fortran order, dtype) from an open .npy stream, left at the
+  first byte of the data; ValueError where it is no .npy header."""
+  version = np.lib.format.read_magic(f)
+  read = (np.lib.format.read_array_header_1_0 if version == (1, 0) else
+          np.lib.format.read_array_header_2_0)
+  return read(f)
+
+
 def memory_budget() -> int:
   """Bytes the in-memory path may take: half of this machine's memory."""
   try:
@@ -182,10 +191,7 @@ class StoredImages(StreamedImages):
   def __init__(self, path: str, size: int | None = None):
     with open(path, 'rb') as f:
       try:
-        version = np.lib.format.read_magic(f)
-        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                       else np.lib.format.read_array_header_2_0)
-        shape, fortran, dtype = read_header(f)
+        shape, fortran, dtype = read_npy_header(f)
       except ValueError as e:
         raise DataError(f'{path}: not a NumPy array file ({e}); convert '
                         'again with python -m jcc.convert.') from None
@@ -245,6 +251,12 @@ class StoredImages(StreamedImages):
       for chunk in iter(lambda: f.read(2**24), b''):
         h.update(chunk)
     return h.hexdigest()[:16]
+
+
+def is_converted(folder: str) -> bool:
+  """Whether ``folder`` holds a set ``python -m jcc.convert`` wrote."""
+  return all(os.path.isfile(os.path.join(folder, name))
+             for name in (IMAGES, INFO))
 
 
 def read_info(folder: str) -> dict:
