@@ -1,12 +1,31 @@
-"""jcc's train step as a benchmark runner: one call, one step, blocking."""
+"""jcc's train step as a benchmark runner: one call, one step, blocking.
+
+Run as a script, it times one config's step with a field at each of its
+values, in alternation, on this machine's CPU cores as the command line
+uses them:
+
+  python -m benchmarks.jcc_step --config=cifar10_small \
+      --field=dataset.crop_from_size --values=0,32
+"""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import importlib
+import os
+import sys
 
-import jax
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+
+if __package__ in (None, ''):  # run as `python benchmarks/NAME.py`
+  sys.path.insert(
+      0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # pylint: disable=g-import-not-at-top
 import numpy as np
 
+from benchmarks import timing
 from jcc import parallel
 from jcc import plan as plan_lib
 from jcc import step
@@ -58,3 +77,35 @@ def step_flops(train_step, run_state, batch) -> float | None:
   if isinstance(cost, (list, tuple)):
     cost = cost[0] if cost else None
   return float(cost['flops']) if cost and 'flops' in cost else None
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--config', default='cifar10_small')
+  parser.add_argument('--field', default='dataset.crop_from_size')
+  parser.add_argument('--values', default='0,32')
+  parser.add_argument('--channels', type=int, default=3)
+  parser.add_argument('--rounds', type=int, default=3)
+  args = parser.parse_args()
+  module = importlib.import_module(f'jcc.configs.{args.config}')
+  parallel.use_one_cpu_device_per_core(module.get_config().train.batch_size)
+  group, leaf = args.field.rsplit('.', 1)
+  runs = {}
+  for value in args.values.split(','):
+    config = module.get_config()
+    node = config
+    for part in group.split('.'):
+      node = node[part]
+    node[leaf] = type(node[leaf])(value)
+    runs[f'{args.field}={value}'] = step_runner(config, args.channels)
+  seconds = timing.measure_alternating(runs, args.rounds, 3.0)
+  first = next(iter(seconds.values()))
+  print(f'jax {jax.__version__}, {jax.device_count()} CPU device(s), '
+        f'{args.config}, batch {module.get_config().train.batch_size}')
+  for name, value in seconds.items():
+    print(f'{name:40s} {value * 1e3:8.1f} ms/step, {first / value:5.2f}x '
+          "the first one's speed")
+
+
+if __name__ == '__main__':
+  main()
