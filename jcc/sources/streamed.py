@@ -87,8 +87,8 @@ def refuse_streaming(dataset_config) -> None:
   if dataset_config.get('stream', False):
     raise DataError(
         f"config.dataset.stream=True: dataset {dataset_config.name!r} is read "
-        "into memory; stream a folder of image files, or convert this one "
-        'once (python -m jcc.convert) and train on it with '
+        'into memory; stream a folder of image files, or convert a folder or '
+        'an .npz once (python -m jcc.convert) and train on it with '
         '--config.dataset.name=converted.')
 
 
