@@ -111,8 +111,9 @@ def check_model_signature(workdir: str, signature: dict) -> None:
   saved = {**models.ABSENT_FIELD_VALUES, **saved}
   differ = [key for key, value in signature.items()
             if key in saved and saved[key] != value]
-  streamed_then, streamed_now = (str(d).startswith(streamed.FILES_DIGEST) for d in (
-      saved['images'], signature['images']))
+  streamed_then, streamed_now = (
+      str(d).startswith(streamed.FILES_DIGEST)
+      for d in (saved['images'], signature['images']))
   if differ == ['images'] and streamed_then != streamed_now:
     raise CheckpointError(
         f'{workdir} holds a model trained on these files '

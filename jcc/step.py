@@ -50,10 +50,10 @@ class Batch:
   """One step's examples as one pytree: per-example fields only, each with
   the global batch's B rows first and sharded on 'data'.
 
-  ``images`` (B, H, W, C) uint8 (H = W: dataset.crop_from_size, else
-  dataset.image_size; the views are image_size) and ``indices`` (B,) int32,
-  their rows in
-  the dataset (which select their rows of :class:`RunState`'s arrays). The
+  ``images`` (B, H, W, C) uint8, at dataset.crop_from_size where that is
+  set, else at dataset.image_size (the views are image_size), and
+  ``indices`` (B,) int32, their rows in the dataset (which select their
+  rows of :class:`RunState`'s arrays). The
   optional fields are None where a run has no use for them:
   ``in_clusters`` (B,) bool, False for the examples that train the instance
   objective alone (STL-10's unlabelled split); ``neighbor_images``, like

@@ -120,8 +120,8 @@ class Trainer:
       logging.info(hint)
     last_log_time, last_log_step = time.time(), start_step
     compiled = step_lib.compile_steps(
-        self.steps, self.run, self.dataset.train_images.shape[1:], bs, self.mesh,
-        self._instance_only)
+        self.steps, self.run, self.dataset.train_images.shape[1:], bs,
+        self.mesh, self._instance_only)
     batches = self._batches(start_step)
     for step in range(start_step, plan.total_steps):
       # P is refreshed before the steps that use it: the first joint step

@@ -32,7 +32,7 @@ from jcc.sources.dataset import resize_image
 # Files opened at once by a read (Pillow's decoders release the GIL).
 _THREADS = min(32, (os.cpu_count() or 1) + 4)
 # The decoded set may take this share of the machine's memory before a
-# folder is streamed on its own (config.dataset.stream unset).
+# folder is streamed on its own (config.dataset.stream False).
 MEMORY_SHARE = 0.5
 
 
