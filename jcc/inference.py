@@ -9,7 +9,7 @@ model's predictions are the evaluation's own, bit for bit on a CPU.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -37,21 +37,38 @@ def make_forward(model, mesh):
                  compiler_options=conv.compiler_options())
 
 
+def each_batch(
+    forward: Callable[[jax.Array], dict[str, jax.Array]],
+    batches: Iterable[tuple[np.ndarray, np.ndarray]],
+    to_device: Callable[[np.ndarray], jax.Array] = jax.device_put,
+) -> Iterator[dict[str, np.ndarray]]:
+  """Runs ``forward`` over (images, mask) batches; each batch's outputs
+  in turn, as NumPy.
+
+  ``batches`` is :func:`jcc.pipeline.eval_batches`: fixed-size batches (one
+  compiled shape) whose padding rows, False in ``mask``, are dropped.
+  """
+  for images, mask in batches:
+    result = jax.device_get(forward(to_device(images)))
+    yield {key: np.asarray(value)[mask] for key, value in result.items()}
+
+
 def predict_batches(
     forward: Callable[[jax.Array], dict[str, jax.Array]],
     batches: Iterable[tuple[np.ndarray, np.ndarray]],
     to_device: Callable[[np.ndarray], jax.Array] = jax.device_put,
 ) -> dict[str, np.ndarray]:
-  """Runs ``forward`` over (images, mask) batches; concatenated outputs.
+  """:func:`each_batch`'s outputs, concatenated over the batches."""
+  return concatenate(each_batch(forward, batches, to_device))
 
-  ``batches`` is :func:`jcc.pipeline.eval_batches`: fixed-size batches (one
-  compiled shape) whose padding rows, False in ``mask``, are dropped.
-  """
+
+def concatenate(results: Iterable[dict[str, np.ndarray]]
+                ) -> dict[str, np.ndarray]:
+  """Batches' outputs as one dict of arrays, one row per image."""
   outputs: dict[str, list[np.ndarray]] = {}
-  for images, mask in batches:
-    result = jax.device_get(forward(to_device(images)))
+  for result in results:
     for key, value in result.items():
-      outputs.setdefault(key, []).append(np.asarray(value)[mask])
+      outputs.setdefault(key, []).append(value)
   return {key: np.concatenate(value) for key, value in outputs.items()}
 
 
@@ -71,6 +88,13 @@ class Predictor:
 
   def __call__(self, variables: dict, images: np.ndarray
                ) -> dict[str, np.ndarray]:
+    return concatenate(self.batches(variables, images))
+
+  def batches(self, variables: dict, images: np.ndarray
+              ) -> Iterator[dict[str, np.ndarray]]:
+    """The outputs of each batch of ``images`` in turn, so that memory
+    holds one batch's, not the whole set's (every process takes part in
+    each batch)."""
     variables = jax.tree.map(
         lambda a: a if isinstance(a, jax.Array) else parallel.to_global(
             np.asarray(a), self._replicated), variables)
@@ -80,7 +104,7 @@ class Predictor:
     else:  # each host reads and sends only its rows
       to_device = lambda batch: parallel.from_process_local(  # noqa: E731
           self._batch_sharding, batch)[0]
-    return predict_batches(
+    return each_batch(
         lambda batch: self._forward(variables, batch),
         pipeline.eval_batches(images, self.batch_size, jax.process_index(),
                               jax.process_count()), to_device)

@@ -14,15 +14,15 @@
   assignments.csv's row i.
 
 ``--mode=predict`` writes its ``predictions.csv`` with the same columns
-(:func:`assignment_rows`, :func:`write_assignments`) and its
-``embeddings.npy`` (:func:`write_embeddings`).
+(:func:`assignment_rows`) and its ``embeddings.npy``, batch by batch
+(:func:`write_predictions`).
 """
 
 from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -214,9 +214,10 @@ def write_assignments(path: str, rows: list[dict]) -> None:
     _write_rows(f, rows)
 
 
-def _write_rows(f, rows: list[dict]) -> None:
+def _write_rows(f, rows: list[dict], header: bool = True) -> None:
   writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-  writer.writeheader()
+  if header:
+    writer.writeheader()
   writer.writerows(
       {name: files.csv_cell(value) for name, value in
        dict(row, confidence=f'{row["confidence"]:.4f}').items()}
@@ -226,19 +227,50 @@ def _write_rows(f, rows: list[dict]) -> None:
 PREDICTIONS = ('predictions.csv', 'embeddings.npy')
 
 
-def write_predictions(folder: str, rows: list[dict],
-                      embeddings: np.ndarray) -> str:
-  """FOLDER/predictions.csv (:func:`write_assignments`) and
-  FOLDER/embeddings.npy (row i: the embedding of the CSV's row i) as one
-  unit: both are written in full before either replaces the pair already
-  there, so a full disk leaves that pair as it was. Returns the CSV's path.
+def write_predictions(folder: str, names: Sequence[str],
+                      batches: Iterable[dict[str, np.ndarray]],
+                      num_clusters: int) -> np.ndarray:
+  """FOLDER/predictions.csv (:func:`assignment_rows`, one row per name)
+  and FOLDER/embeddings.npy ((N, D) float32, row i the embedding of the
+  CSV's row i), from the outputs of ``names``' images, batch by batch in
+  their order (:meth:`jcc.inference.Predictor.batches`): memory holds one
+  batch, not the set.
+
+  The two files are one unit: both are written in full before either
+  replaces the pair already there, so a full disk or an interrupted run
+  leaves that pair as it was. Returns the images per cluster (K,).
   """
   csv_path, npy_path = (os.path.join(folder, name) for name in PREDICTIONS)
+  sizes = np.zeros(num_clusters, np.int64)
   with files.atomic_write(csv_path, newline='', encoding='utf-8') as f, \
       files.atomic_write(npy_path, 'wb') as g:
-    _write_rows(f, rows)
-    np.save(g, np.asarray(embeddings, np.float32))
+    done = 0
+    for outputs in batches:
+      embedding = np.ascontiguousarray(outputs['embedding'], '<f4')
+      if not done:  # np.load's header, for the whole (N, D) array
+        np.lib.format.write_array_header_1_0(g, {
+            'descr': '<f4', 'fortran_order': False,
+            'shape': (len(names), embedding.shape[1])})
+      rows = assignment_rows({'image': names[done:done + len(embedding)]},
+                             outputs['cluster_probs'], outputs['student_t'])
+      _write_rows(f, rows, header=not done)
+      g.write(embedding.tobytes())
+      sizes += np.bincount([row['cluster'] for row in rows],
+                           minlength=num_clusters)
+      done += len(rows)
+    if done != len(names):
+      raise ValueError(f'{done} predictions for {len(names)} images.')
     for written in (f, g):  # on disk before the first rename
       written.flush()
       os.fsync(written.fileno())
-  return csv_path
+  return sizes
+
+
+def cluster_sizes(batches: Iterable[dict[str, np.ndarray]],
+                  num_clusters: int) -> np.ndarray:
+  """The images per cluster (K,) of batches of outputs."""
+  sizes = np.zeros(num_clusters, np.int64)
+  for outputs in batches:
+    sizes += np.bincount(outputs['cluster_probs'].argmax(1),
+                         minlength=num_clusters)
+  return sizes

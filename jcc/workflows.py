@@ -334,7 +334,7 @@ def _predictions_lock(output: str) -> checkpoint.WorkdirLock:
 
 
 def predict_workdir(config: ml_collections.ConfigDict,
-                    workdir: str) -> list[dict]:
+                    workdir: str) -> np.ndarray:
   """Assigns config.predict.input's images with WORKDIR's saved model.
 
   Needs neither the training data nor the training config: ``config`` may
@@ -342,7 +342,8 @@ def predict_workdir(config: ml_collections.ConfigDict,
   (image, cluster, confidence, dec_cluster; one row per image in a stable
   order) and embeddings.npy (row i: the embedding of the CSV's row i) as
   one unit into config.predict.output (default: WORKDIR, which then may be
-  read-only), and prints the images per cluster.
+  read-only), batch by batch, and prints and returns the images per
+  cluster (K,).
   """
   config, workdir = expand_paths(config), os.path.expanduser(workdir)
   source = config.predict.input
@@ -366,11 +367,13 @@ def predict_workdir(config: ml_collections.ConfigDict,
     skip_bad = config.get('dataset', model.config.dataset).skip_bad_images
     names, images = sources.load_predict_images(
         source, model.image_size, model.channels, skip_bad)
-    outputs = inference.saved_model_predictor(model)(model.variables, images)
-    rows = report.assignment_rows({'image': names}, outputs['cluster_probs'],
-                                  outputs['student_t'])
+    batches = inference.saved_model_predictor(model).batches(
+        model.variables, images)
     if lock is not None:
-      path = report.write_predictions(output, rows, outputs['embedding'])
+      sizes = report.write_predictions(output, names, batches,
+                                       model.num_clusters)
+    else:  # the other processes take part in every batch, and write nothing
+      sizes = report.cluster_sizes(batches, model.num_clusters)
   except OSError as e:
     if not is_disk_full(e):
       raise
@@ -382,9 +385,8 @@ def predict_workdir(config: ml_collections.ConfigDict,
     if lock is not None:
       lock.release()
   if distributed.writes_shared_files():
-    sizes = np.bincount([r['cluster'] for r in rows],
-                        minlength=model.num_clusters)
-    print(f'{len(rows)} images from {source} -> {path} (embeddings: '
+    path = os.path.join(output, report.PREDICTIONS[0])
+    print(f'{len(names)} images from {source} -> {path} (embeddings: '
           'embeddings.npy beside it)\ncluster  images\n' + '\n'.join(
               f'{c:7d}  {n:6d}' for c, n in enumerate(sizes)), flush=True)
-  return rows
+  return sizes

@@ -1,6 +1,7 @@
 """Reports, metric logs and predict, on real digits written as image files."""
 
 import csv
+import itertools
 import json
 import os
 
@@ -102,13 +103,14 @@ def test_predict_on_a_folder_matches_evaluate(trained, digits_folder):
   config, workdir, _ = trained
   config = config.copy_and_resolve_references()
   config.predict.input = str(digits_folder)
-  rows = workflows.predict_workdir(config, str(workdir))
-  assert len(rows) == NUM_IMAGES
-  names = [r['image'] for r in rows]
+  sizes = workflows.predict_workdir(config, str(workdir))
+  written = _predictions(workdir)
+  assert len(written) == NUM_IMAGES
+  names = [r['image'] for r in written]
   assert names == sorted(names)  # class folders, then files, sorted
-  with open(workdir / 'predictions.csv') as f:
-    written = list(csv.DictReader(f))
-  assert [r['image'] for r in written] == names
+  np.testing.assert_array_equal(sizes, np.bincount(
+      [int(r['cluster']) for r in written],
+      minlength=config.dataset.num_clusters))
   with open(workdir / 'report' / 'assignments.csv') as f:
     evaluated = list(csv.DictReader(f))
   # The training report names each image's file, as predictions.csv does.
@@ -121,7 +123,13 @@ def test_predict_on_a_folder_matches_evaluate(trained, digits_folder):
   confidence = np.array([float(r['confidence']) for r in written])
   assert (confidence >= 1 / config.dataset.num_clusters - 1e-4).all()
   # Stable: a second prediction gives the same rows.
-  assert workflows.predict_workdir(config, str(workdir)) == rows
+  workflows.predict_workdir(config, str(workdir))
+  assert _predictions(workdir) == written
+
+
+def _predictions(folder) -> list[dict]:
+  with open(folder / 'predictions.csv', newline='', encoding='utf-8') as f:
+    return list(csv.DictReader(f))
 
 
 def test_predict_on_an_npz_and_its_errors(trained, tmp_path):
@@ -130,8 +138,9 @@ def test_predict_on_an_npz_and_its_errors(trained, tmp_path):
   rgb = np.random.default_rng(0).integers(0, 256, (7, 16, 16, 3), np.uint8)
   np.savez(tmp_path / 'new.npz', images=rgb)  # other size and channels
   config.predict.input = str(tmp_path / 'new.npz')
-  rows = workflows.predict_workdir(config, str(workdir))
-  assert [r['image'] for r in rows] == [str(i) for i in range(7)]
+  workflows.predict_workdir(config, str(workdir))
+  assert [r['image'] for r in _predictions(workdir)] == [
+      str(i) for i in range(7)]
   config.predict.input = ''
   with pytest.raises(errors.ConfigError, match='predict.input'):
     workflows.predict_workdir(config, str(workdir))
@@ -153,9 +162,45 @@ def test_predict_writes_every_row_for_odd_file_names(trained, tmp_path):
   for name in names:
     Image.fromarray(pixels, 'L').save(os.path.join(os.fsencode(folder), name))
   config.predict.input = str(folder)
-  rows = workflows.predict_workdir(config, str(workdir))
-  assert len(rows) == len(names)
+  assert workflows.predict_workdir(config, str(workdir)).sum() == len(names)
   with open(workdir / 'predictions.csv', newline='', encoding='utf-8') as f:
     written = sorted(r['image'] for r in csv.DictReader(f))
   assert written == sorted(["'=1+2.png", 'bad\\xffbyte.png', 'café.png',
                             'plain.png'])
+
+
+def test_predictions_are_written_batch_by_batch_as_one_unit(tmp_path):
+  rng = np.random.default_rng(0)
+  n, k = 10, 3
+  probs = rng.dirichlet(np.ones(k), n).astype(np.float32)
+  outputs = {'embedding': rng.normal(size=(n, 4)).astype(np.float32),
+             'cluster_probs': probs, 'student_t': probs[:, ::-1]}
+  names = [f'{i}.png' for i in range(n)]
+
+  def batches(size, fail_at=None):
+    for i, start in enumerate(range(0, n, size)):
+      if i == fail_at:
+        raise OSError(28, 'No space left on device')
+      yield {key: value[start:start + size] for key, value in outputs.items()}
+
+  sizes = report.write_predictions(str(tmp_path), names, batches(4), k)
+  np.testing.assert_array_equal(sizes, np.bincount(probs.argmax(1),
+                                                   minlength=k))
+  np.testing.assert_array_equal(np.load(tmp_path / 'embeddings.npy'),
+                                outputs['embedding'])
+  # The rows the whole set's assignments give, in one file.
+  report.write_assignments(str(tmp_path / 'whole.csv'), report.assignment_rows(
+      {'image': names}, probs, outputs['student_t']))
+  before = [(tmp_path / name).read_bytes() for name in report.PREDICTIONS]
+  assert before[0] == (tmp_path / 'whole.csv').read_bytes()
+  # Stopped after two batches: the earlier pair stays whole, nothing is
+  # left beside it.
+  with pytest.raises(OSError):
+    report.write_predictions(str(tmp_path), names, batches(4, fail_at=2), k)
+  with pytest.raises(ValueError, match='8 predictions for 10 images'):
+    report.write_predictions(str(tmp_path), names,
+                             itertools.islice(batches(8), 1), k)
+  assert before == [(tmp_path / name).read_bytes()
+                    for name in report.PREDICTIONS]
+  assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+      report.PREDICTIONS + ('whole.csv',))
