@@ -156,6 +156,8 @@ VARIANTS = {
     'full+both': {**_NEIGHBORS, **_SELFLABEL},
     # Self-labelling on the pseudo-labels of the stage's start, kept fixed.
     'full+selflabel_fixed': {**_SELFLABEL, 'train.selflabel_fixed': True},
+    # The instance term against a momentum encoder's keys (MoCo's m = 0.99).
+    'full+momentum': {'train.momentum_encoder': 0.99},
 }
 METRICS = ('acc', 'nmi', 'ari')
 

@@ -58,7 +58,8 @@ def model_signature(config: ml_collections.ConfigDict, channels: int,
   same number would otherwise resume, or only be evaluated, as if they were
   the run's. And which parts a checkpoint holds besides the state and P:
   with a neighbour term, each image's neighbours; with
-  train.selflabel_fixed, the fixed pseudo-labels.
+  train.selflabel_fixed, the fixed pseudo-labels; with
+  train.momentum_encoder, the momentum encoder's weights.
   """
   return {
       'dataset': config.dataset.name,
@@ -67,6 +68,7 @@ def model_signature(config: ml_collections.ConfigDict, channels: int,
       **models.model_spec(config, channels),
       'neighbor_terms': terms.uses_neighbors(config),
       'selflabel_fixed': config.train.selflabel_fixed,
+      'momentum_encoder': bool(config.train.get('momentum_encoder', 0.0)),
   }
 
 
@@ -108,7 +110,7 @@ def check_model_signature(workdir: str, signature: dict) -> None:
     return
   # A key that a workdir of an older version lacks has the value that
   # version built; other keys it lacks are not compared.
-  saved = {**models.ABSENT_FIELD_VALUES, **saved}
+  saved = {**models.ABSENT_FIELD_VALUES, 'momentum_encoder': False, **saved}
   differ = [key for key, value in signature.items()
             if key in saved and saved[key] != value]
   streamed_then, streamed_now = (

@@ -20,7 +20,8 @@ Formulas follow Contrastive Clustering (Li et al., AAAI 2021; its code where
 the paper and code differ) and DEC/IDEC (Xie et al. 2016; Guo et al. 2017);
 the neighbour and self-labelling terms follow SCAN (Van Gansbeke et al., ECCV
 2020) and, for neighbours as contrastive positives, ProPos (Huang et al.,
-TPAMI 2022) and GCC (Zhong et al., ICCV 2021).
+TPAMI 2022) and GCC (Zhong et al., ICCV 2021); the momentum encoder's
+contrast MoCo v3 (Chen et al., ICCV 2021).
 """
 
 from __future__ import annotations
@@ -358,15 +359,56 @@ def neighbor_instance_loss(
   """
   z, z_neighbor, all_z, all_neighbor, offset = _paired_projections(
       z, z_neighbor, ('z', 'z_neighbor'), normalized, axis_name)
-  n = all_z.shape[0]
-  own = jnp.arange(z.shape[0]) + offset
-  total = 0.0
-  for rows, cols in ((z, all_neighbor), (z_neighbor, all_z)):
-    logits = jnp.matmul(rows, cols.T,
-                        precision=jax.lax.Precision.HIGHEST) / temperature
-    positive = jnp.take_along_axis(logits, own[:, None], axis=1)[:, 0]
-    total += jnp.sum(jax.nn.logsumexp(logits, axis=1) - positive)
-  return loss_arrays.psum(total, axis_name) / (2 * n)
+  total = (_info_nce_sum(z, all_neighbor, offset, temperature) +
+           _info_nce_sum(z_neighbor, all_z, offset, temperature))
+  return loss_arrays.psum(total, axis_name) / (2 * all_z.shape[0])
+
+
+def momentum_contrastive_loss(
+    queries: Array,
+    keys: Array,
+    temperature: float = 0.5,
+    axis_name: AxisName = None,
+    normalized: bool = False,
+) -> Array:
+  r"""InfoNCE of queries against a momentum encoder's keys (MoCo v3).
+
+  Rows are L2-normalised; s_ij = q_i·k_j / τ between the queries q (one
+  view, from the trained network) and the keys k (the other view of the
+  same images, from the momentum encoder). Each query's positive is its
+  own image's key, the other B−1 keys are its negatives:
+
+    L = 1/B Σ_i [ −s_ii + log Σ_j exp(s_ij) ].
+
+  No gradient flows through ``keys``.
+
+  Args:
+    queries: (B, d) projections of one view.
+    keys: (B, d) projections of the other view, row i the same image.
+    temperature: τ.
+    axis_name: mesh axis when called per device; each device's queries are
+      contrasted against all devices' keys.
+    normalized: True when the rows are unit vectors already.
+
+  Returns:
+    A float32 scalar: the mean over the B (global) queries.
+  """
+  queries, keys, _, all_keys, offset = _paired_projections(
+      queries, jax.lax.stop_gradient(keys), ('queries', 'keys'), normalized,
+      axis_name)
+  total = _info_nce_sum(queries, all_keys, offset, temperature)
+  return loss_arrays.psum(total, axis_name) / all_keys.shape[0]
+
+
+def _info_nce_sum(rows: Array, cols: Array, offset: Array | int,
+                  temperature: float) -> Array:
+  """Σ_i [log Σ_j exp(s_ij) − s_i,i+offset], s = rows·colsᵀ / τ: row i's
+  positive is column offset + i, every other column a negative."""
+  logits = jnp.matmul(rows, cols.T,
+                      precision=jax.lax.Precision.HIGHEST) / temperature
+  own = jnp.arange(rows.shape[0]) + offset
+  positive = jnp.take_along_axis(logits, own[:, None], axis=1)[:, 0]
+  return jnp.sum(jax.nn.logsumexp(logits, axis=1) - positive)
 
 
 def self_labeling_loss(

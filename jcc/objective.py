@@ -24,6 +24,7 @@ def compute_loss_terms(
     loss_config: ml_collections.ConfigDict,
     in_clusters: jax.Array | None = None,
     neighbor: models.ModelOutputs | None = None,
+    momentum_keys: jax.Array | None = None,
 ) -> dict[str, jax.Array]:
   """The active (non-zero weight) terms, unweighted, for a 2B batch of views.
 
@@ -32,7 +33,10 @@ def compute_loss_terms(
   limits the cluster, entropy and KL terms to the rows where it is True
   (the others train the instance objective alone); None: all rows.
   ``neighbor``: the outputs of a view of each image's neighbour (B rows),
-  for the neighbour terms (on every row).
+  for the neighbour terms (on every row). ``momentum_keys`` (2B, d): the
+  momentum encoder's projections of the same 2B views; with them, each
+  view's projections are contrasted with the other view's keys
+  (:func:`jcc.losses.momentum_contrastive_loss`) rather than with each other.
   """
   half = views.shape[0] // 2
   a = jax.tree.map(lambda x: x[:half], outputs)
@@ -45,7 +49,15 @@ def compute_loss_terms(
     probs_a, probs_b, target = probs_a * keep, probs_b * keep, target * keep
     kl_scale = half / jnp.maximum(jnp.sum(keep), 1.0)
   terms = {}
-  if loss_config.instance:
+  if loss_config.instance and momentum_keys is not None:
+    terms['instance'] = 0.5 * (
+        losses.momentum_contrastive_loss(
+            a.projection, momentum_keys[half:],
+            loss_config.instance_temperature, normalized=True) +
+        losses.momentum_contrastive_loss(
+            b.projection, momentum_keys[:half],
+            loss_config.instance_temperature, normalized=True))
+  elif loss_config.instance:
     terms['instance'] = losses.instance_contrastive_loss(
         a.projection, b.projection, loss_config.instance_temperature,
         normalized=True)

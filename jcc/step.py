@@ -100,11 +100,15 @@ class RunState:
   self-labelling stage's fixed labels (-1: none), with
   train.selflabel_fixed; else None. The step reads each array's rows at
   the batch's ``indices``; the passes of :mod:`jcc.phases` fill them.
+  ``momentum_params``: the momentum encoder's weights, with
+  train.momentum_encoder (the step moves them towards ``train.params``);
+  else None.
   """
   train: TrainState
   target: jax.Array
   neighbors: jax.Array | None = None
   pseudo_labels: jax.Array | None = None
+  momentum_params: Any = None
 
   def checkpoint_tree(self) -> dict[str, Any]:
     """The state as the checkpoint stores it: a dict of the fields a run
@@ -115,7 +119,7 @@ class RunState:
     existing workdirs hold, so they resume as they are.
     """
     tree = {'state': self.train, 'target': self.target}
-    for name in ('neighbors', 'pseudo_labels'):
+    for name in OPTIONAL_FIELDS:
       if getattr(self, name) is not None:
         tree[name] = getattr(self, name)
     return tree
@@ -123,8 +127,11 @@ class RunState:
   @classmethod
   def from_checkpoint_tree(cls, tree: dict[str, Any]) -> RunState:
     return cls(train=tree['state'], target=tree['target'],
-               neighbors=tree.get('neighbors'),
-               pseudo_labels=tree.get('pseudo_labels'))
+               **{name: tree.get(name) for name in OPTIONAL_FIELDS})
+
+
+# The fields of RunState that only some runs have.
+OPTIONAL_FIELDS = ('neighbors', 'pseudo_labels', 'momentum_params')
 
 
 def nonfinite_names(nonfinite_terms: int) -> list[str]:
@@ -180,7 +187,8 @@ def init_run_state(model: models.ClusteringModel,
                    clustered: np.ndarray) -> RunState:
   """The run's initial state: the train state of ``config.seed``, a uniform
   P on the ``clustered`` rows ((N,) bool), and each image its own
-  neighbour and no pseudo-label, where the run has them."""
+  neighbour, no pseudo-label and a momentum encoder equal to the network,
+  where the run has them."""
   replicated, _ = parallel.shardings(mesh)
   n, k = len(clustered), config.dataset.num_clusters
   target = np.zeros((n, k), np.float32)
@@ -190,8 +198,14 @@ def init_run_state(model: models.ClusteringModel,
                             uses_neighbors(config)) else None
   pseudo_labels = np.full(n, -1, np.int32) if (
       config.train.selflabel_fixed) else None
+  train = init_state(model, tx, config.seed, image_shape, mesh)
+  # A copy, not the same arrays: the step donates the whole RunState.
+  momentum_params = jax.jit(
+      lambda params: jax.tree.map(jnp.copy, params),
+      out_shardings=replicated)(train.params) if (
+          config.train.get('momentum_encoder', 0.0)) else None
   return RunState(
-      train=init_state(model, tx, config.seed, image_shape, mesh),
+      train=train, momentum_params=momentum_params,
       **{name: None if value is None else parallel.to_global(value,
                                                              replicated)
          for name, value in (('target', target), ('neighbors', neighbors),
@@ -221,14 +235,18 @@ def make_train_step(model, tx, config, mesh, warmup_steps: int = 0,
   (config.augment, then a Cutout of train.selflabel_cutout), plus
   train.selflabel_weight × :func:`jcc.objective.self_labeling_terms`, whose
   labels come from the plain images in the same pass, or, with
-  ``fixed_labels``, from ``run.pseudo_labels``. ``compiler_options``: XLA's, for the step
-  (default: :func:`jcc.conv.compiler_options`).
+  ``fixed_labels``, from ``run.pseudo_labels``. With
+  train.momentum_encoder m, the momentum encoder's projections of the views
+  are the instance term's keys, and its weights become m·θ' + (1 − m)·θ
+  after each update. ``compiler_options``: XLA's, for the step (default:
+  :func:`jcc.conv.compiler_options`).
   """
   loss_config = config.loss
   aug_config = config.augment
   aug_key = jax.random.fold_in(jax.random.key(config.seed), 1)
   size = config.dataset.image_size  # the views' side, whatever the batch's
   decode = bool(loss_config.reconstruction)
+  momentum = config.train.get('momentum_encoder', 0.0)
   if with_neighbors is None:
     with_neighbors = uses_neighbors(config)
   if not with_neighbors:
@@ -255,6 +273,12 @@ def make_train_step(model, tx, config, mesh, warmup_steps: int = 0,
           batch.neighbor_images.astype(jnp.float32) / 255.0, aug_config,
           size=size)])
     p = run.target[indices]
+    momentum_keys = None
+    if momentum:  # the keys: the momentum encoder's projections of the views
+      momentum_keys = jax.lax.stop_gradient(model.apply(
+          {'params': run.momentum_params, 'batch_stats': state.batch_stats},
+          views, train=True, decode=False,
+          mutable=['batch_stats'])[0].projection)
 
     def loss_fn(params):
       outputs, updates = model.apply(
@@ -272,7 +296,8 @@ def make_train_step(model, tx, config, mesh, warmup_steps: int = 0,
           with_neighbors) else None
       outputs = jax.tree.map(lambda x: x[:two], outputs)
       terms = objective.compute_loss_terms(outputs, views, p, loss_config,
-                                           in_clusters, neighbor)
+                                           in_clusters, neighbor,
+                                           momentum_keys)
       total = sum(
           loss_config[name] * value *
           (joint_scale if name in JOINT_TERMS else 1)
@@ -306,7 +331,12 @@ def make_train_step(model, tx, config, mesh, warmup_steps: int = 0,
         nonfinite_step=jnp.where(first_bad, state.step + 1,
                                  state.nonfinite_step),
         nonfinite_terms=jnp.where(first_bad, mask, state.nonfinite_terms))
-    return run.replace(train=new_state), dict(terms, total=total)
+    run = run.replace(train=new_state)
+    if momentum:  # frozen with the state where the update was skipped
+      run = run.replace(momentum_params=optax.incremental_update(
+          new_state.params, run.momentum_params,
+          jnp.where(ok, 1.0 - momentum, 0.0)))
+    return run, dict(terms, total=total)
 
   replicated, _ = parallel.shardings(mesh)
   return jax.jit(

@@ -163,6 +163,9 @@ FIELDS: dict[str, Rule] = {
     'train.optimizer': choice(lambda: OPTIMIZERS),
     'train.momentum': number(0.0, 1.0),
     'train.weight_decay': number(0.0),
+    'train.momentum_encoder': Rule(
+        lambda: 'a number from 0 (none) up to, not including, 1',
+        lambda v: _is_number(v) and 0 <= v < 1),
     'train.warmup_epochs': integer(0),
     'train.kmeans_n_init': integer(1),
     'train.target_update_every_steps': integer(1),

@@ -36,6 +36,7 @@ def test_variants_change_only_their_terms():
                                            'train.selflabel_epochs': 10}
   assert quality.VARIANTS['full+selflabel_fixed'] == {
       'train.selflabel_epochs': 10, 'train.selflabel_fixed': True}
+  assert quality.VARIANTS['full+momentum'] == {'train.momentum_encoder': 0.99}
   # Every field exists in the config.
   config = quality.dataset_config('digits', [])
   for changes in quality.VARIANTS.values():

@@ -87,6 +87,7 @@ BAD_VALUES = {
     'train.max_checkpoints': [0],
     'train.optimizer': ['rmsprop', 0],
     'train.momentum': [-0.1, 1.01],
+    'train.momentum_encoder': [1.0, -0.1, 'yes', float('nan')],
     'train.weight_decay': [-1e-4, float('nan')],
     'train.lr_warmup_epochs': [-1, 0.5],
     'model.head_batchnorm': [1, 'yes'],

@@ -168,6 +168,13 @@ def get_config() -> ml_collections.ConfigDict:
   train.learning_rate = 3e-4
   train.lr_schedule = 'constant'
   train.lr_warmup_epochs = 0
+  # A momentum encoder (MoCo, BYOL): a copy of the network whose weights
+  # follow the trained ones as an exponential moving average with this
+  # coefficient (m in θ' ← m·θ' + (1 − m)·θ, after each update); its
+  # projections of each view, without gradient, are the keys the other
+  # view's projections are contrasted with in the instance term. 0: none
+  # (the two views contrast with each other, as in CC).
+  train.momentum_encoder = 0.0
   # Epochs trained without the KL term before the centroids are initialised
   # by k-means on the embeddings of the whole training set.
   train.warmup_epochs = 20
@@ -228,11 +235,12 @@ def get_config() -> ml_collections.ConfigDict:
   return config
 
 
-# The fields of the stages beyond the paper (neighbour terms,
-# self-labelling), at the values that switch them off.
+# The fields of the stages and parts beyond the paper (neighbour terms,
+# self-labelling, a momentum encoder), at the values that switch them off.
 BEYOND_PAPER_OFF = {'loss.neighbor_consistency': 0.0,
                     'loss.neighbor_instance': 0.0,
-                    'train.selflabel_epochs': 0}
+                    'train.selflabel_epochs': 0,
+                    'train.momentum_encoder': 0.0}
 
 
 def paper_method(config: ml_collections.ConfigDict
