@@ -1,6 +1,7 @@
 """The array plumbing the losses share: the compute dtype, replication of
-explicitly sharded inputs, sums over a mesh axis, and a Gram matrix whose
-gradient is one matmul. jcc.losses holds the formulas; this, how they run.
+explicitly sharded inputs, sums over a mesh axis, rows normalised and
+gathered from every device, and a Gram matrix whose gradient is one matmul.
+jcc.losses holds the formulas; this, how they run.
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ import jax.numpy as jnp
 
 Array = jax.Array
 AxisName = Hashable | None
+
+# The floor of a norm: far below any real (non-degenerate) row's.
+NORM_EPS = 1e-8
 
 
 def compute_dtype(*xs: Array) -> jnp.dtype:
@@ -67,3 +71,27 @@ def gram_jvp(primals, tangents):
   (x,), (x_dot,) = primals, tangents
   s = jnp.matmul(x_dot, x.T, precision=jax.lax.Precision.HIGHEST)
   return gram(x), s + s.T
+
+
+def l2_normalize(x: Array, axis: int = -1) -> Array:
+  """x / max(‖x‖, eps): a zero vector stays zero with a finite gradient."""
+  sq = jnp.sum(x * x, axis=axis, keepdims=True)
+  return x * jax.lax.rsqrt(jnp.maximum(sq, NORM_EPS**2))
+
+
+def paired_rows(
+    z_a: Array, z_b: Array, names: tuple[str, str], normalized: bool,
+    axis_name: AxisName) -> tuple[Array, Array, Array, Array, Array | int]:
+  """Two (B, d) batches of projections, checked and L2-normalised, with all
+  devices' rows of each and the global index of this device's first row."""
+  z_a, z_b = upcast(z_a, z_b)
+  if z_a.shape != z_b.shape or z_a.ndim != 2:
+    raise ValueError(f'{names[0]} and {names[1]} must both be (B, d); got '
+                     f'{z_a.shape} and {z_b.shape}.')
+  if not normalized:
+    z_a, z_b = l2_normalize(z_a), l2_normalize(z_b)
+  if axis_name is None:
+    return z_a, z_b, z_a, z_b, 0
+  return (z_a, z_b, jax.lax.all_gather(z_a, axis_name, tiled=True),
+          jax.lax.all_gather(z_b, axis_name, tiled=True),
+          jax.lax.axis_index(axis_name) * z_a.shape[0])

@@ -36,16 +36,12 @@ from jcc import loss_arrays
 Array = jax.Array
 AxisName = Hashable | None
 
-# Floors that keep norms, logs and divisions finite on degenerate inputs. They
-# are far below any value a real (non-degenerate) input produces.
-_NORM_EPS = 1e-8
+# The floor that keeps logs and divisions finite on degenerate inputs, far
+# below any value a real (non-degenerate) input produces.
 _PROB_EPS = 1e-12
-
-
-def l2_normalize(x: Array, axis: int = -1) -> Array:
-  """x / max(‖x‖, eps): a zero vector stays zero with a finite gradient."""
-  sq = jnp.sum(x * x, axis=axis, keepdims=True)
-  return x * jax.lax.rsqrt(jnp.maximum(sq, _NORM_EPS**2))
+# x / max(‖x‖, eps), one of this module's functions too (the model's
+# projections are normalised by it).
+l2_normalize = loss_arrays.l2_normalize
 
 
 def _xlogx(p: Array) -> Array:
@@ -66,24 +62,6 @@ def _paired_cross_entropy(logits: Array, row_ids: Array, n: int) -> Array:
   positive_ids = (row_ids + n) % (2 * n)
   positive = jnp.take_along_axis(logits, positive_ids[:, None], axis=1)[:, 0]
   return jnp.sum(jax.nn.logsumexp(logits, axis=1) - positive)
-
-
-def _paired_projections(
-    z_a: Array, z_b: Array, names: tuple[str, str], normalized: bool,
-    axis_name: AxisName) -> tuple[Array, Array, Array, Array, Array | int]:
-  """Two (B, d) batches of projections, checked and L2-normalised, with all
-  devices' rows of each and the global index of this device's first row."""
-  z_a, z_b = loss_arrays.upcast(z_a, z_b)
-  if z_a.shape != z_b.shape or z_a.ndim != 2:
-    raise ValueError(f'{names[0]} and {names[1]} must both be (B, d); got '
-                     f'{z_a.shape} and {z_b.shape}.')
-  if not normalized:
-    z_a, z_b = l2_normalize(z_a), l2_normalize(z_b)
-  if axis_name is None:
-    return z_a, z_b, z_a, z_b, 0
-  return (z_a, z_b, jax.lax.all_gather(z_a, axis_name, tiled=True),
-          jax.lax.all_gather(z_b, axis_name, tiled=True),
-          jax.lax.axis_index(axis_name) * z_a.shape[0])
 
 
 def instance_contrastive_loss(
@@ -114,7 +92,7 @@ def instance_contrastive_loss(
   Returns:
     A float32 scalar: the mean over all 2B (global) rows.
   """
-  z_a, z_b, all_a, all_b, offset = _paired_projections(
+  z_a, z_b, all_a, all_b, offset = loss_arrays.paired_rows(
       z_a, z_b, ('z_a', 'z_b'), normalized, axis_name)
   local_n, n = z_a.shape[0], all_a.shape[0]
   rows = jnp.concatenate([z_a, z_b], axis=0)
@@ -163,7 +141,8 @@ def cluster_contrastive_loss(
   k = c_a.shape[1]
   y = jnp.concatenate([c_a, c_b], axis=1)  # (B, 2K): column = cluster
   gram = loss_arrays.psum(loss_arrays.gram(y.T), axis_name)
-  inv_norm = jax.lax.rsqrt(jnp.maximum(jnp.diagonal(gram), _NORM_EPS**2))
+  inv_norm = jax.lax.rsqrt(
+      jnp.maximum(jnp.diagonal(gram), loss_arrays.NORM_EPS**2))
   logits = gram * inv_norm[:, None] * inv_norm[None, :] / temperature
   return _paired_cross_entropy(logits, jnp.arange(2 * k), k) / (2 * k)
 
@@ -357,7 +336,7 @@ def neighbor_instance_loss(
   Returns:
     A float32 scalar: the mean over the 2B (global) rows.
   """
-  z, z_neighbor, all_z, all_neighbor, offset = _paired_projections(
+  z, z_neighbor, all_z, all_neighbor, offset = loss_arrays.paired_rows(
       z, z_neighbor, ('z', 'z_neighbor'), normalized, axis_name)
   total = (_info_nce_sum(z, all_neighbor, offset, temperature) +
            _info_nce_sum(z_neighbor, all_z, offset, temperature))
@@ -393,7 +372,7 @@ def momentum_contrastive_loss(
   Returns:
     A float32 scalar: the mean over the B (global) queries.
   """
-  queries, keys, _, all_keys, offset = _paired_projections(
+  queries, keys, _, all_keys, offset = loss_arrays.paired_rows(
       queries, jax.lax.stop_gradient(keys), ('queries', 'keys'), normalized,
       axis_name)
   total = _info_nce_sum(queries, all_keys, offset, temperature)
