@@ -77,6 +77,8 @@ def choice(allowed: Callable[[], Sequence[str]]) -> Rule:
 
 
 FLAG = Rule(lambda: 'True or False', lambda v: isinstance(v, bool))
+FLAG_OR_UNSET = Rule(lambda: 'True, False or unset (None)',
+                     lambda v: v is None or isinstance(v, bool))
 TEXT = Rule(lambda: 'a string', lambda v: isinstance(v, str))
 PROBABILITY = number(0.0, 1.0)
 WEIGHT = number(0.0)
@@ -109,7 +111,7 @@ FIELDS: dict[str, Rule] = {
     'dataset.manual_dir': TEXT,
     'dataset.use_unlabelled': FLAG,
     'dataset.skip_bad_images': FLAG,
-    'dataset.stream': FLAG,
+    'dataset.stream': FLAG_OR_UNSET,
     'dataset.image_size': integer(*IMAGE_SIZES),
     'dataset.crop_from_size': Rule(
         lambda: f'0 or an integer in [{IMAGE_SIZES[0]}, {IMAGE_SIZES[1]}]',

@@ -102,6 +102,16 @@ def test_a_large_folder_is_streamed_with_a_warning(digit_folder, monkeypatch,
   assert 'dataset.stream=True' in caplog.text
 
 
+def test_a_large_folder_with_streaming_off_stops_naming_the_field(
+    digit_folder, monkeypatch):
+  monkeypatch.setattr(streamed, 'memory_budget', lambda: 1000)
+  with pytest.raises(DataError, match='over the in-memory budget.*'
+                     'stream them from disk with --config.dataset.stream=True'
+                     ) as error:
+    sources.load_dataset(_folder_config(digit_folder, stream=False).dataset)
+  assert '\n' not in str(error.value)
+
+
 def test_streaming_a_source_read_into_memory_is_one_line(tmp_path):
   config = tiny_config().dataset
   config.stream = True

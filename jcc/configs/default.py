@@ -5,6 +5,7 @@ command line: ``--config.train.num_epochs=50``.
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -42,10 +43,12 @@ def get_config() -> ml_collections.ConfigDict:
   dataset.skip_bad_images = True
   # Read the images from disk as the batches need them (folders of image
   # files, tiny_imagenet, and sets written by python -m jcc.convert), so
-  # memory does not grow with their number. False keeps them in memory,
-  # which is fastest, unless they would take over half this machine's
-  # memory: then they are streamed all the same, and a warning says so.
-  dataset.stream = False
+  # memory does not grow with their number. True streams them; False keeps
+  # them in memory, which is fastest, and stops with an error where they
+  # would take over half this machine's memory. Unset (None), they are kept
+  # in memory where they fit that budget, and streamed with a warning where
+  # they do not.
+  dataset.stream = config_dict.placeholder(bool)
   # Images are resized to image_size × image_size before training.
   dataset.image_size = 8
   # Training views are cut from the images held at crop_from_size ×

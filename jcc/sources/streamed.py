@@ -32,7 +32,7 @@ from jcc.sources.dataset import resize_image
 # Files opened at once by a read (Pillow's decoders release the GIL).
 _THREADS = min(32, (os.cpu_count() or 1) + 4)
 # The decoded set may take this share of the machine's memory before a
-# folder is streamed on its own (config.dataset.stream False).
+# folder is streamed on its own (config.dataset.stream unset).
 MEMORY_SHARE = 0.5
 
 
@@ -61,11 +61,13 @@ def decoded_size(count: int, size: int, channels: int) -> int:
 
 def choose_streaming(dataset_config, count: int, channels: int,
                      where: str) -> bool:
-  """Whether to stream ``count`` images that can be: config.dataset.stream,
-  or, where it is False, whether the decoded set (at image_size, and at
-  crop_from_size too where that is set) would pass :func:`memory_budget`,
-  which a warning then says."""
-  if dataset_config.get('stream', False):
+  """Whether to stream ``count`` images that can be, by config.dataset.stream:
+  True streams; unset (None) streams where the decoded set (at image_size,
+  and at crop_from_size too where that is set) would pass
+  :func:`memory_budget`, which a warning then says; False never streams, and
+  raises DataError where the set would pass the budget."""
+  stream = dataset_config.get('stream')
+  if stream:
     return True
   sizes = {dataset_config.image_size,
            dataset_config.get('crop_from_size', 0) or
@@ -74,11 +76,16 @@ def choose_streaming(dataset_config, count: int, channels: int,
   budget = memory_budget()
   if needed <= budget:
     return False
-  logging.warning(
-      '%s: %d images take %.1f GB decoded, over the in-memory budget of '
-      '%.1f GB (half this machine\'s memory): they are read from disk as the '
-      'batches need them, as --config.dataset.stream=True asks.', where,
-      count, needed / 1e9, budget / 1e9)
+  over = (f'{where}: {count} images take {needed / 1e9:.1f} GB decoded, over '
+          f'the in-memory budget of {budget / 1e9:.1f} GB (half this '
+          "machine's memory)")
+  if stream is not None:
+    raise DataError(
+        f'{over}; stream them from disk with --config.dataset.stream=True '
+        '(or leave dataset.stream unset, which streams them when they do not '
+        'fit).')
+  logging.warning('%s: they are read from disk as the batches need them, as '
+                  '--config.dataset.stream=True asks.', over)
   return True
 
 
