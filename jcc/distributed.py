@@ -7,8 +7,9 @@ find each other (:func:`initialize`). Then:
   (:func:`check_same_run`), before any training step;
 * decisions that one process could take alone, such as stopping on a
   signal, are taken together (:func:`any_process`), and host-side results
-  that must be identical, such as k-means centroids, come from process 0
-  (:func:`from_process_zero`);
+  that must be identical, such as k-means centroids, come from statistics
+  summed over processes in one order everywhere
+  (:func:`sum_over_processes`);
 * a :class:`PeerWatch` thread publishes this process's heartbeat in the
   coordination service's key-value store and ends the process, with one line,
   when a peer stops beating or leaves with an error: a collective would
@@ -231,21 +232,28 @@ def any_process(flag: bool) -> bool:
   return bool(np.asarray(gathered).any())
 
 
+def sum_over_processes(array: np.ndarray) -> np.ndarray:
+  """The sum of ``array`` over all processes, the same bits on each (every
+  process must call it, with the same shape and dtype).
+
+  The processes' arrays travel as raw bytes, so float64 stays float64, and
+  are added in process order everywhere."""
+  if not is_multiprocess():
+    return array
+  array = np.ascontiguousarray(array)
+  gathered = np.asarray(multihost_utils.process_allgather(
+      array.reshape(-1).view(np.uint8)))
+  parts = gathered.reshape(jax.process_count(), -1).view(array.dtype)
+  total = parts[0].copy()
+  for part in parts[1:]:
+    total += part
+  return total.reshape(array.shape)
+
+
 def wait_for_all(name: str) -> None:
   """Returns when every process has made the same call (at once alone)."""
   if is_multiprocess():
     multihost_utils.sync_global_devices(name)
-
-
-def from_process_zero(array: np.ndarray) -> np.ndarray:
-  """Process 0's ``array`` on every process (every process must call it).
-
-  For host-side results, such as k-means centroids, that every process
-  computes but that could differ by float rounding between machines.
-  """
-  if not is_multiprocess():
-    return array
-  return np.asarray(multihost_utils.broadcast_one_to_all(array))
 
 
 class PeerWatch(threading.Thread):

@@ -162,13 +162,21 @@ def confident_predictions(
   as the class the Hungarian match of *all* the head's predictions gives it
   (None without labels or without a confident image).
   """
-  predictions = cluster_probs.argmax(1)
-  confident = pseudo_labels(cluster_probs, threshold) >= 0
+  return confidence(labels, cluster_probs.argmax(1),
+                    pseudo_labels(cluster_probs, threshold),
+                    cluster_probs.shape[1], threshold)
+
+
+def confidence(labels: np.ndarray | None, predictions: np.ndarray,
+               pseudo: np.ndarray, num_clusters: int, threshold: float
+               ) -> dict[str, float | None]:
+  """:func:`confident_predictions` from each image's predicted cluster and
+  its pseudo-label (:func:`pseudo_labels`, -1 where not confident)."""
+  confident = pseudo >= 0
   acc = None
   if labels is not None and confident.any():
-    _, classes, clusters = hungarian_match(labels, predictions,
-                                           cluster_probs.shape[1])
-    class_of = np.full(cluster_probs.shape[1], -1)
+    _, classes, clusters = hungarian_match(labels, predictions, num_clusters)
+    class_of = np.full(num_clusters, -1)
     class_of[clusters] = classes
     acc = float(np.mean(class_of[predictions[confident]] ==
                         np.asarray(labels)[confident]))

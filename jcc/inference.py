@@ -22,8 +22,9 @@ from jcc import pipeline
 from jcc import trained_model
 
 
-def make_forward(model, mesh):
-  """Jitted evaluation forward: variables, uint8 images → dict of outputs."""
+def make_forward(model, mesh, split: bool = False):
+  """Jitted evaluation forward: variables, uint8 images → dict of outputs,
+  whole on every device, or (``split``) split by rows as the images are."""
 
   def forward(variables, images):
     out = model.apply(variables, images.astype(jnp.float32) / 255.0,
@@ -33,7 +34,7 @@ def make_forward(model, mesh):
 
   replicated, batch = parallel.shardings(mesh)
   return jax.jit(forward, in_shardings=(replicated, batch),
-                 out_shardings=replicated,
+                 out_shardings=batch if split else replicated,
                  compiler_options=conv.compiler_options())
 
 
@@ -83,6 +84,7 @@ class Predictor:
   def __init__(self, model: models.ClusteringModel, mesh: jax.sharding.Mesh,
                batch_size: int):
     self._forward = make_forward(model, mesh)
+    self._forward_split = make_forward(model, mesh, split=True)
     self._replicated, self._batch_sharding = parallel.shardings(mesh)
     self.batch_size = -(-max(batch_size, mesh.size) // mesh.size) * mesh.size
 
@@ -95,19 +97,47 @@ class Predictor:
     """The outputs of each batch of ``images`` in turn, so that memory
     holds one batch's, not the whole set's (every process takes part in
     each batch)."""
-    variables = jax.tree.map(
-        lambda a: a if isinstance(a, jax.Array) else parallel.to_global(
-            np.asarray(a), self._replicated), variables)
-    if jax.process_count() == 1:
-      to_device = lambda batch: parallel.to_global(  # noqa: E731
-          batch, self._batch_sharding)
-    else:  # each host reads and sends only its rows
-      to_device = lambda batch: parallel.from_process_local(  # noqa: E731
-          self._batch_sharding, batch)[0]
+    variables = self._on_devices(variables)
     return each_batch(
         lambda batch: self._forward(variables, batch),
         pipeline.eval_batches(images, self.batch_size, jax.process_index(),
-                              jax.process_count()), to_device)
+                              jax.process_count()), self._to_device)
+
+  def own_rows(self, variables: dict, images: np.ndarray
+               ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The outputs of this process's rows of ``images`` alone (the rows it
+    reads, :func:`jcc.pipeline.process_rows`), and those rows' indices: no
+    process receives another's outputs. One process: all rows, in order."""
+    variables = self._on_devices(variables)
+    share = self.batch_size // jax.process_count()
+    first = jax.process_index() * share
+    outputs = []
+    for batch, mask in pipeline.eval_batches(
+        images, self.batch_size, jax.process_index(), jax.process_count()):
+      result = self._forward_split(variables, self._to_device(batch))
+      outputs.append({key: _own_rows(value)[mask[first:first + share]]
+                      for key, value in result.items()})
+    return concatenate(outputs), pipeline.process_rows(
+        len(images), self.batch_size, jax.process_index(),
+        jax.process_count())
+
+  def _on_devices(self, variables: dict) -> dict:
+    return jax.tree.map(
+        lambda a: a if isinstance(a, jax.Array) else parallel.to_global(
+            np.asarray(a), self._replicated), variables)
+
+  def _to_device(self, batch: np.ndarray) -> jax.Array:
+    if jax.process_count() == 1:
+      return parallel.to_global(batch, self._batch_sharding)
+    # Each host reads and sends only its rows.
+    return parallel.from_process_local(self._batch_sharding, batch)[0]
+
+
+def _own_rows(array: jax.Array) -> np.ndarray:
+  """This process's rows of an array split by rows over the devices."""
+  shards = sorted(array.addressable_shards,
+                  key=lambda shard: shard.index[0].start or 0)
+  return np.concatenate([np.asarray(shard.data) for shard in shards])
 
 
 def saved_model_predictor(model: trained_model.TrainedModel,

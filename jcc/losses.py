@@ -222,7 +222,8 @@ def student_t_assignment(
   return jax.nn.softmax(log_kernel, axis=1)
 
 
-def target_distribution(q: Array, axis_name: AxisName = None) -> Array:
+def target_distribution(q: Array, axis_name: AxisName = None,
+                        frequency: Array | None = None) -> Array:
   r"""DEC's sharpened target distribution P from soft assignments Q.
 
     p_ij = (q_ij² / f_j) / Σ_j' (q_ij'² / f_j'),   f_j = Σ_i q_ij
@@ -233,6 +234,9 @@ def target_distribution(q: Array, axis_name: AxisName = None) -> Array:
     q: (N, K) soft assignments, usually of the whole dataset.
     axis_name: mesh axis when called per device; the cluster frequencies f
       are then summed over all devices' rows.
+    frequency: (K,) f, where ``q`` is a share of the rows and f was summed
+      over all of them (by the processes that hold the others); default:
+      summed over ``q``'s rows (and ``axis_name``'s devices).
 
   Returns:
     (N, K) float32; each row sums to 1.
@@ -240,7 +244,8 @@ def target_distribution(q: Array, axis_name: AxisName = None) -> Array:
   (q,) = loss_arrays.upcast(jax.lax.stop_gradient(q))
   if q.ndim != 2:
     raise ValueError(f'q must be (N, K); got shape {q.shape}.')
-  frequency = loss_arrays.psum(jnp.sum(q, axis=0), axis_name)
+  if frequency is None:
+    frequency = loss_arrays.psum(jnp.sum(q, axis=0), axis_name)
   weight = jnp.square(q) / jnp.maximum(frequency, _PROB_EPS)
   return weight / jnp.maximum(
       jnp.sum(weight, axis=1, keepdims=True), _PROB_EPS)

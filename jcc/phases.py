@@ -8,9 +8,13 @@ Trainer calls them at the steps its plan (:mod:`jcc.plan`) sets; each
 ``with_*`` pass returns the :class:`jcc.step.RunState` with its array
 filled.
 
-Where several processes compute one, each on its own copy of the outputs,
-process 0's result is the one every process keeps: float rounding may
-differ between hosts.
+Each process runs the model over its own share of the images alone
+(:meth:`DatasetPasses.own_outputs`). DEC's centroids and target come from
+sums over processes (each cluster's statistics, :mod:`jcc.kmeans`, and
+frequencies), the same on every process; the pseudo-labels and the
+evaluation's predictions are one number per image, put together from the
+processes' shares. The neighbours need every image's embedding on every
+process (:meth:`DatasetPasses.with_neighbors`).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import numpy as np
 from jcc import distributed
 from jcc import evaluate
 from jcc import inference
+from jcc import kmeans
 from jcc import losses
 from jcc import neighbors
 from jcc import parallel
@@ -61,34 +66,62 @@ class DatasetPasses:
     return self.predictor({'params': state.params,
                            'batch_stats': state.batch_stats}, images)
 
+  def own_outputs(self, state: step_lib.TrainState
+                  ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """:meth:`outputs` of this process's share of the clustered images
+    alone, and their indices among the clustered images."""
+    images = self.dataset.images
+    if self._some_left_out:
+      images = images[self.cluster_indices]
+    return self.predictor.own_rows({'params': state.params,
+                                    'batch_stats': state.batch_stats}, images)
+
+  def _assembled(self, own: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """One value per clustered image, on every process, from each
+    process's values of its own ``rows`` (exact: each row comes from one
+    process, the others add zeros)."""
+    whole = np.zeros((len(self.cluster_indices),) + own.shape[1:], own.dtype)
+    whole[rows] = own
+    return distributed.sum_over_processes(whole)
+
   def _replicated(self, array: np.ndarray) -> jax.Array:
     return parallel.to_global(array, parallel.shardings(self.mesh).replicated)
 
   def with_kmeans_centroids(self, run: step_lib.RunState
                             ) -> step_lib.RunState:
-    """``run`` with DEC's centroids ← k-means on every embedding."""
+    """``run`` with DEC's centroids ← k-means on every embedding, each
+    process embedding its own share (:mod:`jcc.kmeans`)."""
     config, start, state = self.config, time.time(), run.train
-    embeddings = self.outputs(state)['embedding']
-    if not np.all(np.isfinite(embeddings)):
+    outputs, rows = self.own_outputs(state)
+    embeddings = outputs['embedding']
+    if distributed.any_process(not np.all(np.isfinite(embeddings))):
       raise FloatingPointError(
           'The embeddings are not finite where k-means would set DEC\'s '
           f'centroids (step {int(state.step)}): the training diverged. '
           'Lower config.train.learning_rate.')
-    centroids, _ = evaluate.kmeans(embeddings, config.dataset.num_clusters,
-                                   config.seed, config.train.kmeans_n_init)
-    centroids = distributed.from_process_zero(centroids)
+    centroids = kmeans.fit(
+        embeddings, rows, len(self.cluster_indices),
+        config.dataset.num_clusters, config.seed, config.train.kmeans_n_init,
+        sum_over_processes=distributed.sum_over_processes)
     logging.info('Centroids initialised by k-means (n_init=%d) on %d '
                  'embeddings in %.1f s.', config.train.kmeans_n_init,
-                 len(embeddings), time.time() - start)
+                 len(self.cluster_indices), time.time() - start)
     params = flax.core.unfreeze(state.params)
     params['clustering']['centroids'] = self._replicated(centroids)
     return run.replace(train=state.replace(params=params))
 
   def with_target(self, run: step_lib.RunState) -> step_lib.RunState:
     """``run`` with DEC's target P, (N, K) float32: rows of the clustered
-    examples from their q, zeros for instance-only ones (unused)."""
-    p = np.asarray(losses.target_distribution(
-        self.outputs(run.train)['student_t']), np.float32)
+    examples from their q, zeros for instance-only ones (unused).
+
+    Each process computes its own share's rows, from the cluster
+    frequencies summed over all processes; the table is then put together
+    whole on every device, where the step reads it by row."""
+    outputs, rows = self.own_outputs(run.train)
+    q = outputs['student_t']
+    frequency = distributed.sum_over_processes(q.sum(axis=0))
+    p = self._assembled(np.asarray(losses.target_distribution(
+        q, frequency=frequency), np.float32), rows)
     if self._some_left_out:
       full = np.zeros((len(self.dataset), p.shape[1]), np.float32)
       full[self.cluster_indices] = p
@@ -103,20 +136,24 @@ class DatasetPasses:
     returns ``run`` with the stage's pseudo-labels, (N,) int32: the cluster
     head's argmax above the threshold, else -1."""
     fixed = run.pseudo_labels is not None
-    probs = self.outputs(run.train)['cluster_probs']
-    threshold = self.config.train.selflabel_threshold
+    outputs, rows = self.own_outputs(run.train)
+    probs, threshold = (outputs['cluster_probs'],
+                        self.config.train.selflabel_threshold)
+    predictions = self._assembled(probs.argmax(1), rows)
+    pseudo_labels = self._assembled(
+        evaluate.pseudo_labels(probs, threshold), rows)
     logging.info(
         'Self-labelling: %d steps; pseudo-labels (the cluster head above '
         'train.selflabel_threshold): %s; %s.', steps,
-        evaluate.describe_confident(evaluate.confident_predictions(
-            self.labels, probs, threshold)),
+        evaluate.describe_confident(evaluate.confidence(
+            self.labels, predictions, pseudo_labels, probs.shape[1],
+            threshold)),
         'fixed for the stage (train.selflabel_fixed)' if fixed else
         're-read at every step')
     if not fixed:
       return run
     labels = np.full(len(self.dataset), -1, np.int32)
-    labels[self.cluster_indices] = distributed.from_process_zero(
-        evaluate.pseudo_labels(probs, threshold))
+    labels[self.cluster_indices] = pseudo_labels
     return run.replace(pseudo_labels=self._replicated(labels))
 
   def with_neighbors(self, run: step_lib.RunState) -> step_lib.RunState:
@@ -142,13 +179,13 @@ class DatasetPasses:
     labels."""
     if self.labels is None:
       return {}
-    outputs, scalars = self.outputs(state), {}
+    (outputs, rows), scalars = self.own_outputs(state), {}
     for name, probs in (('cluster_head', outputs['cluster_probs']),
                         ('dec', outputs['student_t'])):
       if name == 'dec' and not centroids_set:
         continue
       for metric, value in evaluate.clustering_metrics(
-          self.labels, probs.argmax(1)).items():
+          self.labels, self._assembled(probs.argmax(1), rows)).items():
         scalars[f'eval/{name}_{metric}'] = value
     logging.info('evaluation at step %d: %s', step, ' '.join(
         f'{k[5:]}={v:.3f}' for k, v in scalars.items()))

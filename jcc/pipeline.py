@@ -118,6 +118,16 @@ def eval_batches(
       batch_size // process_count))
 
 
+def process_rows(total: int, batch_size: int, process_index: int = 0,
+                 process_count: int = 1) -> np.ndarray:
+  """The indices of the rows host ``process_index`` reads in
+  :func:`eval_batches`, in the order it reads them."""
+  share = batch_size // process_count
+  starts = np.arange(0, total, batch_size) + process_index * share
+  rows = (starts[:, None] + np.arange(share)).ravel()
+  return rows[rows < total]
+
+
 def _padded_batches(images: np.ndarray, batch_size: int, offset: int,
                     rows: int) -> Iterator:
   total = images.shape[0]

@@ -21,6 +21,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from jcc import distributed
+from jcc import kmeans
 from tests import readme
 from tests.conftest import REPO_ROOT, tiny_config
 from tests.test_reliability import (TINY_FLAGS, _digits_as_files, _steps,
@@ -103,11 +104,57 @@ def test_one_process_agrees_with_itself():
   distributed.check_same_run(config, (10, 8, 8, 1))  # nobody to compare
   assert distributed.any_process(True) and not distributed.any_process(False)
   x = np.arange(6.0).reshape(2, 3)
-  np.testing.assert_array_equal(distributed.from_process_zero(x), x)
+  np.testing.assert_array_equal(distributed.sum_over_processes(x), x)
 
 
 # ---------------------------------------------------------------------------
 # Real processes, launched as docs/multihost.md's recipe launches them.
+
+
+# Each process fits k-means on its rows of an eval-batch split and writes
+# the centroids and a float64 sum over processes (jcc.kmeans, in process).
+_KMEANS_SHARE = """
+import sys
+import numpy as np
+from jcc import distributed, kmeans, pipeline
+from tests.conftest import tiny_config
+config = tiny_config()
+config.distributed.coordinator_address = '127.0.0.1:' + sys.argv[1]
+config.distributed.num_processes = 2
+config.distributed.process_id = int(sys.argv[2])
+distributed.initialize(config)
+rows = np.load(sys.argv[3])
+mine = pipeline.process_rows(len(rows), 64, int(sys.argv[2]), 2)
+centroids = kmeans.fit(rows[mine], mine, len(rows), 6, seed=1, n_init=2,
+                       sum_over_processes=distributed.sum_over_processes)
+total = distributed.sum_over_processes(np.float64(1 + 2**-40) * (
+    1 + int(sys.argv[2])))
+np.savez(sys.argv[4], centroids=centroids, total=total)
+distributed.finish()
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_fit_k_means_from_their_own_rows(tmp_path):
+  rows = np.random.default_rng(0).normal(size=(301, 5)).astype(np.float32)
+  np.save(tmp_path / 'rows.npy', rows)
+  port = str(_free_port())
+  env = dict(os.environ, JAX_PLATFORMS='cpu',
+             XLA_FLAGS='--xla_force_host_platform_device_count=2')
+  procs = [subprocess.Popen(
+      [sys.executable, '-c', _KMEANS_SHARE, port, str(i),
+       str(tmp_path / 'rows.npy'), str(tmp_path / f'{i}.npz')],
+      cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT, text=True) for i in range(2)]
+  for p in procs:
+    out, _ = p.communicate(timeout=300)
+    assert p.returncode == 0, out[-3000:]
+  got = [np.load(tmp_path / f'{i}.npz') for i in range(2)]
+  # The same bits on both, float64 kept, and one process's centroids.
+  np.testing.assert_array_equal(got[0]['centroids'], got[1]['centroids'])
+  assert got[0]['total'] == got[1]['total'] == 3 * (1 + 2**-40)
+  one = kmeans.fit(rows, np.arange(301), 301, 6, seed=1, n_init=2)
+  np.testing.assert_allclose(got[0]['centroids'], one, rtol=1e-5, atol=1e-6)
 
 
 def _free_port() -> int:

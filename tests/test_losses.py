@@ -218,6 +218,18 @@ def test_target_distribution_sharpens_and_blocks_gradient():
   np.testing.assert_array_equal(grad, 0.0)
 
 
+def test_target_rows_of_a_share_from_the_summed_frequencies_are_the_whole():
+  q = _softmax_rows(np.random.default_rng(2), 30, 4)
+  whole = losses.target_distribution(q)
+  frequency = q[:11].sum(0) + q[11:].sum(0)  # two processes' shares
+  for share in (slice(0, 11), slice(11, 30)):
+    np.testing.assert_allclose(
+        losses.target_distribution(q[share], frequency=frequency),
+        whole[share], rtol=1e-6)
+  # Without the whole's frequencies a share's target differs.
+  assert not np.allclose(losses.target_distribution(q[:11]), whole[:11])
+
+
 def test_kl_of_identical_distributions_is_zero():
   q = _softmax_rows(np.random.default_rng(1), 20, 5)
   np.testing.assert_allclose(losses.kl_clustering_loss(q, q), 0.0, atol=1e-6)

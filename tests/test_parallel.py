@@ -97,6 +97,19 @@ def test_evaluation_on_several_devices_equals_1_device(meshes):
                              **TOL)
 
 
+def test_a_process_own_rows_are_the_whole_outputs_split_by_rows(meshes):
+  config = tiny_config()
+  dataset, model, _, state, _, _ = _setup(config)
+  variables = {'params': state.params, 'batch_stats': state.batch_stats}
+  images = dataset.images[:203]  # the last batch padded
+  predictor = inference.Predictor(model, meshes[1], batch_size=64)
+  whole = predictor(variables, images)
+  own, rows = predictor.own_rows(variables, images)
+  np.testing.assert_array_equal(rows, np.arange(203))
+  for key, value in whole.items():
+    np.testing.assert_array_equal(own[key], value)
+
+
 def test_train_step_makes_no_hidden_transfers(meshes):
   # Every argument is placed explicitly, as the trainer does; the step and
   # its outputs then stay on the devices: a hidden host<->device copy (a

@@ -262,6 +262,14 @@ def test_hosts_read_their_own_rows_of_each_eval_batch(num):
   assert all(len(h) == len(whole) for h in hosts)
   with pytest.raises(ValueError, match='does not split'):
     pipeline.eval_batches(images, 5, 0, 2)
+  # process_rows names the rows each host reads, every row once.
+  for i, batches in enumerate(hosts):
+    read = np.concatenate([padded[mask[2 * i:2 * i + 2]][:, 0, 0, 0]
+                           for padded, mask in batches])
+    np.testing.assert_array_equal(read, pipeline.process_rows(num, 4, i, 2))
+  np.testing.assert_array_equal(np.sort(np.concatenate(
+      [pipeline.process_rows(num, 4, i, 2) for i in range(2)])),
+                                np.arange(num))
 
 
 def test_prefetch_to_device_keeps_order_and_items():
