@@ -72,6 +72,20 @@ def model_signature(config: ml_collections.ConfigDict, channels: int,
   }
 
 
+# What a user sets to change each key of the model signature, as a
+# mismatch names it.
+_SIGNATURE_SETTINGS = {
+    **terms.MODEL_FIELDS,
+    'dataset': 'dataset.name',
+    'num_examples': 'images',
+    'channels': 'image channels',
+    'neighbor_terms': 'a neighbour term (loss.' + ' or loss.'.join(
+        terms.NEIGHBOR_TERMS) + ')',
+    'selflabel_fixed': 'train.selflabel_fixed',
+    'momentum_encoder': 'a momentum encoder (train.momentum_encoder)',
+}
+
+
 def write_model_signature(workdir: str, signature: dict) -> None:
   path = os.path.join(workdir, SIGNATURE_FILE)
   if not os.path.exists(path):
@@ -129,8 +143,9 @@ def check_model_signature(workdir: str, signature: dict) -> None:
         f'{signature["images"]}… now). Train these in another --workdir, or '
         'give the images it was trained on.')
   if differ:
-    listed = '; '.join(f'{key}: {saved[key]!r} there, {signature[key]!r} '
-                       'now' for key in differ)
+    listed = '; '.join(
+        f'{_SIGNATURE_SETTINGS.get(key, key)}: {saved[key]!r} there, '
+        f'{signature[key]!r} now' for key in differ)
     raise CheckpointError(
         f'{workdir} holds a model trained with other settings ({listed}). '
         'Use the config it was trained with, or another --workdir.')

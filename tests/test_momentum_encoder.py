@@ -153,7 +153,8 @@ def test_a_workdir_without_the_encoder_is_not_resumed_with_one(tmp_path):
   checkpoint.check_model_signature(
       str(tmp_path), checkpoint.model_signature(config, 1, 1797, 'digest'))
   with pytest.raises(checkpoint.CheckpointError,
-                     match="momentum_encoder: False there, True now"):
+                     match=r'a momentum encoder \(train.momentum_encoder\): '
+                     'False there, True now'):
     checkpoint.check_model_signature(str(tmp_path), checkpoint.model_signature(
         tiny_config(momentum_encoder=0.9), 1, 1797, 'digest'))
 

@@ -429,7 +429,7 @@ def test_evaluate_with_another_architecture_or_k_is_refused(
   workdir = trained_copy
   other_k = tiny_config()
   other_k.dataset.num_clusters = 12
-  with pytest.raises(CheckpointError, match='num_clusters: 10 there, 12 now'):
+  with pytest.raises(CheckpointError, match='dataset.num_clusters: 10 there, 12 now'):
     workflows.evaluate_workdir(other_k, str(workdir))
   other_net = tiny_config()
   other_net.model.convnet_widths = (8, 16, 32)
@@ -440,7 +440,8 @@ def test_evaluate_with_another_architecture_or_k_is_refused(
   with_neighbors = tiny_config()
   with_neighbors.loss.neighbor_consistency = 1.0
   with pytest.raises(CheckpointError,
-                     match='neighbor_terms: False there, True now'):
+                     match=r'a neighbour term \(loss.neighbor_consistency or '
+                     r'loss.neighbor_instance\): False there, True now'):
     workflows.build_trainer(with_neighbors, str(workdir))
   # Another dataset: named, rather than 'none of the checkpoints can be
   # read', whose advice (move them away) threw good checkpoints out.
@@ -448,8 +449,8 @@ def test_evaluate_with_another_architecture_or_k_is_refused(
   np.savez(path, images=np.zeros((300, 8, 8), np.uint8))
   other_data = tiny_config()
   other_data.dataset.name, other_data.dataset.path = 'npz', str(path)
-  with pytest.raises(CheckpointError, match="dataset: 'digits' there, 'npz' "
-                     'now; num_examples: 1797 there, 300 now'):
+  with pytest.raises(CheckpointError, match="dataset.name: 'digits' there, "
+                     "'npz' now; images: 1797 there, 300 now"):
     workflows.evaluate_workdir(other_data, str(workdir))
 
 
