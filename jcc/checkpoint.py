@@ -83,6 +83,7 @@ _SIGNATURE_SETTINGS = {
         terms.NEIGHBOR_TERMS) + ')',
     'selflabel_fixed': 'train.selflabel_fixed',
     'momentum_encoder': 'a momentum encoder (train.momentum_encoder)',
+    'with_decoder': 'a decoder (loss.reconstruction above 0)',
 }
 
 

@@ -193,7 +193,8 @@ class ModelOutputs:
 
 
 class ClusteringModel(nn.Module):
-  """Backbone + instance head + cluster head + clustering layer + decoder."""
+  """Backbone + instance head + cluster head + clustering layer + decoder
+  (where ``with_decoder``)."""
   backbone: str
   num_clusters: int
   image_size: int
@@ -203,6 +204,9 @@ class ClusteringModel(nn.Module):
   convnet_widths: Sequence[int] = (32, 64, 128)
   decoder_width: int = 64
   head_batchnorm: bool = False
+  # Without a reconstruction term the decoder is not built: at 128 px it
+  # would be most of the parameters (and, with Adam's moments, of memory).
+  with_decoder: bool = True
   alpha: float = 1.0
   dtype: Any = jnp.float32
 
@@ -220,8 +224,9 @@ class ClusteringModel(nn.Module):
     self.cluster_head = ProjectionHead(
         self.head_hidden, self.num_clusters, self.head_batchnorm, self.dtype)
     self.clustering = ClusteringLayer(self.num_clusters, self.alpha)
-    self.decoder = Decoder(
-        self.image_size, self.channels, self.decoder_width, self.dtype)
+    if self.with_decoder:
+      self.decoder = Decoder(
+          self.image_size, self.channels, self.decoder_width, self.dtype)
 
   def __call__(
       self, x: Array, train: bool = False, decode: bool = True
@@ -234,7 +239,8 @@ class ClusteringModel(nn.Module):
         projection=z,
         cluster_probs=jax.nn.softmax(self.cluster_head(h, train), axis=-1),
         student_t=self.clustering(h),
-        reconstruction=self.decoder(h) if decode else None)
+        reconstruction=self.decoder(h) if decode and self.with_decoder
+        else None)
 
 
 def model_spec(config, channels: int) -> dict[str, Any]:
@@ -245,6 +251,7 @@ def model_spec(config, channels: int) -> dict[str, Any]:
     group, leaf = field.split('.')
     value = config[group].get(leaf, ABSENT_FIELD_VALUES.get(name))
     spec[name] = list(value) if isinstance(value, (tuple, list)) else value
+  spec['with_decoder'] = bool(config.loss.reconstruction)
   spec['channels'] = channels
   return spec
 

@@ -29,7 +29,9 @@ MODEL_FIELDS = {
 }
 # The value of a field that a config saved before it existed lacks: the one
 # that builds the model that config was trained with.
-ABSENT_FIELD_VALUES = {'head_batchnorm': False}
+# with_decoder (loss.reconstruction above 0) is a model spec key too: a
+# version before it built the decoder always.
+ABSENT_FIELD_VALUES = {'head_batchnorm': False, 'with_decoder': True}
 COMPUTE_DTYPES = ('float32', 'bfloat16')
 LR_SCHEDULES = ('constant', 'cosine')
 OPTIMIZERS = ('adam', 'adamw', 'sgd', 'lars')

@@ -99,9 +99,47 @@ def test_model_spec_gives_a_config_saved_before_a_field_its_old_model():
   from tests.conftest import tiny_config
   config = tiny_config()
   spec = models.model_spec(config, channels=1)
-  assert set(spec) == set(models.MODEL_FIELDS) | {'channels'}
+  assert set(spec) == set(models.MODEL_FIELDS) | {'channels', 'with_decoder'}
   assert spec['convnet_widths'] == [8, 16] and spec['head_batchnorm'] is False
   older = config.copy_and_resolve_references()
   del older.model['head_batchnorm']
   assert models.model_spec(older, channels=1) == spec
   assert models.build_model(older, 1).head_batchnorm is False
+
+
+def test_without_a_reconstruction_term_no_decoder_is_built(tmp_path):
+  from tests.conftest import tiny_config
+  config = tiny_config()
+  config.loss.reconstruction = 0.0
+  model = models.build_model(config, 1)
+  variables = model.init(jax.random.key(0), jnp.zeros((2, 8, 8, 1)))
+  assert 'decoder' not in variables['params']
+  assert model.apply(variables, jnp.zeros((2, 8, 8, 1))).reconstruction is None
+  with_decoder = models.build_model(tiny_config(), 1)
+  full = with_decoder.init(jax.random.key(0), jnp.zeros((2, 8, 8, 1)))
+  # The other modules start from the same weights either way.
+  for name, value in variables['params'].items():
+    for a, b in zip(jax.tree.leaves(value), jax.tree.leaves(
+        full['params'][name])):
+      np.testing.assert_array_equal(a, b)
+  # A model saved with a decoder still predicts where none is built.
+  out = model.apply(full, jnp.ones((2, 8, 8, 1)), decode=False)
+  np.testing.assert_array_equal(out.embedding, with_decoder.apply(
+      full, jnp.ones((2, 8, 8, 1)), decode=False).embedding)
+
+
+def test_a_workdir_from_before_the_choice_had_a_decoder(tmp_path):
+  from jcc import checkpoint
+  from tests.conftest import tiny_config
+  config = tiny_config()
+  signature = checkpoint.model_signature(config, 1, 1797, 'digest')
+  del signature['with_decoder']  # as versions before the key wrote it
+  checkpoint.write_model_signature(str(tmp_path), signature)
+  checkpoint.check_model_signature(
+      str(tmp_path), checkpoint.model_signature(config, 1, 1797, 'digest'))
+  config.loss.reconstruction = 0.0
+  with pytest.raises(checkpoint.CheckpointError,
+                     match=r'a decoder \(loss.reconstruction above 0\): '
+                     'True there, False now'):
+    checkpoint.check_model_signature(str(tmp_path), checkpoint.model_signature(
+        config, 1, 1797, 'digest'))

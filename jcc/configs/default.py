@@ -117,7 +117,8 @@ def get_config() -> ml_collections.ConfigDict:
   loss.instance = 1.0  # NT-Xent between the two views' projections.
   loss.cluster = 1.0  # contrast of the cluster columns of the two views.
   loss.entropy = 1.0  # log K − H(cluster marginal), per view.
-  loss.reconstruction = 1.0  # MSE of the decoder's reconstruction.
+  # MSE of the decoder's reconstruction; 0 builds no decoder.
+  loss.reconstruction = 1.0
   loss.kl = 0.1  # DEC's KL(P‖Q); only after the warm-up (γ = 0.1 in IDEC).
   # Beyond the paper, both after the warm-up: SCAN's consistency between an
   # image's and one of its nearest neighbours' cluster assignments, and the
