@@ -28,8 +28,8 @@ from jcc import objective
 from jcc import optimizer
 from jcc import parallel
 from jcc import plan as plan_lib
-from jcc.terms import (JOINT_TERMS, LOSS_WEIGHTS, NEIGHBOR_TERMS,
-                       uses_neighbors)
+from jcc.terms import (LOSS_WEIGHTS, NEIGHBOR_TERMS,
+                       terms_after_warmup, uses_neighbors)
 
 
 # Loss terms, in the order they are reported: one per weight in config.loss,
@@ -230,7 +230,7 @@ def make_train_step(model, tx, config, mesh, warmup_steps: int = 0,
   ``with_neighbors`` (default: a neighbour term has a weight,
   :func:`jcc.terms.uses_neighbors`; without neighbours the neighbour terms
   are left out, as in the warm-up, where there are none yet). The terms of
-  JOINT_TERMS count from step ``warmup_steps`` on. With ``self_labeling``:
+  :func:`jcc.terms.terms_after_warmup` count from step ``warmup_steps`` on. With ``self_labeling``:
   the self-labelling stage's step: the method's terms on two strong views
   (config.augment, then a Cutout of train.selflabel_cutout), plus
   train.selflabel_weight × :func:`jcc.objective.self_labeling_terms`, whose
@@ -247,6 +247,7 @@ def make_train_step(model, tx, config, mesh, warmup_steps: int = 0,
   size = config.dataset.image_size  # the views' side, whatever the batch's
   decode = bool(loss_config.reconstruction)
   momentum = config.train.get('momentum_encoder', 0.0)
+  after_warmup = terms_after_warmup(config)
   if with_neighbors is None:
     with_neighbors = uses_neighbors(config)
   if not with_neighbors:
@@ -300,7 +301,7 @@ def make_train_step(model, tx, config, mesh, warmup_steps: int = 0,
                                            momentum_keys)
       total = sum(
           loss_config[name] * value *
-          (joint_scale if name in JOINT_TERMS else 1)
+          (joint_scale if name in after_warmup else 1)
           for name, value in terms.items())
       if self_labeling:
         total += config.train.selflabel_weight * extra_terms['self_labeling']

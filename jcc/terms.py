@@ -14,6 +14,9 @@ LOSS_WEIGHTS = ('instance', 'cluster', 'entropy', 'reconstruction', 'kl',
 # The terms that start after the warm-up (DEC's centroids and the
 # neighbours are set at its end).
 JOINT_TERMS = ('kl', 'neighbor_consistency', 'neighbor_instance')
+# train.warmup_terms: the terms the warm-up trains besides JOINT_TERMS'
+# absence; 'instance' defers the others to its end too.
+WARMUP_TERMS = ('all', 'instance')
 NEIGHBOR_TERMS = ('neighbor_consistency', 'neighbor_instance')
 # The config fields that fix the model's variables, by the names that
 # model_spec, the checkpoint signature and the saved model give them.
@@ -35,6 +38,14 @@ ABSENT_FIELD_VALUES = {'head_batchnorm': False, 'with_decoder': True}
 COMPUTE_DTYPES = ('float32', 'bfloat16')
 LR_SCHEDULES = ('constant', 'cosine')
 OPTIMIZERS = ('adam', 'adamw', 'sgd', 'lars')
+
+
+def terms_after_warmup(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The loss terms that count from the warm-up's end on: JOINT_TERMS, and
+  with train.warmup_terms 'instance' every term but the instance one."""
+  if config.train.get('warmup_terms', 'all') == 'instance':
+    return tuple(name for name in LOSS_WEIGHTS if name != 'instance')
+  return JOINT_TERMS
 
 
 def uses_neighbors(config: ml_collections.ConfigDict) -> bool:

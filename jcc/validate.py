@@ -20,7 +20,7 @@ import ml_collections
 from jcc.errors import ConfigError
 from jcc.terms import (COMPUTE_DTYPES, JOINT_TERMS, LOSS_WEIGHTS,
                        LR_SCHEDULES, MODEL_FIELDS, NEIGHBOR_TERMS, OPTIMIZERS,
-                       uses_neighbors)
+                       WARMUP_TERMS, uses_neighbors)
 
 __all__ = ['COMPUTE_DTYPES', 'JOINT_TERMS', 'LOSS_WEIGHTS', 'LR_SCHEDULES',
            'NEIGHBOR_TERMS', 'check_against_data', 'check_fields',
@@ -169,6 +169,7 @@ FIELDS: dict[str, Rule] = {
         lambda: 'a number from 0 (none) up to, not including, 1',
         lambda v: _is_number(v) and 0 <= v < 1),
     'train.warmup_epochs': integer(0),
+    'train.warmup_terms': choice(lambda: WARMUP_TERMS),
     'train.kmeans_n_init': integer(1),
     'train.target_update_every_steps': integer(1),
     'train.num_neighbors': integer(1),

@@ -38,6 +38,34 @@ def test_zero_weight_removes_the_term():
   assert all(np.isfinite(v) for v in terms.values())
 
 
+@pytest.mark.parametrize('warmup_terms', ['all', 'instance'])
+def test_the_warm_up_trains_the_terms_it_names(warmup_terms):
+  config = tiny_config(batch_size=64, warmup_terms=warmup_terms)
+  model = models.build_model(config, channels=1)
+  tx = optimizer.make_optimizer(config.train, 1e-3)
+  mesh = parallel.make_mesh(jax.devices()[:1])
+  replicated, _ = parallel.shardings(mesh)
+  state = step.create_train_state(model, tx, jax.random.key(0), (8, 8, 1))
+  target = np.full((64, 10), 0.1, np.float32)
+  run = jax.tree.map(lambda x: parallel.to_global(np.asarray(x), replicated),
+                     step.RunState(train=state, target=target))
+  images = np.random.default_rng(0).integers(0, 255, (64, 8, 8, 1), np.uint8)
+  batch = jax.tree.map(parallel.to_global, step.Batch(
+      images=images, indices=np.arange(64, dtype=np.int32)),
+                       step.batch_shardings(mesh))
+  train_step = step.make_train_step(model, tx, config, mesh, warmup_steps=1)
+  weights = config.loss
+  for in_warmup in (True, False):
+    run, metrics = jax.device_get(train_step(run, batch))
+    counted = [name for name in ('instance', 'cluster', 'entropy',
+                                 'reconstruction', 'kl')
+               if not in_warmup or name == 'instance' or (
+                   warmup_terms == 'all' and name != 'kl')]
+    np.testing.assert_allclose(
+        metrics['total'], sum(weights[n] * metrics[n] for n in counted),
+        rtol=1e-5)
+
+
 def test_config_errors_name_the_field():
   config = tiny_config()
   config.dataset.num_clusters = 1

@@ -88,6 +88,7 @@ BAD_VALUES = {
     'train.optimizer': ['rmsprop', 0],
     'train.momentum': [-0.1, 1.01],
     'train.momentum_encoder': [1.0, -0.1, 'yes', float('nan')],
+    'train.warmup_terms': ['cluster', 1, None],
     'train.weight_decay': [-1e-4, float('nan')],
     'train.lr_warmup_epochs': [-1, 0.5],
     'model.head_batchnorm': [1, 'yes'],

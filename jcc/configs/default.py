@@ -182,6 +182,10 @@ def get_config() -> ml_collections.ConfigDict:
   # Epochs trained without the KL term before the centroids are initialised
   # by k-means on the embeddings of the whole training set.
   train.warmup_epochs = 20
+  # The terms the warm-up trains: 'all' of the method's but KL (and the
+  # neighbour terms), or 'instance' alone, a pretext stage as SCAN's: the
+  # cluster, entropy and reconstruction terms then start after it.
+  train.warmup_terms = 'all'
   # k-means restarts for the centroid initialisation (DEC: 20).
   train.kmeans_n_init = 20
   # Steps between recomputations of the target distribution P over the whole
@@ -244,7 +248,8 @@ def get_config() -> ml_collections.ConfigDict:
 BEYOND_PAPER_OFF = {'loss.neighbor_consistency': 0.0,
                     'loss.neighbor_instance': 0.0,
                     'train.selflabel_epochs': 0,
-                    'train.momentum_encoder': 0.0}
+                    'train.momentum_encoder': 0.0,
+                    'train.warmup_terms': 'all'}
 
 
 def paper_method(config: ml_collections.ConfigDict
