@@ -176,14 +176,18 @@ def dataset_config(name: str, overrides: list[str]):
 
 
 def set_overrides(config, overrides: list[str]) -> None:
-  """Sets each field=value (a JSON value), e.g. train.num_epochs=10."""
+  """Sets each field=value (a JSON value, or the text itself for a text
+  field), e.g. train.num_epochs=10, train.warmup_terms=instance."""
   for override in overrides:
     field, value = override.split('=', 1)
     *path, leaf = field.split('.')
     node = config
     for part in path:
       node = node[part]
-    node[leaf] = type(node[leaf])(json.loads(value))
+    if isinstance(node[leaf], str) and not value.startswith('"'):
+      node[leaf] = value
+    else:
+      node[leaf] = type(node[leaf])(json.loads(value))
 
 
 def kmeans_on_pixels(config, seed: int) -> dict:

@@ -142,3 +142,15 @@ def test_the_1500_image_subset_is_fixed_and_drawn_from_the_test_set():
   assert all(rows[image.tobytes()] == label for image, label in
              zip(subsets[0].images, subsets[0].labels))
   assert len(set(subsets[0].labels)) == 10
+
+
+def test_overrides_take_json_values_and_plain_text_for_text_fields():
+  config = quality.dataset_config('digits', [])
+  quality.set_overrides(config, ['train.num_epochs=7',
+                                 'train.warmup_terms=instance',
+                                 'model.convnet_widths=[4, 8]',
+                                 'train.optimizer="sgd"'])
+  assert config.train.num_epochs == 7
+  assert config.train.warmup_terms == 'instance'
+  assert tuple(config.model.convnet_widths) == (4, 8)
+  assert config.train.optimizer == 'sgd'
