@@ -54,8 +54,12 @@ def seed_sample(rows: np.ndarray, row_indices: np.ndarray, total: int,
 
 def _blocks(rows: np.ndarray) -> list[tuple[jax.Array, ...]]:
   """``rows`` in blocks of _BLOCK (the last padded, with a mask) on this
-  process's first CPU device, with each row's squared norm."""
-  device = jax.local_devices(backend='cpu')[0]
+  process's first CPU device (where JAX has one), with each row's squared
+  norm."""
+  try:
+    device = jax.local_devices(backend='cpu')[0]
+  except RuntimeError:  # JAX_PLATFORMS names no CPU: an accelerator, then
+    device = jax.local_devices()[0]
   blocks = []
   for start in range(0, len(rows), _BLOCK):
     block = np.zeros((min(_BLOCK, len(rows)), rows.shape[1]), np.float32)
@@ -85,7 +89,7 @@ def statistics(rows: np.ndarray | list, centroids: np.ndarray
 
   In float32 on a CPU device, block by block; the blocks are added in
   float64. ``rows``: an (n, D) array, or its blocks (:func:`_blocks`)."""
-  blocks = _blocks(np.asarray(rows)) if isinstance(rows, np.ndarray) else rows
+  blocks = _blocks(rows) if isinstance(rows, np.ndarray) else rows
   centroids32 = np.asarray(centroids, np.float32)
   sums = np.zeros(centroids.shape, np.float64)
   counts = np.zeros(len(centroids), np.float64)
@@ -138,12 +142,13 @@ def fit(rows: np.ndarray, row_indices: np.ndarray, total: int,
     max_iter: Lloyd steps at most per seeding.
     sum_over_processes: the all-reduce (sum) of an array over processes.
   """
-  rows = np.asarray(rows, np.float64)
+  rows = np.asarray(rows)
   sample = seed_sample(rows, np.asarray(row_indices), total, seed,
                        sum_over_processes)
   # scikit-learn's stopping rule: a shift under 1e-4 of the mean variance.
   moments = sum_over_processes(np.stack(
-      [rows.sum(0), np.square(rows).sum(0)]))
+      [rows.sum(0, dtype=np.float64),
+       np.einsum('ij,ij->j', rows, rows, dtype=np.float64)]))
   variance = moments[1] / total - np.square(moments[0] / total)
   tolerance = 1e-4 * float(np.mean(variance))
   blocks = _blocks(rows)
