@@ -178,7 +178,7 @@ class Clusterer(base.ClusterMixin, base.TransformerMixin, base.BaseEstimator):
               if self.workdir else ''))
     self._set_model(evaluation.model)
     self.results_ = evaluation.results
-    self.labels_ = evaluation.outputs['cluster_probs'].argmax(axis=1)
+    self.labels_ = evaluation.assignments.cluster.astype(np.int64)
     return self
 
   # -- the trained model ---------------------------------------------------

@@ -250,6 +250,22 @@ def sum_over_processes(array: np.ndarray) -> np.ndarray:
   return total.reshape(array.shape)
 
 
+def rows_at(chosen: np.ndarray, own: np.ndarray, own_rows: np.ndarray,
+            sum_over=None) -> np.ndarray:
+  """The rows of global indices ``chosen`` (increasing), in that order, on
+  every process, from each process's ``own`` rows, whose global indices are
+  ``own_rows``: each process fills those it holds and the sum over
+  processes (``sum_over``, default :func:`sum_over_processes`) completes
+  them, exactly, the others adding zeros."""
+  part = np.zeros((len(chosen),) + own.shape[1:], own.dtype)
+  if len(chosen):
+    position = np.searchsorted(chosen, own_rows)
+    held = (position < len(chosen)) & (
+        chosen[np.minimum(position, len(chosen) - 1)] == own_rows)
+    part[position[held]] = own[held]
+  return (sum_over or sum_over_processes)(part)
+
+
 def wait_for_all(name: str) -> None:
   """Returns when every process has made the same call (at once alone)."""
   if is_multiprocess():

@@ -91,23 +91,34 @@ def kmeans(
 K_SWEEP_SAMPLE = 2000
 
 
+def sweep_sample(count: int, seed: int, sample: int = K_SWEEP_SAMPLE
+                 ) -> np.ndarray:
+  """The indices of the rows :func:`k_sweep` scores among ``count``: all of
+  them up to ``sample``, else ``sample`` of them drawn from ``seed``, in
+  index order."""
+  if count <= sample:
+    return np.arange(count)
+  return np.sort(np.random.default_rng(seed).choice(
+      count, sample, replace=False))
+
+
 def k_sweep(embeddings: np.ndarray, num_clusters: int, seed: int,
             sample: int = K_SWEEP_SAMPLE) -> dict:
   """How many clusters the embedding supports: k-means for K' = 2 .. 2K on
-  a random sample, each partition scored by its silhouette (Rousseeuw,
-  J. Comput. Appl. Math. 20, 1987; scikit-learn's silhouette_score), the
-  mean over points of (b - a) / max(a, b), with a the mean distance to the
-  point's own cluster and b to the nearest other one.
+  a random sample (:func:`sweep_sample`), each partition scored by its
+  silhouette (Rousseeuw, J. Comput. Appl. Math. 20, 1987; scikit-learn's
+  silhouette_score), the mean over points of (b - a) / max(a, b), with a
+  the mean distance to the point's own cluster and b to the nearest other
+  one.
 
   Returns ``{'best_k': K' of the highest silhouette, 'silhouette':
   {str(K'): score} (JSON's keys), 'sample': rows used}``; the embeddings
   are L2-normalised first (the contrastive objectives compare directions).
-  Fewer than 4 distinct rows: ``best_k`` None, no scores.
+  Fewer than 4 distinct rows: ``best_k`` None, no scores. Given no more
+  than ``sample`` rows (the sample already drawn), it scores them all.
   """
-  rng = np.random.default_rng(seed)
   rows = np.asarray(embeddings, np.float64)
-  if len(rows) > sample:
-    rows = rows[np.sort(rng.choice(len(rows), sample, replace=False))]
+  rows = rows[sweep_sample(len(rows), seed, sample)]
   rows = rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
   scores = {}
   top = min(2 * num_clusters, len(np.unique(rows, axis=0)) - 1)
@@ -124,20 +135,11 @@ def k_sweep(embeddings: np.ndarray, num_clusters: int, seed: int,
           'silhouette': scores, 'sample': len(rows)}
 
 
-def evaluate_assignments(
-    labels: np.ndarray | None,
-    cluster_probs: np.ndarray,
-    student_t: np.ndarray,
-    embeddings: np.ndarray,
-    num_clusters: int,
-    seed: int,
-) -> dict[str, dict[str, float] | None]:
-  """Metrics of the three assignments; None entries when there are no labels."""
-  predictions = {
-      'cluster_head': cluster_probs.argmax(1),
-      'dec': student_t.argmax(1),
-      'kmeans': kmeans(embeddings, num_clusters, seed)[1],
-  }
+def assignment_metrics(labels: np.ndarray | None,
+                       predictions: dict[str, np.ndarray]
+                       ) -> dict[str, dict[str, float] | None]:
+  """ACC/NMI/ARI of each assignment (:data:`ASSIGNMENTS`: each image's
+  cluster); None entries when there are no labels."""
   if labels is None:
     return {name: None for name in predictions}
   return {name: clustering_metrics(labels, pred)
@@ -147,8 +149,14 @@ def evaluate_assignments(
 def pseudo_labels(cluster_probs: np.ndarray, threshold: float) -> np.ndarray:
   """Each image's predicted cluster where its largest probability exceeds
   ``threshold``, else -1: the pseudo-labels of self-labelling."""
-  return np.where(cluster_probs.max(1) > threshold, cluster_probs.argmax(1),
-                  -1).astype(np.int32)
+  return confident_clusters(cluster_probs.argmax(1), cluster_probs.max(1),
+                            threshold)
+
+
+def confident_clusters(clusters: np.ndarray, confidence: np.ndarray,
+                       threshold: float) -> np.ndarray:
+  """:func:`pseudo_labels` from each image's cluster and its probability."""
+  return np.where(confidence > threshold, clusters, -1).astype(np.int32)
 
 
 def confident_predictions(

@@ -67,7 +67,7 @@ def atomic_write(path: str, mode: str = 'w', **open_args) -> Iterator[IO]:
       yield f
       f.flush()
       os.fsync(f.fileno())
-    os.chmod(temporary, 0o644 & ~_umask())
+    os.chmod(temporary, 0o644 & ~umask())
     os.replace(temporary, path)
   except BaseException:
     with contextlib.suppress(OSError):
@@ -75,7 +75,8 @@ def atomic_write(path: str, mode: str = 'w', **open_args) -> Iterator[IO]:
     raise
 
 
-def _umask() -> int:
+def umask() -> int:
+  """This process's umask (read without changing it)."""
   mask = os.umask(0)
   os.umask(mask)
   return mask

@@ -23,6 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 from sklearn import cluster as sk_cluster
 
+from jcc import distributed
+
 AllReduce = Callable[[np.ndarray], np.ndarray]
 
 # k-means++ seeds from at most this many rows (all of them below it).
@@ -44,12 +46,8 @@ def seed_sample(rows: np.ndarray, row_indices: np.ndarray, total: int,
   the sum over processes completes them."""
   chosen = np.arange(total) if total <= SEED_SAMPLE else np.sort(
       np.random.default_rng(seed).choice(total, SEED_SAMPLE, replace=False))
-  sample = np.zeros((len(chosen), rows.shape[1]), np.float64)
-  position = np.searchsorted(chosen, row_indices)
-  held = (position < len(chosen)) & (
-      chosen[np.minimum(position, len(chosen) - 1)] == row_indices)
-  sample[position[held]] = rows[held]
-  return sum_over_processes(sample)
+  return distributed.rows_at(chosen, rows, row_indices,
+                             sum_over_processes).astype(np.float64)
 
 
 def _blocks(rows: np.ndarray) -> list[tuple[jax.Array, ...]]:
@@ -79,6 +77,24 @@ def _block_statistics(rows, row_norms, mask, centroids):
                            dtype=rows.dtype) * mask[:, None]
   return (members.T @ rows, members.sum(axis=0),
           jnp.sum(jnp.maximum(distances.min(axis=1), 0) * mask))
+
+
+@jax.jit
+def _block_nearest(rows, row_norms, mask, centroids):
+  del mask
+  return jnp.argmin(row_norms[:, None] - 2 * rows @ centroids.T +
+                    jnp.sum(jnp.square(centroids), axis=1), axis=1)
+
+
+def nearest(rows: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+  """The index (int32) of the centroid nearest to each of ``rows``: a
+  process's own rows' k-means assignment, computed as :func:`statistics`
+  is."""
+  centroids32 = np.asarray(centroids, np.float32)
+  nearest_of = [np.asarray(_block_nearest(*block, centroids32))
+                for block in _blocks(np.asarray(rows))]
+  return np.concatenate(nearest_of or [np.zeros(0, np.int32)]).astype(
+      np.int32)[:len(rows)]
 
 
 def statistics(rows: np.ndarray | list, centroids: np.ndarray

@@ -12,13 +12,15 @@ Each process runs the model over its own share of the images alone
 (:meth:`DatasetPasses.own_outputs`). DEC's centroids and target come from
 sums over processes (each cluster's statistics, :mod:`jcc.kmeans`, and
 frequencies), the same on every process; the pseudo-labels and the
-evaluation's predictions are one number per image, put together from the
-processes' shares. The neighbours need every image's embedding on every
-process (:meth:`DatasetPasses.with_neighbors`).
+evaluations' assignments are a few numbers per image, put together from the
+processes' shares (:meth:`DatasetPasses.final_assignments`). The
+neighbours need every image's embedding on every process
+(:meth:`DatasetPasses.with_neighbors`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 from absl import logging
@@ -36,6 +38,24 @@ from jcc import neighbors
 from jcc import parallel
 from jcc import sources
 from jcc import step as step_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class Assignments:
+  """The final evaluation's pass: on every process, each clustered image's
+  ``cluster`` (the cluster head's argmax), ``confidence`` (its
+  probability), ``dec_cluster`` (DEC's) and ``kmeans_cluster`` (k-means on
+  the embeddings, :mod:`jcc.kmeans`), and the embeddings of the K sweep's
+  sample (:func:`jcc.evaluate.sweep_sample`); ``own``: this process's
+  outputs of its own clustered images, whose indices are ``rows`` (with one
+  process, all of them in order)."""
+  cluster: np.ndarray
+  confidence: np.ndarray
+  dec_cluster: np.ndarray
+  kmeans_cluster: np.ndarray
+  sweep_embeddings: np.ndarray
+  own: dict[str, np.ndarray]
+  rows: np.ndarray
 
 
 class DatasetPasses:
@@ -76,13 +96,14 @@ class DatasetPasses:
     return self.predictor.own_rows({'params': state.params,
                                     'batch_stats': state.batch_stats}, images)
 
-  def _assembled(self, own: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """One value per clustered image, on every process, from each
-    process's values of its own ``rows`` (exact: each row comes from one
-    process, the others add zeros)."""
-    whole = np.zeros((len(self.cluster_indices),) + own.shape[1:], own.dtype)
-    whole[rows] = own
-    return distributed.sum_over_processes(whole)
+  def _assembled(self, own: np.ndarray, rows: np.ndarray,
+                 chosen: np.ndarray | None = None) -> np.ndarray:
+    """One value per clustered image (default) or per ``chosen`` one, on
+    every process, from each process's values of its own ``rows``
+    (:func:`jcc.distributed.rows_at`)."""
+    if chosen is None:
+      chosen = np.arange(len(self.cluster_indices))
+    return distributed.rows_at(chosen, own, rows)
 
   def _replicated(self, array: np.ndarray) -> jax.Array:
     return parallel.to_global(array, parallel.shardings(self.mesh).replicated)
@@ -171,6 +192,30 @@ class DatasetPasses:
                  table.shape[1], len(embeddings), time.time() - start,
                  agreement)
     return run.replace(neighbors=self._replicated(table))
+
+  def final_assignments(self, state: step_lib.TrainState) -> Assignments:
+    """The final evaluation's pass (:class:`Assignments`): each process
+    embeds its own images, k-means sums statistics over the processes, and
+    only a few numbers per image (and the K sweep's sample) are put
+    together on every process."""
+    config = self.config
+    own, rows = self.own_outputs(state)
+    total = len(self.cluster_indices)
+    centroids = kmeans.fit(
+        own['embedding'], rows, total, config.dataset.num_clusters,
+        config.seed, sum_over_processes=distributed.sum_over_processes)
+    probs = own['cluster_probs']
+    return Assignments(
+        cluster=self._assembled(probs.argmax(1).astype(np.int32), rows),
+        confidence=self._assembled(probs.max(1), rows),
+        dec_cluster=self._assembled(
+            own['student_t'].argmax(1).astype(np.int32), rows),
+        kmeans_cluster=self._assembled(
+            kmeans.nearest(own['embedding'], centroids), rows),
+        sweep_embeddings=self._assembled(
+            own['embedding'], rows,
+            evaluate.sweep_sample(total, config.seed)),
+        own=own, rows=rows)
 
   def evaluation_scalars(self, state: step_lib.TrainState, step: int,
                          centroids_set: bool) -> dict[str, float]:

@@ -11,7 +11,8 @@
 * ``assignments.csv``: every image's index (and file, for image files),
   label, cluster, confidence and DEC cluster;
 * ``embeddings.npy``: each image's embedding, (N, D) float32, row i for
-  assignments.csv's row i.
+  assignments.csv's row i; every process writes its own rows into it
+  (:func:`create_embeddings`).
 
 ``--mode=predict`` writes its ``predictions.csv`` with the same columns
 (:func:`assignment_rows`) and its ``embeddings.npy``, batch by batch
@@ -32,6 +33,7 @@ from jcc import files
 # Clusters shown in clusters.png at most (the largest ones), and images per row.
 MAX_GRID_CLUSTERS = 40
 GRID_IMAGES = 10
+REPORT = 'report'
 
 
 def _pyplot():
@@ -135,29 +137,27 @@ def write_report(
     workdir: str,
     images: np.ndarray,
     labels: np.ndarray | None,
-    outputs: dict[str, np.ndarray],
+    assignments: dict[str, np.ndarray],
     results: dict,
     class_names: Sequence[str] | None = None,
     image_names: Sequence[str] | None = None,
 ) -> str:
-  """Writes WORKDIR/report/ (see the module docstring); returns its path.
+  """Writes WORKDIR/report/ (see the module docstring) but its
+  embeddings.npy (:func:`create_embeddings`); returns its path.
 
-  ``outputs``: the model's ``cluster_probs``, ``student_t`` and
-  ``embedding`` of each image (embeddings.npy, row i for assignments.csv's
-  row i).
+  ``assignments``: each image's ``cluster`` (the cluster head's), its
+  ``confidence`` and its ``dec_cluster``.
 
   ``image_names``: each image's file, written beside its index in
   assignments.csv (an index alone stops matching a sorted listing once a
   bad file was skipped).
   """
-  out = os.path.join(workdir, 'report')
+  out = os.path.join(workdir, REPORT)
   files.check_writable_folder(out)
   os.makedirs(out, exist_ok=True)
-  cluster_probs, student_t = outputs['cluster_probs'], outputs['student_t']
-  k = cluster_probs.shape[1]
-  assigned = cluster_probs.argmax(axis=1)
-  confidence = cluster_probs.max(axis=1)
-  dec = student_t.argmax(axis=1)
+  assigned, confidence = assignments['cluster'], assignments['confidence']
+  dec = assignments['dec_cluster']
+  k = results['num_clusters']
   plot_cluster_grid(os.path.join(out, 'clusters.png'), images, assigned,
                     confidence, k)
   if labels is not None:
@@ -178,30 +178,81 @@ def write_report(
   leading['label'] = [''] * len(assigned) if labels is None else (
       labels.tolist())
   write_assignments(os.path.join(out, 'assignments.csv'),
-                    assignment_rows(leading, cluster_probs, student_t))
-  write_embeddings(os.path.join(out, 'embeddings.npy'), outputs['embedding'])
+                    assignment_rows(leading, assigned, confidence, dec))
   return out
 
 
-def write_embeddings(path: str, embeddings: np.ndarray) -> None:
-  """An (N, D) float32 ``.npy`` (``np.load`` reads it), written whole or
-  not at all."""
-  with files.atomic_write(path, 'wb') as f:
-    np.save(f, np.asarray(embeddings, np.float32))
+# The report's embeddings: written by every process, each its own rows, into
+# one file that replaces the previous one when all are done.
+EMBEDDINGS = 'embeddings.npy'
 
 
-def assignment_rows(leading: dict[str, Sequence], cluster_probs: np.ndarray,
-                    student_t: np.ndarray) -> list[dict]:
-  """One dict per image: the ``leading`` columns, then its assignments.
+def _embeddings_partial(workdir: str) -> str:
+  return os.path.join(workdir, REPORT, f'.{EMBEDDINGS}.rows.partial')
 
-  ``cluster`` is the cluster head's argmax, ``confidence`` its probability,
-  ``dec_cluster`` DEC's (the nearest centroid).
-  """
+
+def create_embeddings(workdir: str, count: int, dim: int) -> None:
+  """Starts WORKDIR/report/embeddings.npy ((count, dim) float32, row i for
+  assignments.csv's row i): a partial file of its full length, which
+  :func:`write_embedding_rows` fills (each process its rows) and
+  :func:`finish_embeddings` puts in place. One process creates it."""
+  path = _embeddings_partial(workdir)
+  with open(path, 'wb') as f:
+    np.lib.format.write_array_header_1_0(f, {
+        'descr': '<f4', 'fortran_order': False, 'shape': (count, dim)})
+    f.truncate(f.tell() + 4 * count * dim)
+
+
+def write_embedding_rows(workdir: str, embeddings: np.ndarray,
+                         rows: np.ndarray) -> None:
+  """Writes ``embeddings`` at their ``rows`` of the file
+  :func:`create_embeddings` started (byte ranges: processes on other hosts
+  write the rest of the same file), and syncs them to disk."""
+  if not len(rows):
+    return
+  order = np.argsort(rows, kind='stable')
+  rows = np.asarray(rows)[order]
+  values = np.ascontiguousarray(np.asarray(embeddings)[order], '<f4')
+  runs = np.flatnonzero(np.diff(rows) != 1) + 1
+  with open(_embeddings_partial(workdir), 'r+b') as f:
+    np.lib.format.read_magic(f)
+    np.lib.format.read_array_header_1_0(f)
+    start = f.tell()
+    row_bytes = values[:1].nbytes
+    for first, end in zip(np.r_[0, runs], np.r_[runs, len(rows)]):
+      os.pwrite(f.fileno(), values[first:end].tobytes(),
+                start + int(rows[first]) * row_bytes)
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def finish_embeddings(workdir: str) -> str:
+  """Puts the filled file in place of WORKDIR/report/embeddings.npy (one
+  process, once every process has written its rows); returns its path."""
+  path = os.path.join(workdir, REPORT, EMBEDDINGS)
+  os.chmod(_embeddings_partial(workdir), 0o644 & ~files.umask())
+  os.replace(_embeddings_partial(workdir), path)
+  return path
+
+
+def assignment_rows(leading: dict[str, Sequence], cluster: np.ndarray,
+                    confidence: np.ndarray, dec_cluster: np.ndarray
+                    ) -> list[dict]:
+  """One dict per image: the ``leading`` columns, then its assignments:
+  ``cluster`` (the cluster head's argmax), ``confidence`` (its
+  probability), ``dec_cluster`` (DEC's, the nearest centroid)."""
   columns = {name: list(values) for name, values in leading.items()}
   return [{**{name: values[i] for name, values in columns.items()},
-           'cluster': int(p.argmax()), 'confidence': float(p.max()),
-           'dec_cluster': int(q.argmax())}
-          for i, (p, q) in enumerate(zip(cluster_probs, student_t))]
+           'cluster': int(c), 'confidence': float(p), 'dec_cluster': int(d)}
+          for i, (c, p, d) in enumerate(zip(cluster, confidence,
+                                            dec_cluster))]
+
+
+def head_assignments(outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """``cluster``, ``confidence`` and ``dec_cluster`` of model outputs."""
+  return {'cluster': outputs['cluster_probs'].argmax(1),
+          'confidence': outputs['cluster_probs'].max(1),
+          'dec_cluster': outputs['student_t'].argmax(1)}
 
 
 def write_assignments(path: str, rows: list[dict]) -> None:
@@ -252,7 +303,7 @@ def write_predictions(folder: str, names: Sequence[str],
             'descr': '<f4', 'fortran_order': False,
             'shape': (len(names), embedding.shape[1])})
       rows = assignment_rows({'image': names[done:done + len(embedding)]},
-                             outputs['cluster_probs'], outputs['student_t'])
+                             **head_assignments(outputs))
       _write_rows(f, rows, header=not done)
       g.write(embedding.tobytes())
       sizes += np.bincount([row['cluster'] for row in rows],

@@ -144,10 +144,11 @@ def _build(config: ml_collections.ConfigDict, workdir: str,
 @dataclasses.dataclass(frozen=True)
 class Evaluation:
   """What an evaluation gives: ``results`` (also WORKDIR/results.json),
-  ``outputs`` (each clustered image's 'embedding', 'cluster_probs' and
-  'student_t', in the dataset's order) and the saved ``model``."""
+  ``assignments`` (each clustered image's, and this process's outputs of
+  its own images: with one process, all of them in the dataset's order) and
+  the saved ``model``."""
   results: dict
-  outputs: dict[str, np.ndarray]
+  assignments: phases.Assignments
   model: trained_model.TrainedModel
 
 
@@ -217,12 +218,13 @@ def _evaluate_and_write(trainer: Trainer) -> Evaluation:
       step=int(trainer.state.step), class_names=dataset.class_names)
   if distributed.writes_shared_files():
     model.save(os.path.join(workdir, trained_model.MODEL_FOLDER))
-  outputs = trainer.passes.outputs(trainer.state)
+  assignments = trainer.passes.final_assignments(trainer.state)
   labels = trainer.passes.labels
   k = config.dataset.num_clusters
-  metrics = evaluate.evaluate_assignments(
-      labels, outputs['cluster_probs'], outputs['student_t'],
-      outputs['embedding'], k, config.seed)
+  metrics = evaluate.assignment_metrics(labels, {
+      'cluster_head': assignments.cluster, 'dec': assignments.dec_cluster,
+      'kmeans': assignments.kmeans_cluster})
+  threshold = config.train.selflabel_threshold
   results = {
       'dataset': config.dataset.name,
       'num_examples': len(trainer.passes.cluster_indices),
@@ -230,27 +232,49 @@ def _evaluate_and_write(trainer: Trainer) -> Evaluation:
       'seconds': time.time() - trainer.start_time,
       **metrics,
       # How much self-labelling would (or did) rest on, and how right.
-      'confident': evaluate.confident_predictions(
-          labels, outputs['cluster_probs'],
-          config.train.selflabel_threshold),
-      'k_sweep': evaluate.k_sweep(outputs['embedding'], k, config.seed),
+      'confident': evaluate.confidence(
+          labels, assignments.cluster, evaluate.confident_clusters(
+              assignments.cluster, assignments.confidence, threshold),
+          k, threshold),
+      'k_sweep': evaluate.k_sweep(assignments.sweep_embeddings, k,
+                                  config.seed),
   }
-  if distributed.writes_shared_files():
-    evaluate.write_results(workdir, results)
-    images, names = dataset.images, dataset.image_names
-    if dataset.instance_only is not None:
-      images = images[trainer.passes.cluster_indices]
-      names = names and [names[i] for i in trainer.passes.cluster_indices]
-    path = report.write_report(
-        workdir, images, labels, outputs, results, dataset.class_names, names)
-    logging.info('Wrote the cluster report and the embeddings to %s.', path)
+  _write_report(trainer, results, assignments)
   trainer.writer.write_scalars(int(trainer.state.step), {
       f'eval/{name}_{metric}': value
       for name, values in metrics.items() if values
       for metric, value in values.items()})
   if distributed.writes_shared_files():
     print(evaluate.format_results_table(results), flush=True)
-  return Evaluation(results, outputs, model)
+  return Evaluation(results, assignments, model)
+
+
+def _write_report(trainer: Trainer, results: dict,
+                  assignments: phases.Assignments) -> None:
+  """results.json and report/: one process writes all but the embeddings,
+  of which every process writes its own rows."""
+  dataset, workdir = trainer.dataset, trainer.workdir
+  own = assignments.own['embedding']
+  if distributed.writes_shared_files():
+    evaluate.write_results(workdir, results)
+    images, names = dataset.images, dataset.image_names
+    if dataset.instance_only is not None:
+      images = images[trainer.passes.cluster_indices]
+      names = names and [names[i] for i in trainer.passes.cluster_indices]
+    report.write_report(
+        workdir, images, trainer.passes.labels, {
+            'cluster': assignments.cluster,
+            'confidence': assignments.confidence,
+            'dec_cluster': assignments.dec_cluster}, results,
+        dataset.class_names, names)
+    report.create_embeddings(workdir, len(assignments.cluster), own.shape[1])
+  distributed.wait_for_all('report embeddings started')
+  report.write_embedding_rows(workdir, own, assignments.rows)
+  distributed.wait_for_all('report embeddings written')
+  if distributed.writes_shared_files():
+    path = report.finish_embeddings(workdir)
+    logging.info('Wrote the cluster report and the embeddings to %s.',
+                 os.path.dirname(path))
 
 
 def _trained(config: ml_collections.ConfigDict, workdir: str,

@@ -266,5 +266,5 @@ def test_views_cut_from_larger_images_train_every_stage(tmp_path):
                            selflabel_threshold=0.0)
   config.dataset.crop_from_size = 16
   evaluation = workflows.train_and_evaluate(config, str(tmp_path / 'run'))
-  assert evaluation.outputs['embedding'].shape[0] == 1797
+  assert evaluation.assignments.own['embedding'].shape[0] == 1797
   assert np.isfinite(evaluation.results['cluster_head']['acc'])

@@ -107,6 +107,17 @@ def test_one_process_agrees_with_itself():
   np.testing.assert_array_equal(distributed.sum_over_processes(x), x)
 
 
+def test_rows_at_chosen_indices_come_from_whichever_process_holds_them():
+  whole = np.arange(40.0).reshape(20, 2)
+  chosen = np.array([0, 3, 4, 11, 19])
+  shares = [np.arange(20)[8:], np.arange(20)[:8][::-1], np.arange(0)]
+  parts = [distributed.rows_at(chosen, whole[rows], rows, lambda a: a)
+           for rows in shares]
+  np.testing.assert_array_equal(sum(parts), whole[chosen])
+  np.testing.assert_array_equal(parts[2], np.zeros((5, 2)))
+  assert distributed.rows_at(chosen[:0], whole, np.arange(20)).shape == (0, 2)
+
+
 # ---------------------------------------------------------------------------
 # Real processes, launched as docs/multihost.md's recipe launches them.
 
@@ -327,6 +338,16 @@ def test_two_processes_train_like_one_and_resume_exactly(tmp_path):
   assert 'img/s' not in other and 'assignment' not in other
   assert (tmp_path / 'two' / 'model.json').exists()
   assert (tmp_path / 'two' / 'report').is_dir()
+  # Each process wrote its own rows of the report's embeddings into one
+  # file: every row is there, pointing where the one-process run's does.
+  one_rows, two_rows = (np.load(tmp_path / w / 'report' / 'embeddings.npy')
+                        for w in ('one', 'two'))
+  assert two_rows.shape == one_rows.shape
+  cosine = np.sum(one_rows * two_rows, 1) / (
+      np.linalg.norm(one_rows, axis=1) * np.linalg.norm(two_rows, axis=1))
+  assert cosine.min() > 0.99
+  assert sorted(p.name for p in (tmp_path / 'two' / 'report').iterdir()) == (
+      sorted(p.name for p in (tmp_path / 'one' / 'report').iterdir()))
 
   # A stop signal to one process stops both, at one checkpoint; the same
   # commands then end exactly as the uninterrupted run.

@@ -25,7 +25,7 @@ class Interrupted(Exception):
 def test_formula_cells_are_neutralised_and_read_back(tmp_path, name):
   path = tmp_path / 'p.csv'
   rows = report.assignment_rows({'image': [name, 'plain.png']},
-                                np.eye(2), np.eye(2))
+                                [0, 1], [1.0, 1.0], [0, 1])
   report.write_assignments(str(path), rows)
   with open(path, newline='', encoding='utf-8') as f:
     read = list(csv.DictReader(f))
@@ -47,8 +47,8 @@ def test_names_that_are_not_utf8_are_escaped_and_stay_distinct():
 
 def test_a_failed_csv_write_keeps_the_previous_file(tmp_path):
   path = tmp_path / 'predictions.csv'
-  good = report.assignment_rows({'image': ['a.png', 'b.png']}, np.eye(2),
-                                np.eye(2))
+  good = report.assignment_rows({'image': ['a.png', 'b.png']}, [0, 1],
+                                [1.0, 1.0], [0, 1])
   report.write_assignments(str(path), good)
   before = path.read_bytes()
   bad = [dict(good[0]), dict(good[1], confidence='not a number')]

@@ -109,3 +109,11 @@ def test_fewer_distinct_rows_than_clusters_leave_some_empty_with_a_warning(
   centroids = kmeans.fit(rows, np.arange(30), 30, 5, seed=0, n_init=2)
   assert np.isfinite(centroids).all()
   assert 'left 2 of K=5 clusters empty' in caplog.text
+
+
+def test_each_row_is_assigned_its_nearest_centroid():
+  rows, _ = _blobs(n=300)
+  centroids = rows[[0, 100, 200]] + 0.5
+  want = ((rows[:, None] - centroids) ** 2).sum(-1).argmin(1)
+  np.testing.assert_array_equal(kmeans.nearest(rows, centroids), want)
+  assert kmeans.nearest(rows[:0], centroids).shape == (0,)

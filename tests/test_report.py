@@ -190,7 +190,7 @@ def test_predictions_are_written_batch_by_batch_as_one_unit(tmp_path):
                                 outputs['embedding'])
   # The rows the whole set's assignments give, in one file.
   report.write_assignments(str(tmp_path / 'whole.csv'), report.assignment_rows(
-      {'image': names}, probs, outputs['student_t']))
+      {'image': names}, **report.head_assignments(outputs)))
   before = [(tmp_path / name).read_bytes() for name in report.PREDICTIONS]
   assert before[0] == (tmp_path / 'whole.csv').read_bytes()
   # Stopped after two batches: the earlier pair stays whole, nothing is
@@ -204,3 +204,21 @@ def test_predictions_are_written_batch_by_batch_as_one_unit(tmp_path):
                     for name in report.PREDICTIONS]
   assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
       report.PREDICTIONS + ('whole.csv',))
+
+
+def test_embeddings_written_in_parts_are_the_whole_table(tmp_path):
+  # Each process writes its own rows (runs of rows of each eval batch, in
+  # any order) into one file; until it is finished the previous file stays.
+  (tmp_path / 'report').mkdir()
+  rng = np.random.default_rng(0)
+  embeddings = rng.normal(size=(23, 5)).astype(np.float32)
+  np.save(tmp_path / 'report' / 'embeddings.npy', np.zeros((2, 2)))
+  report.create_embeddings(str(tmp_path), 23, 5)
+  rows = np.arange(23)
+  mine = (rows // 4) % 2 == 0  # two processes, batches of 8
+  for share in (rows[~mine][::-1], rows[mine], np.array([], int)):
+    report.write_embedding_rows(str(tmp_path), embeddings[share], share)
+    assert np.load(tmp_path / 'report' / 'embeddings.npy').shape == (2, 2)
+  path = report.finish_embeddings(str(tmp_path))
+  np.testing.assert_array_equal(np.load(path), embeddings)
+  assert os.listdir(tmp_path / 'report') == ['embeddings.npy']
