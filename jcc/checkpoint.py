@@ -3,8 +3,8 @@
 ``WORKDIR/model.json`` records what a checkpoint's shapes depend on, so that a
 workdir trained with another architecture or K is refused with one line
 rather than a shape error. ``WORKDIR/lock`` keeps a second run out while one
-holds the workdir (:class:`WorkdirLock`). ``WORKDIR/checkpoints`` holds the orbax
-checkpoints; one that cannot be read is moved to
+holds the workdir (:class:`WorkdirLock`). ``WORKDIR/checkpoints`` holds the
+orbax checkpoints; one that cannot be read is moved to
 ``WORKDIR/damaged_checkpoints`` and the one before it is used.
 """
 
@@ -27,6 +27,7 @@ import orbax.checkpoint as ocp
 from jcc import distributed
 from jcc import files
 from jcc import models
+from jcc import parallel
 from jcc import terms
 from jcc.sources import streamed
 from jcc.errors import CheckpointError, ConfigError, is_disk_full
@@ -331,15 +332,11 @@ class Checkpoints:
     steps = sorted(self._manager.all_steps(), reverse=True)
     if not steps:
       return None
-    abstract = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-        like)
     damaged = []
     for step in steps:
       reason = None
       try:
-        restored = self._manager.restore(
-            step, args=ocp.args.StandardRestore(abstract))
+        restored = self._restore(step, like)
       except Exception as e:  # pylint: disable=broad-except
         reason = f'{type(e).__name__}: {str(e).splitlines()[0][:200]}'
       # The processes of one run must all resume from the same step.
@@ -373,6 +370,31 @@ class Checkpoints:
                         step, target)
     distributed.wait_for_all('jcc: damaged checkpoints set aside')
     self._manager = self._open()
+
+  def _restore(self, step: int, like: dict[str, Any]) -> dict[str, Any]:
+    """Checkpoint ``step`` shaped and sharded like ``like``; a table split by
+    rows and saved with another padding is fitted to ``like``'s
+    (:func:`jcc.parallel.resized_tables`)."""
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+        like)
+    try:  # unreadable metadata: the restore below says why
+      tree = self._manager.item_metadata(step)
+      tree = getattr(tree, 'tree', tree)
+      resized = parallel.resized_tables(
+          {name: tuple(leaf.shape) for name, leaf in tree.items()
+           if name in like and hasattr(leaf, 'shape')}, like)
+    except Exception:  # pylint: disable=broad-except
+      resized = {}
+    for name, (rows, sharding) in resized.items():
+      abstract[name] = abstract[name].update(
+          shape=(rows,) + like[name].shape[1:], sharding=sharding)
+    restored = self._manager.restore(
+        step, args=ocp.args.StandardRestore(abstract))
+    for name in resized:
+      restored[name] = parallel.fit_rows(
+          restored[name], like[name].shape[0], like[name].sharding)
+    return restored
 
   def save(self, step: int, tree: Any, force: bool = False) -> None:
     """Saves ``tree`` as the checkpoint of ``step``, unless it already is.

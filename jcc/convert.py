@@ -1,4 +1,5 @@
-"""Converts a folder of image files (or an .npz) once into jcc's stored set.
+"""Converts a folder of image files, an .npz or a folder of IDX files (MNIST's
+format) once into jcc's stored set.
 
   python -m jcc.convert --input=PHOTOS --output=STORED --image_size=64
 
@@ -33,6 +34,7 @@ import numpy as np
 from jcc import files
 from jcc import progress
 from jcc.errors import UserError
+from jcc.sources import idx
 from jcc.sources import image_files
 from jcc.sources import streamed
 from jcc.sources.arrays import load_npz, npz_member_header
@@ -40,8 +42,8 @@ from jcc.sources.dataset import (_class_indices, as_nhwc_uint8,
                                  resize_images)
 
 _INPUT = flags.DEFINE_string(
-    'input', None, 'a folder of image files (DIR/<class>/… or flat) or an '
-    '.npz with `images` (and `labels`)')
+    'input', None, 'a folder of image files (DIR/<class>/… or flat), an '
+    '.npz with `images` (and `labels`), or a folder of IDX files (MNIST)')
 _OUTPUT = flags.DEFINE_string('output', None, 'the folder to write: new, or '
                               'empty')
 _IMAGE_SIZE = flags.DEFINE_integer(
@@ -91,6 +93,19 @@ def _npz(path: str):
           len(images), images.shape[-1], dataset.labels, names)
 
 
+def _idx(folder: str):
+  """(chunks, count, channels, labels, class names, names) of a folder of
+  IDX files (MNIST's format): the images streamed, train then t10k."""
+  pairs = idx.idx_pairs(folder)
+  shapes = [idx.idx_chunks(images, None)[0] for images, _ in pairs]
+  if any(len(shape) != 3 for shape in shapes):
+    raise UserError(f'--input={folder}: its IDX images are not N×H×W.')
+  labels = np.concatenate([idx.read_idx(labels) for _, labels in pairs])
+  chunks = (chunk[..., None] for images, _ in pairs
+            for chunk in idx.idx_chunks(images, CHUNK)[1])
+  return chunks, sum(shape[0] for shape in shapes), 1, labels, (), None
+
+
 def _source(path: str, size: int, skip_bad: bool):
   """(chunks of images, count, channels, labels or None, class names,
   each image's name or None)."""
@@ -100,6 +115,8 @@ def _source(path: str, size: int, skip_bad: bool):
   if not os.path.isdir(path):
     raise UserError(f'--input={path}: not a folder of images or an .npz '
                     'file.')
+  if any(idx.find_idx(path, images) for images, _ in idx.IDX_FILES):
+    return _idx(path)
   found, labels, classes, passed_over = image_files._list_images(path)  # pylint: disable=protected-access
   if not found:
     raise UserError(f'--input={path}: no images found (looked for '
@@ -135,9 +152,9 @@ def _progress(done: int, total: int, start: float) -> None:
 
 def convert(source: str, output: str, size: int,
             skip_bad_images: bool = True, show_progress: bool = True) -> str:
-  """Writes ``source`` (a folder of images or an .npz) to ``output`` as
-  the stored set that dataset 'converted' reads; returns the path of its
-  images.npy."""
+  """Writes ``source`` (a folder of images or of IDX files, or an .npz) to
+  ``output`` as the stored set that dataset 'converted' reads; returns the
+  path of its images.npy."""
   _check_output(output, source)
   chunks, count, channels, labels, classes, names = _source(
       source, size, skip_bad_images)

@@ -2,12 +2,15 @@
 per core.
 
 One 1-D mesh over every device of every process, with the batch on axis
-'data' and everything else replicated.
+'data', the dataset-sized tables (DEC's target) split by rows on the same
+axis, and everything else replicated.
 """
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
@@ -119,8 +122,8 @@ def make_mesh(devices: list[jax.Device] | None = None) -> jax.sharding.Mesh:
 
 class Shardings(NamedTuple):
   """The two placements of the data-parallel step."""
-  replicated: NamedSharding  # whole on every device: state, P, scalars
-  batch: NamedSharding  # rows split over the mesh axis 'data'
+  replicated: NamedSharding  # whole on every device: state, scalars
+  batch: NamedSharding  # rows split over the mesh axis 'data': batches, P
 
 
 def shardings(mesh: jax.sharding.Mesh) -> Shardings:
@@ -136,6 +139,78 @@ def to_global(array: np.ndarray, sharding: NamedSharding) -> jax.Array:
   """
   return jax.make_array_from_callback(
       array.shape, sharding, lambda index: array[index])
+
+
+def padded_rows(num_rows: int, mesh: jax.sharding.Mesh) -> int:
+  """``num_rows`` rounded up to a multiple of the mesh's devices: the
+  length of a table split by rows over them (its last rows unused)."""
+  return -(-num_rows // mesh.size) * mesh.size
+
+
+def row_table(shape: tuple[int, ...], mesh: jax.sharding.Mesh,
+              rows: Callable[[slice], np.ndarray]) -> jax.Array:
+  """A global array of ``shape`` split by rows over ``mesh`` ('data'),
+  each device's rows ``rows(slice)``: no process builds the whole table.
+  ``shape[0]`` must be a multiple of the devices (:func:`padded_rows`)."""
+  return jax.make_array_from_callback(
+      shape, shardings(mesh).batch, lambda index: rows(index[0]))
+
+
+def set_rows(table: jax.Array, rows: np.ndarray, values: np.ndarray,
+             per_process: int, num_chunks: int) -> jax.Array:
+  """``table`` (split by rows, donated) with this process's ``rows``
+  (indices into it) set to ``values``; every process calls it with its own.
+
+  The rows travel in ``num_chunks`` chunks of ``per_process`` rows from
+  each process (the same numbers on every process; short chunks padded
+  with rows that are dropped), and each device keeps the rows it holds:
+  no device holds more than its share of the table and one chunk.
+  """
+  sharding = table.sharding
+  dropped = table.shape[0]  # out of bounds: .at[].set(mode='drop') skips it
+  for chunk in range(num_chunks):
+    part = slice(chunk * per_process, (chunk + 1) * per_process)
+    index = np.full(per_process, dropped, np.int32)
+    value = np.zeros((per_process,) + table.shape[1:], table.dtype)
+    index[:len(rows[part])] = rows[part]
+    value[:len(rows[part])] = values[part]
+    table = _scatter_rows(table, *from_process_local(sharding, index, value))
+  return table
+
+
+def resized_tables(saved: dict[str, tuple[int, ...]], like: dict
+                   ) -> dict[str, tuple[int, NamedSharding]]:
+  """The arrays of ``like`` that were saved (``saved``: their shapes) with
+  another number of rows, padded for another number of devices: each one's
+  saved rows, and a sharding to read them with (``like``'s where the rows
+  split over its devices, else replicated)."""
+  tables = {}
+  for name, shape in saved.items():
+    table = like[name]
+    if (isinstance(table, jax.Array) and shape[1:] == table.shape[1:] and
+        shape[0] != table.shape[0]):
+      mesh = table.sharding.mesh
+      tables[name] = (shape[0], table.sharding if shape[0] % mesh.size == 0
+                      else shardings(mesh).replicated)
+  return tables
+
+
+def fit_rows(table: jax.Array, num_rows: int,
+             sharding: NamedSharding) -> jax.Array:
+  """``table`` cut to its first ``num_rows`` rows, or padded with zeros to
+  them, placed by ``sharding``."""
+  extra = [(0, max(num_rows - table.shape[0], 0))] + [(0, 0)] * (
+      table.ndim - 1)
+  return jax.jit(lambda t: jax.numpy.pad(t[:num_rows], extra),
+                 out_shardings=sharding)(table)
+
+
+@functools.partial(jax.jit, donate_argnums=0)
+def _scatter_rows(table: jax.Array, rows: jax.Array,
+                  values: jax.Array) -> jax.Array:
+  # With the table split by rows, XLA sends the chunk to every device and
+  # each writes the rows it holds (an all-gather of the chunk alone).
+  return table.at[rows].set(values, mode='drop')
 
 
 def from_process_local(

@@ -132,22 +132,24 @@ class DatasetPasses:
     return run.replace(train=state.replace(params=params))
 
   def with_target(self, run: step_lib.RunState) -> step_lib.RunState:
-    """``run`` with DEC's target P, (N, K) float32: rows of the clustered
-    examples from their q, zeros for instance-only ones (unused).
+    """``run`` (donated) with DEC's target P: the rows of the clustered
+    examples from their q; those of instance-only ones stay 0 (unused).
 
     Each process computes its own share's rows, from the cluster
-    frequencies summed over all processes; the table is then put together
-    whole on every device, where the step reads it by row."""
+    frequencies summed over all processes, and sends them, an evaluation
+    batch at a time, to the devices that hold them (the table is split by
+    rows, :class:`jcc.step.RunState`): no process or device holds the whole
+    table."""
     outputs, rows = self.own_outputs(run.train)
     q = outputs['student_t']
     frequency = distributed.sum_over_processes(q.sum(axis=0))
-    p = self._assembled(np.asarray(losses.target_distribution(
-        q, frequency=frequency), np.float32), rows)
-    if self._some_left_out:
-      full = np.zeros((len(self.dataset), p.shape[1]), np.float32)
-      full[self.cluster_indices] = p
-      p = full
-    return run.replace(target=self._replicated(p))
+    p = np.asarray(losses.target_distribution(q, frequency=frequency),
+                   np.float32)
+    batch = self.predictor.batch_size
+    return run.replace(target=parallel.set_rows(
+        run.target, self.cluster_indices[rows].astype(np.int32), p,
+        per_process=batch // jax.process_count(),
+        num_chunks=-(-len(self.cluster_indices) // batch)))
 
   def with_pseudo_labels(self, run: step_lib.RunState,
                          steps: int) -> step_lib.RunState:

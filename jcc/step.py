@@ -91,10 +91,13 @@ class TrainState:
 @flax.struct.dataclass
 class RunState:
   """What a run carries from one step to the next: the train state and the
-  dataset-level arrays, replicated on the devices, checkpointed as one item.
+  dataset-level arrays (placed by :func:`run_shardings`), checkpointed as
+  one item.
 
-  ``target`` (N, K) float32: DEC's target P (rows of instance-only examples
-  are 0 and unused). ``neighbors`` (N, k) int32: each image's nearest
+  ``target`` (N', K) float32: DEC's target P, split by rows over the D
+  devices, N' = N rounded up to a multiple of D
+  (:func:`jcc.parallel.padded_rows`); rows of instance-only examples and
+  past N are 0 and unused. ``neighbors`` (N, k) int32: each image's nearest
   neighbours, with a neighbour term (until they are mined, each image stands
   in for its own); else None. ``pseudo_labels`` (N,) int32: the
   self-labelling stage's fixed labels (-1: none), with
@@ -132,6 +135,14 @@ class RunState:
 
 # The fields of RunState that only some runs have.
 OPTIONAL_FIELDS = ('neighbors', 'pseudo_labels', 'momentum_params')
+
+
+def run_shardings(mesh: jax.sharding.Mesh) -> RunState:
+  """Where a :class:`RunState` lives: P split by rows (the step reads a
+  batch's rows where they are), the rest replicated."""
+  replicated, rows = parallel.shardings(mesh)
+  return RunState(train=replicated, target=rows, neighbors=replicated,
+                  pseudo_labels=replicated, momentum_params=replicated)
 
 
 def nonfinite_names(nonfinite_terms: int) -> list[str]:
@@ -191,8 +202,10 @@ def init_run_state(model: models.ClusteringModel,
   where the run has them."""
   replicated, _ = parallel.shardings(mesh)
   n, k = len(clustered), config.dataset.num_clusters
-  target = np.zeros((n, k), np.float32)
-  target[clustered] = 1 / k
+  rows = parallel.padded_rows(n, mesh)
+  uniform = np.pad(clustered / np.float32(k), (0, rows - n))
+  target = parallel.row_table(
+      (rows, k), mesh, lambda part: np.repeat(uniform[part, None], k, 1))
   neighbors = np.repeat(np.arange(n, dtype=np.int32)[:, None],
                         config.train.num_neighbors, axis=1) if (
                             uses_neighbors(config)) else None
@@ -205,10 +218,10 @@ def init_run_state(model: models.ClusteringModel,
       out_shardings=replicated)(train.params) if (
           config.train.get('momentum_encoder', 0.0)) else None
   return RunState(
-      train=train, momentum_params=momentum_params,
+      train=train, target=target, momentum_params=momentum_params,
       **{name: None if value is None else parallel.to_global(value,
                                                              replicated)
-         for name, value in (('target', target), ('neighbors', neighbors),
+         for name, value in (('neighbors', neighbors),
                              ('pseudo_labels', pseudo_labels))})
 
 
@@ -224,14 +237,14 @@ def make_train_step(model, tx, config, mesh, warmup_steps: int = 0,
                     compiler_options: dict[str, str] | None = None):
   """The jitted step: (run, batch) → (run, metrics).
 
-  ``run`` is the :class:`RunState` (replicated, donated); ``batch`` a
-  :class:`Batch` whose optional fields are those the flags ask for:
-  ``in_clusters`` with ``instance_only``; ``neighbor_images`` with
-  ``with_neighbors`` (default: a neighbour term has a weight,
-  :func:`jcc.terms.uses_neighbors`; without neighbours the neighbour terms
-  are left out, as in the warm-up, where there are none yet). The terms of
-  :func:`jcc.terms.terms_after_warmup` count from step ``warmup_steps`` on. With ``self_labeling``:
-  the self-labelling stage's step: the method's terms on two strong views
+  ``run`` is the :class:`RunState` (donated); ``batch`` a :class:`Batch`
+  whose optional fields are those the flags ask for: ``in_clusters`` with
+  ``instance_only``; ``neighbor_images`` with ``with_neighbors`` (default:
+  a neighbour term has a weight, :func:`jcc.terms.uses_neighbors`; without
+  neighbours the neighbour terms are left out, as in the warm-up, where
+  there are none yet). The terms of :func:`jcc.terms.terms_after_warmup`
+  count from step ``warmup_steps`` on. With ``self_labeling``: the
+  self-labelling stage's step: the method's terms on two strong views
   (config.augment, then a Cutout of train.selflabel_cutout), plus
   train.selflabel_weight × :func:`jcc.objective.self_labeling_terms`, whose
   labels come from the plain images in the same pass, or, with
@@ -342,9 +355,9 @@ def make_train_step(model, tx, config, mesh, warmup_steps: int = 0,
   replicated, _ = parallel.shardings(mesh)
   return jax.jit(
       step_fn,
-      in_shardings=(replicated, batch_shardings(mesh, instance_only,
-                                                with_neighbors)),
-      out_shardings=(replicated, replicated),
+      in_shardings=(run_shardings(mesh), batch_shardings(
+          mesh, instance_only, with_neighbors)),
+      out_shardings=(run_shardings(mesh), replicated),
       donate_argnums=0,
       compiler_options=(conv.compiler_options() if compiler_options is None
                         else compiler_options))

@@ -108,6 +108,17 @@ def system_temp_dir(tmp_path_factory) -> pathlib.Path:
     os.environ['TMPDIR'] = saved[1]
 
 
+def write_idx(path, array) -> None:
+  """``array`` as an IDX file (MNIST's format), gzipped where ``path`` ends
+  in .gz."""
+  import gzip  # pylint: disable=g-import-not-at-top
+  header = bytes([0, 0, 8, array.ndim]) + b''.join(
+      int(d).to_bytes(4, 'big') for d in array.shape)
+  opener = gzip.open if str(path).endswith('.gz') else open
+  with opener(path, 'wb') as f:
+    f.write(header + array.astype('uint8').tobytes())
+
+
 def tiny_config(**train_overrides):
   """Digits at 8×8 with a tiny ConvNet: seconds per epoch on a CPU."""
   config = digits.get_config()

@@ -37,17 +37,19 @@ def _setup(config):
   state = step.create_train_state(
       model, tx, jax.random.key(0), dataset.images.shape[1:])
   indices = np.arange(64, dtype=np.int32)
+  # Rows for 8 devices: padded_rows of any mesh of these tests.
   target = np.random.default_rng(0).dirichlet(
-      np.ones(10), size=len(dataset)).astype(np.float32)
+      np.ones(10), size=-(-len(dataset) // 8) * 8).astype(np.float32)
   return dataset, model, tx, state, indices, target
 
 
 def _place(mesh, state, target, images, indices):
   """(run, batch) as the step takes them, placed on ``mesh``."""
-  replicated, _ = parallel.shardings(mesh)
-  run = jax.tree.map(
-      lambda x: parallel.to_global(np.asarray(x), replicated),
-      step.RunState(train=state, target=target))
+  replicated, rows = parallel.shardings(mesh)
+  run = step.RunState(
+      train=jax.tree.map(lambda x: parallel.to_global(np.asarray(x),
+                                                      replicated), state),
+      target=parallel.to_global(target, rows))
   batch = jax.tree.map(parallel.to_global, step.Batch(
       images=images, indices=indices), step.batch_shardings(mesh))
   return run, batch
@@ -108,6 +110,39 @@ def test_a_process_own_rows_are_the_whole_outputs_split_by_rows(meshes):
   np.testing.assert_array_equal(rows, np.arange(203))
   for key, value in whole.items():
     np.testing.assert_array_equal(own[key], value)
+
+
+def test_dec_target_is_split_by_rows_over_the_devices(meshes):
+  config = tiny_config()
+  dataset, model, tx, _, _, _ = _setup(config)
+  mesh, n = meshes[1], len(dataset)
+  clustered = np.arange(n) % 3 > 0  # a third instance-only
+  run = step.init_run_state(model, tx, config, dataset.images.shape[1:],
+                            mesh, clustered)
+  rows = parallel.padded_rows(n, mesh)
+  assert rows % mesh.size == 0 and n <= rows < n + mesh.size
+  # Each device holds its share of the rows, not the whole table.
+  assert [shard.data.shape for shard in run.target.addressable_shards] == [
+      (rows // mesh.size, 10)] * mesh.size
+  expected = np.zeros((rows, 10), np.float32)
+  expected[:n][clustered] = 0.1
+  np.testing.assert_array_equal(np.asarray(run.target), expected)
+
+
+def test_set_rows_writes_each_row_on_the_device_that_holds_it(meshes):
+  mesh = meshes[1]
+  size = mesh.size
+  table = parallel.row_table((3 * size, 4), mesh,
+                             lambda part: np.zeros((3, 4), np.float32))
+  rows = np.random.default_rng(0).permutation(3 * size)[:2 * size + 1]
+  values = np.random.default_rng(1).random((len(rows), 4), np.float32)
+  written = parallel.set_rows(table, rows.astype(np.int32), values,
+                              per_process=size, num_chunks=3)
+  expected = np.zeros((3 * size, 4), np.float32)
+  expected[rows] = values
+  np.testing.assert_array_equal(np.asarray(written), expected)
+  assert written.sharding.is_equivalent_to(parallel.shardings(mesh).batch,
+                                           2)
 
 
 def test_train_step_makes_no_hidden_transfers(meshes):

@@ -1,7 +1,6 @@
 """jcc.sources' registry and jcc.pipeline: every source under TFDS's mock data,
 the folder layouts on files the tests write, and the train/eval pipelines."""
 
-import gzip
 import importlib
 import importlib.resources
 import os
@@ -24,7 +23,7 @@ from jcc import sources
 from jcc.sources import tfds as sources_tfds
 from jcc import models
 from jcc import workflows
-from tests.conftest import REPO_ROOT, tiny_config
+from tests.conftest import REPO_ROOT, tiny_config, write_idx
 
 # Sources that read TFDS when config.dataset.path is empty.
 TFDS_SOURCES = ['cifar10', 'cifar100', 'stl10', 'imagenet10', 'imagenet_dogs',
@@ -161,21 +160,14 @@ def test_imagenet_subset_from_an_ilsvrc_train_folder(tmp_path):
     sources.load_dataset(_dataset_config('imagenet10', 16, path=str(tmp_path)))
 
 
-def _write_idx(path, array):
-  header = bytes([0, 0, 8, array.ndim]) + b''.join(
-      int(d).to_bytes(4, 'big') for d in array.shape)
-  with gzip.open(path, 'wb') as f:
-    f.write(header + array.astype(np.uint8).tobytes())
-
-
 def test_mnist_from_idx_files(tmp_path):
   rng = np.random.default_rng(0)
   train_images = rng.integers(0, 256, (5, 28, 28), dtype=np.uint8)
   test_images = rng.integers(0, 256, (3, 28, 28), dtype=np.uint8)
-  _write_idx(tmp_path / 'train-images-idx3-ubyte.gz', train_images)
-  _write_idx(tmp_path / 'train-labels-idx1-ubyte.gz', np.arange(5))
-  _write_idx(tmp_path / 't10k-images-idx3-ubyte.gz', test_images)
-  _write_idx(tmp_path / 't10k-labels-idx1-ubyte.gz', np.arange(3) + 5)
+  write_idx(tmp_path / 'train-images-idx3-ubyte.gz', train_images)
+  write_idx(tmp_path / 'train-labels-idx1-ubyte.gz', np.arange(5))
+  write_idx(tmp_path / 't10k-images-idx3-ubyte.gz', test_images)
+  write_idx(tmp_path / 't10k-labels-idx1-ubyte.gz', np.arange(3) + 5)
   ds = sources.load_dataset(_dataset_config('mnist', 28, path=str(tmp_path)))
   np.testing.assert_array_equal(
       ds.images[..., 0], np.concatenate([train_images, test_images]))

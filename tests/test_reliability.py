@@ -18,13 +18,15 @@ import orbax.checkpoint as ocp
 import pytest
 from PIL import Image
 
+from jcc import checkpoint
 from jcc import evaluate
+from jcc import parallel
 from jcc import sources
 from jcc import workflows
 from jcc.checkpoint import WorkdirLock
 from jcc.errors import CheckpointError, ConfigError, DataError
 from tests import cli
-from tests.conftest import REPO_ROOT, tiny_config
+from tests.conftest import REPO_ROOT, devices, tiny_config
 
 # The command line with tiny_config()'s settings.
 TINY_FLAGS = [
@@ -320,6 +322,31 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous(
     assert _steps(workdir) == [7, 14]
   finally:
     trainer.close()
+
+
+@pytest.mark.parametrize('saved_rows', [5, 6, 8])
+def test_a_table_padded_for_other_devices_resumes_fitted(tmp_path,
+                                                        saved_rows):
+  # DEC's target has N rows rounded up to a multiple of the devices: a run
+  # resumed on another number of devices (or from an unpadded table) reads
+  # the saved rows and cuts or pads them, and sets no checkpoint aside.
+  mesh = parallel.make_mesh(devices(2))
+  replicated, rows = parallel.shardings(mesh)
+  saved = np.arange(saved_rows * 3, dtype=np.float32).reshape(-1, 3) + 1
+  state = {'step': parallel.to_global(np.int32(4), replicated)}
+  checkpoints = checkpoint.Checkpoints(str(tmp_path), 2)
+  checkpoints.save(4, {'state': state,
+                       'target': parallel.to_global(saved, replicated)})
+  checkpoints.wait()
+  like = {'state': state, 'target': parallel.row_table(
+      (6, 3), mesh, lambda part: np.zeros((3, 3), np.float32))}
+  restored = checkpoints.restore_latest(like)
+  checkpoints.close()
+  expected = np.zeros((6, 3), np.float32)
+  expected[:min(saved_rows, 6)] = saved[:6]
+  np.testing.assert_array_equal(np.asarray(restored['target']), expected)
+  assert restored['target'].sharding.is_equivalent_to(rows, 2)
+  assert not (tmp_path / 'damaged_checkpoints').exists()
 
 
 def test_no_readable_checkpoint_is_an_error_not_a_fresh_start(trained_copy):

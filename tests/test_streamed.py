@@ -16,7 +16,7 @@ from jcc import sources
 from jcc import workflows
 from jcc.errors import CheckpointError, DataError
 from jcc.sources import streamed
-from tests.conftest import REPO_ROOT, tiny_config
+from tests.conftest import REPO_ROOT, tiny_config, write_idx
 
 
 @pytest.fixture(scope='module')
@@ -218,6 +218,32 @@ def test_predict_streams_a_folder_too_large_to_hold(digit_folder, monkeypatch,
   config.predict.output = str(tmp_path / 'streamed')
   workflows.predict_workdir(config, str(trained_workdir))
   assert (tmp_path / 'streamed' / 'predictions.csv').read_bytes() == held
+
+
+def test_a_folder_of_idx_files_converts_in_chunks(tmp_path, monkeypatch):
+  rng, idx = np.random.default_rng(0), tmp_path / 'idx'
+  idx.mkdir()
+  train = rng.integers(0, 256, (700, 6, 5), dtype=np.uint8)
+  test = rng.integers(0, 256, (300, 6, 5), dtype=np.uint8)
+  write_idx(idx / 'train-images-idx3-ubyte', train)  # one uncompressed
+  write_idx(idx / 'train-labels-idx1-ubyte.gz', np.arange(700) % 10)
+  write_idx(idx / 't10k-images-idx3-ubyte.gz', test)
+  write_idx(idx / 't10k-labels-idx1-ubyte.gz', np.arange(300) % 7)
+  monkeypatch.setattr(convert, 'CHUNK', 256)
+  convert.convert(str(idx), str(tmp_path / 'out'), 6,
+                  show_progress=False)
+  stored = np.load(tmp_path / 'out' / 'images.npy')
+  np.testing.assert_array_equal(  # 6×5 resized to 6×6, as in memory
+      stored, sources.resize_images(
+          np.concatenate([train, test])[..., None], 6))
+  np.testing.assert_array_equal(
+      np.load(tmp_path / 'out' / 'labels.npy'),
+      np.concatenate([np.arange(700) % 10, np.arange(300) % 7]))
+  with open(idx / 'train-images-idx3-ubyte', 'r+b') as f:
+    f.truncate(4 + 12 + 30 * 699)  # the last image cut short
+  with pytest.raises(DataError, match='truncated'):
+    convert.convert(str(idx), str(tmp_path / 'again'), 6,
+                    show_progress=False)
 
 
 def test_an_npz_converts_in_chunks_and_one_too_large_says_so(tmp_path,
