@@ -161,6 +161,9 @@ def jcc_config(side: str, npz: str, args, seed: int):
   config.train.optimizer = 'adam'
   config.train.learning_rate = args.learning_rate
   config.train.lr_schedule = 'constant'
+  config.train.lr_warmup_epochs = 0
+  config.train.weight_decay = 0.0
+  config.model.head_batchnorm = False  # CC's heads have none
   config.train.warmup_epochs = args.epochs // 2
   config.loss.instance_temperature = args.instance_temperature
   config.loss.cluster_temperature = args.cluster_temperature

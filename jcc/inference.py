@@ -86,7 +86,7 @@ class Predictor:
     self._forward = make_forward(model, mesh)
     self._forward_split = make_forward(model, mesh, split=True)
     self._replicated, self._batch_sharding = parallel.shardings(mesh)
-    self.batch_size = -(-max(batch_size, mesh.size) // mesh.size) * mesh.size
+    self.batch_size = parallel.padded_rows(max(batch_size, mesh.size), mesh)
 
   def __call__(self, variables: dict, images: np.ndarray
                ) -> dict[str, np.ndarray]:

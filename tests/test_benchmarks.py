@@ -118,6 +118,11 @@ def test_the_peer_benchmarks_jcc_sides_match_ccs_settings(tmp_path):
     assert tuple(config.augment.crop_scale) == (0.08, 1.0)
     assert config.dataset.crop_from_size == 32  # from the original, as CC
     assert config.model.head_hidden == 128
+    # CC's optimiser and heads, whatever the config's recipe.
+    assert (config.train.optimizer, config.train.weight_decay,
+            config.train.lr_schedule, config.train.lr_warmup_epochs,
+            config.model.head_batchnorm) == ('adam', 0.0, 'constant', 0,
+                                             False)
     assert not config.loss.neighbor_consistency
     assert not config.train.selflabel_epochs
   # jcc_config keeps its own crops unless --jcc-crop-from is given.

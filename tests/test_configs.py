@@ -76,6 +76,26 @@ def test_a_config_beyond_the_paper_says_so_and_offers_the_paper(name):
   assert ':paper' in (module.get_config.__doc__ or ''), name
 
 
+def test_cifar10_small_paper_is_the_papers_method_with_ccs_optimiser():
+  cifar = importlib.import_module('jcc.configs.cifar10_small')
+  recipe, paper = cifar.get_config(), cifar.get_config('paper')
+  assert (recipe.train.optimizer, recipe.model.head_batchnorm) == ('sgd',
+                                                                  True)
+  assert (paper.train.optimizer, paper.train.learning_rate,
+          paper.train.weight_decay, paper.train.lr_schedule,
+          paper.train.lr_warmup_epochs, paper.loss.instance_temperature,
+          paper.model.head_batchnorm) == ('adam', 1e-3, 0.0, 'constant', 0,
+                                          0.5, False)
+  differ = {field for field, value in _flat(recipe).items()
+            if _flat(paper)[field] != value}
+  assert differ == {'train.optimizer', 'train.learning_rate',
+                    'train.weight_decay', 'train.lr_schedule',
+                    'train.lr_warmup_epochs', 'loss.instance_temperature',
+                    'model.head_batchnorm'}
+  with pytest.raises(ValueError, match=':paper'):
+    cifar.get_config('adam')
+
+
 def test_the_paper_switch_works_on_the_command_line():
   from absl import flags
   from ml_collections import config_flags
