@@ -316,10 +316,12 @@ class Checkpoints:
     self._checkpoint_bytes = None  # of the last save: the room one needs
 
   def _open(self) -> ocp.CheckpointManager:
+    # Named, so that a new process reads a step's shapes (:meth:`_restore`).
     return ocp.CheckpointManager(
         os.path.abspath(os.path.join(self.workdir, 'checkpoints')),
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=self.max_to_keep, create=True))
+            max_to_keep=self.max_to_keep, create=True),
+        item_handlers=ocp.StandardCheckpointHandler())
 
   def restore_latest(self, like: Any) -> Any | None:
     """The newest readable checkpoint, shaped and sharded like ``like``.
@@ -372,9 +374,8 @@ class Checkpoints:
     self._manager = self._open()
 
   def _restore(self, step: int, like: dict[str, Any]) -> dict[str, Any]:
-    """Checkpoint ``step`` shaped and sharded like ``like``; a table split by
-    rows and saved with another padding is fitted to ``like``'s
-    (:func:`jcc.parallel.resized_tables`)."""
+    """Checkpoint ``step`` shaped and sharded like ``like``; a row-split
+    table saved with another padding is fitted (:func:`parallel.fit_rows`)."""
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
         like)

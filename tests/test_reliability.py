@@ -337,9 +337,11 @@ def test_a_table_padded_for_other_devices_resumes_fitted(tmp_path,
   checkpoints = checkpoint.Checkpoints(str(tmp_path), 2)
   checkpoints.save(4, {'state': state,
                        'target': parallel.to_global(saved, replicated)})
-  checkpoints.wait()
+  checkpoints.close()
   like = {'state': state, 'target': parallel.row_table(
       (6, 3), mesh, lambda part: np.zeros((3, 3), np.float32))}
+  # Another process's, as a resume's: it has saved nothing yet.
+  checkpoints = checkpoint.Checkpoints(str(tmp_path), 2)
   restored = checkpoints.restore_latest(like)
   checkpoints.close()
   expected = np.zeros((6, 3), np.float32)
