@@ -1,11 +1,17 @@
-"""Converts a folder of image files, an .npz or a folder of IDX files (MNIST's
-format) once into jcc's stored set.
+"""Converts a folder of image files, an .npz, a folder of IDX files (MNIST's
+format) or a TFDS dataset once into jcc's stored set.
 
   python -m jcc.convert --input=PHOTOS --output=STORED --image_size=64
+  python -m jcc.convert --input=tfds:cifar10 --output=STORED --image_size=32
 
 decodes every image once, resized to image_size × image_size, and writes
 STORED/images.npy (uint8 N×S×S×C, NumPy's format), STORED/labels.npy (where
-PHOTOS has class folders) and STORED/info.json. Training then reads rows of
+PHOTOS has class folders, and for the labelled datasets) and
+STORED/info.json. ``tfds:NAME`` reads the images that
+--config.dataset.name=NAME trains on (cifar10, cifar100, stl10 with its
+unlabelled split, mnist, fashion_mnist, imagenet10, imagenet_dogs) from a
+prepared TFDS dataset, through tf.data a batch at a time (the [tfds]
+extra). Training then reads rows of
 it with no decoding, streamed from disk when asked or when it would not fit
 in memory:
 
@@ -20,6 +26,7 @@ that looks whole.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import sys
@@ -43,17 +50,22 @@ from jcc.sources.dataset import (_class_indices, as_nhwc_uint8,
 
 _INPUT = flags.DEFINE_string(
     'input', None, 'a folder of image files (DIR/<class>/… or flat), an '
-    '.npz with `images` (and `labels`), or a folder of IDX files (MNIST)')
+    '.npz with `images` (and `labels`), a folder of IDX files (MNIST), or '
+    'tfds:NAME for the TFDS dataset that --config.dataset.name=NAME reads')
 _OUTPUT = flags.DEFINE_string('output', None, 'the folder to write: new, or '
                               'empty')
 _IMAGE_SIZE = flags.DEFINE_integer(
     'image_size', None, 'the side the images are stored at (use the '
     "config's dataset.image_size, or its crop_from_size where set)")
+_TFDS_DATA_DIR = flags.DEFINE_string(
+    'tfds_data_dir', '', "where TFDS keeps prepared datasets, for "
+    "--input=tfds:NAME (TFDS's default where empty)")
 _SKIP_BAD = flags.DEFINE_boolean(
     'skip_bad_images', True, 'skip unreadable files with a warning that '
     'lists them (else stop)')
 # Images decoded and written at a time: the conversion's memory.
 CHUNK = 512
+TFDS_PREFIX = 'tfds:'
 
 
 def _npz_chunks(path: str, shape: tuple[int, ...]):
@@ -72,7 +84,7 @@ def _npz_chunks(path: str, shape: tuple[int, ...]):
 
 
 def _npz(path: str):
-  """(rows, count, channels, labels, class names) of an .npz: streamed
+  """(rows, count, labels, class names) of an .npz: streamed
   where its images are uint8 in C order, else read into memory."""
   header = npz_member_header(path)
   with np.load(path, allow_pickle=False) as data:
@@ -84,18 +96,16 @@ def _npz(path: str):
   if header is not None and header[2] == np.uint8 and not header[1] and len(
       header[0]) in (3, 4):
     shape = header[0]
-    channels = 1 if len(shape) == 3 else shape[3]
-    channels = 3 if channels == 4 else 1 if channels == 2 else channels
-    return _npz_chunks(path, shape), shape[0], channels, labels, names
+    return _npz_chunks(path, shape), shape[0], labels, names
   dataset = load_npz(ml_collections.ConfigDict({'path': path}))
   images = dataset.images
   return ((images[i:i + CHUNK] for i in range(0, len(images), CHUNK)),
-          len(images), images.shape[-1], dataset.labels, names)
+          len(images), dataset.labels, names)
 
 
 def _idx(folder: str):
-  """(chunks, count, channels, labels, class names, names) of a folder of
-  IDX files (MNIST's format): the images streamed, train then t10k."""
+  """(chunks of (images, labels), count, class names, names) of a folder
+  of IDX files (MNIST's format): the images streamed, train then t10k."""
   pairs = idx.idx_pairs(folder)
   shapes = [idx.idx_chunks(images, None)[0] for images, _ in pairs]
   if any(len(shape) != 3 for shape in shapes):
@@ -103,15 +113,44 @@ def _idx(folder: str):
   labels = np.concatenate([idx.read_idx(labels) for _, labels in pairs])
   chunks = (chunk[..., None] for images, _ in pairs
             for chunk in idx.idx_chunks(images, CHUNK)[1])
-  return chunks, sum(shape[0] for shape in shapes), 1, labels, (), None
+  return (_with_labels(chunks, labels), sum(shape[0] for shape in shapes),
+          (), None)
 
 
-def _source(path: str, size: int, skip_bad: bool):
-  """(chunks of images, count, channels, labels or None, class names,
-  each image's name or None)."""
+def _tfds(input_: str, size: int, data_dir: str):
+  """(chunks of (images, labels), count or None, class names, None) of
+  the TFDS dataset that jcc's dataset NAME reads, streamed by tf.data."""
+  from jcc import sources  # pylint: disable=g-import-not-at-top
+  name = input_[len(TFDS_PREFIX):]
+  entry = sources.DATASETS.get(name)
+  if entry is None or entry.tfds_batches is None:
+    readable = sorted(n for n, e in sources.DATASETS.items()
+                      if e.tfds_batches is not None)
+    raise UserError(f'--input={input_}: not a TFDS dataset jcc reads; give '
+                    f'tfds: and one of {", ".join(readable)}.')
+  dataset_config = ml_collections.ConfigDict({
+      'name': name, 'image_size': size, 'tfds_data_dir': data_dir,
+      'use_unlabelled': True})
+  classes, chunks = entry.tfds_batches(dataset_config, converting=True)
+  return chunks, None, classes, None
+
+
+def _with_labels(chunks, labels: np.ndarray | None):
+  """(images, labels or None) for each chunk, its rows of ``labels``."""
+  done = 0
+  for images in chunks:
+    yield images, None if labels is None else labels[done:done + len(images)]
+    done += len(images)
+
+
+def _source(path: str, size: int, skip_bad: bool, tfds_data_dir: str = ''):
+  """(chunks of (images, labels or None), count or None where unknown
+  before the end, class names, each image's name or None)."""
+  if path.startswith(TFDS_PREFIX):
+    return _tfds(path, size, tfds_data_dir)
   if os.path.isfile(path) and path.endswith('.npz'):
-    chunks, count, channels, labels, classes = _npz(path)
-    return chunks, count, channels, labels, classes, None
+    chunks, count, labels, classes = _npz(path)
+    return _with_labels(chunks, labels), count, classes, None
   if not os.path.isdir(path):
     raise UserError(f'--input={path}: not a folder of images or an .npz '
                     'file.')
@@ -125,61 +164,96 @@ def _source(path: str, size: int, skip_bad: bool):
   image_files.warn_passed_over(path, passed_over)
   images, kept = image_files.stream_files(found, size, skip_bad, path)
   chunks = (images[i:i + CHUNK] for i in range(0, len(images), CHUNK))
-  return (chunks, len(images), images.shape[-1],
-          None if labels is None else np.asarray(labels)[kept],
-          tuple(classes), [os.path.relpath(found[i], path) for i in kept])
+  return (_with_labels(chunks,
+                       None if labels is None else np.asarray(labels)[kept]),
+          len(images), tuple(classes),
+          [os.path.relpath(found[i], path) for i in kept])
 
 
 def _check_output(output: str, source: str) -> None:
+  if source.startswith(TFDS_PREFIX):
+    source = ''  # nothing on disk for the output to lie in
   if os.path.isdir(output) and os.listdir(output):
     raise UserError(f'--output={output} is not empty; give a new or an empty '
                     'folder.')
   if os.path.exists(output) and not os.path.isdir(output):
     raise UserError(f'--output={output} is a file; give a folder.')
   real = os.path.realpath(output)
-  if os.path.isdir(source) and (real + os.sep).startswith(
+  if source and os.path.isdir(source) and (real + os.sep).startswith(
       os.path.realpath(source).rstrip(os.sep) + os.sep):
     raise UserError(f'--output={output} lies inside --input; put it outside.')
 
 
-def _progress(done: int, total: int, start: float) -> None:
+def _progress(done: int, total: int | None, start: float,
+              end: str = '') -> None:
+  """One line on stderr, rewritten in place; ``total`` None where the
+  source does not say its size before the end (TFDS)."""
   rate = done / max(time.time() - start, 1e-9)
-  left = (total - done) / rate if rate else 0
-  print(f'\rconverted {done:,}/{total:,} images ({rate:,.0f}/s, about '
-        f'{left:,.0f} s left)', end='' if done < total else '\n',
-        file=sys.stderr, flush=True)
+  if total is None:
+    line = f'converted {done:,} images ({rate:,.0f}/s)'
+  else:
+    left = (total - done) / rate if rate else 0
+    line = (f'converted {done:,}/{total:,} images ({rate:,.0f}/s, about '
+            f'{left:,.0f} s left)')
+  print(f'\r{line}', end=end, file=sys.stderr, flush=True)
+
+
+def _header(count: int, size: int, channels: int) -> bytes:
+  """images.npy's header. NumPy leaves room in it for the first axis to
+  grow, so its length does not depend on ``count`` or ``channels``: it is
+  written before the rows and again, with the true shape, after them."""
+  header = io.BytesIO()
+  np.lib.format.write_array_header_1_0(header, {
+      'descr': '|u1', 'fortran_order': False,
+      'shape': (count, size, size, channels)})
+  return header.getvalue()
 
 
 def convert(source: str, output: str, size: int,
-            skip_bad_images: bool = True, show_progress: bool = True) -> str:
-  """Writes ``source`` (a folder of images or of IDX files, or an .npz) to
-  ``output`` as the stored set that dataset 'converted' reads; returns the
-  path of its images.npy."""
+            skip_bad_images: bool = True, show_progress: bool = True,
+            tfds_data_dir: str = '') -> str:
+  """Writes ``source`` (a folder of images or of IDX files, an .npz, or
+  ``tfds:NAME``) to ``output`` as the stored set that dataset 'converted'
+  reads; returns the path of its images.npy."""
   _check_output(output, source)
-  chunks, count, channels, labels, classes, names = _source(
-      source, size, skip_bad_images)
+  chunks, count, classes, names = _source(source, size, skip_bad_images,
+                                          tfds_data_dir)
   os.makedirs(output, exist_ok=True)
   path = os.path.join(output, streamed.IMAGES)
   partial = path + '.partial'
   start = time.time()
+  done, channels, label_chunks = 0, None, []
   with open(partial, 'wb') as f:
-    np.lib.format.write_array_header_1_0(f, {
-        'descr': '|u1', 'fortran_order': False,
-        'shape': (count, size, size, channels)})
-    done = 0
-    for chunk in chunks:
-      f.write(np.ascontiguousarray(resize_images(chunk, size)).tobytes())
-      done += len(chunk)
+    f.write(_header(0, size, 1))
+    for images, labels in chunks:
+      channels = channels or images.shape[-1]
+      f.write(np.ascontiguousarray(resize_images(images, size)).tobytes())
+      done += len(images)
+      label_chunks.append(labels)
       if show_progress:
         _progress(done, count, start)
+    if done:
+      header = _header(done, size, channels)
+      assert len(header) == len(_header(0, size, 1)), 'npy header grew'
+      f.seek(0)
+      f.write(header)
+  if not done:
+    os.remove(partial)
+    raise UserError(f'--input={source}: holds no image.')
+  if show_progress:
+    _progress(done, count, start, end='\n')
   os.replace(partial, path)
+  labels = (None if any(chunk is None for chunk in label_chunks)
+            else np.concatenate(label_chunks))
   if labels is not None:
     with files.atomic_write(os.path.join(output, streamed.LABELS),
                             'wb') as f:
       np.save(f, labels.astype(np.int64))
   with files.atomic_write(os.path.join(output, streamed.INFO)) as f:
     json.dump({'image_size': size, 'channels': int(channels),
-               'count': count, 'source': os.path.abspath(source),
+               'count': done,
+               'source': (source if source.startswith(TFDS_PREFIX)
+                          else os.path.abspath(source)),
                'class_names': list(classes), 'image_names': names}, f)
   return path
 
@@ -200,7 +274,7 @@ def main(argv):
       raise UserError(f'--image_size={_IMAGE_SIZE.value}: must be an integer '
                       'from 8 to 512.')
     path = convert(_INPUT.value, _OUTPUT.value, _IMAGE_SIZE.value,
-                   _SKIP_BAD.value)
+                   _SKIP_BAD.value, tfds_data_dir=_TFDS_DATA_DIR.value)
   except UserError as e:
     print(f'jcc: error: {e}', file=sys.stderr)
     sys.exit(2)

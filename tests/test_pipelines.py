@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from jcc import convert
 from jcc import errors
 from jcc import losses
 from jcc import objective
@@ -93,6 +94,67 @@ def test_an_unprepared_tfds_dataset_leaves_no_folder_in_system_temp(
   with pytest.raises(errors.DataError):
     sources.load_dataset(_dataset_config('cifar10', tfds_data_dir=str(tmp_path)))
   assert set(system_temp_dir.glob('tmp*tfds')) == before
+
+
+@pytest.mark.parametrize('name', ['cifar10', 'stl10', 'imagenet10', 'mnist'])
+def test_a_tfds_dataset_converts_to_what_training_reads(name, tmp_path,
+                                                        monkeypatch, tfds):
+  config = _dataset_config(name, image_size=8)
+  # Batches of 1,024 through tf.data: the set below spans several.
+  monkeypatch.setattr(convert, 'CHUNK', 100)
+  with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
+    in_memory = sources.load_dataset(config)
+    convert.convert(f'tfds:{name}', str(tmp_path / 'out'), 8,
+                    show_progress=False)
+  stored_config = _dataset_config('default', image_size=8)
+  stored_config.update(name='converted', path=str(tmp_path / 'out'))
+  stored = sources.load_dataset(stored_config)
+  np.testing.assert_array_equal(stored.images, in_memory.images)
+  np.testing.assert_array_equal(stored.labels, in_memory.labels)
+  assert stored.class_names == in_memory.class_names
+  if name == 'stl10':  # the unlabelled split trains the instance term alone
+    np.testing.assert_array_equal(stored.instance_only,
+                                  in_memory.instance_only)
+  else:
+    assert stored.instance_only is None
+
+
+def test_a_tfds_dataset_too_large_to_hold_says_how_to_convert_it(
+    monkeypatch, tfds):
+  config = _dataset_config('cifar10', image_size=16, crop_from_size=32)
+  # 60,000 × 3 × (16² + 32²) bytes: 230 MB
+  monkeypatch.setattr(sources.streamed, 'memory_budget', lambda: 2 * 10**8)
+  # TFDS's record of a prepared cifar10, which its mock data lacks.
+  monkeypatch.setattr(sources_tfds, '_split_count',
+                      lambda info, splits: 60_000)
+  with tfds.testing.mock_data(num_examples=20):
+    with pytest.raises(errors.DataError) as error:
+      sources.load_dataset(config)
+    message = str(error.value)
+    assert '60,000 images' in message and '\n' not in message
+    assert ('python -m jcc.convert --input=tfds:cifar10 --output=DIR '
+            '--image_size=32') in message
+    monkeypatch.setattr(sources.streamed, 'memory_budget', lambda: 3 * 10**8)
+    assert len(sources.load_dataset(config)) == 20
+
+
+def test_converting_a_tfds_dataset_names_its_own_flag(tmp_path, tfds):
+  del tfds  # installed: the dataset, not the package, is missing
+  with pytest.raises(errors.DataError) as error:
+    convert.convert('tfds:cifar10', str(tmp_path / 'out'), 8,
+                    show_progress=False, tfds_data_dir=str(tmp_path / 'tf'))
+  message = str(error.value)
+  assert 'tfds build cifar10' in message and '--tfds_data_dir=' in message
+  assert '--config.dataset' not in message
+  assert not (tmp_path / 'out').exists()
+
+
+def test_converting_an_unknown_tfds_name_lists_the_known_ones(tmp_path):
+  with pytest.raises(errors.UserError, match='cifar100, cifar10|cifar10, '
+                     'cifar100') as error:
+    convert.convert('tfds:digits', str(tmp_path / 'out'), 8)
+  assert 'imagenet_dogs' in str(error.value)
+  assert not (tmp_path / 'out').exists()
 
 
 def test_every_registry_entry_has_a_config_or_a_test():

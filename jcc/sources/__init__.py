@@ -31,8 +31,8 @@ from jcc.sources import streamed
 from jcc.sources.image_files import (IMAGE_EXTENSIONS, _list_images,
                                      decode_images, load_folder, stream_files,
                                      load_tiny_imagenet, warn_passed_over)
-from jcc.sources.tfds import (TFDS_INSTALL, _subset_source, _tfds_source,
-                              tensorflow)
+from jcc.sources.tfds import (TFDS_INSTALL, TfdsBatches, _subset_source,
+                              _tfds_source, tensorflow)
 
 __all__ = ['DATASETS', 'IMAGE_EXTENSIONS', 'ImageDataset', 'Source',
            'TFDS_INSTALL', 'as_nhwc_uint8', 'check_predict_input',
@@ -116,6 +116,12 @@ class Source(NamedTuple):
   """A registry entry: its loader and the benchmark's number of classes."""
   load: Callable[[ml_collections.ConfigDict], ImageDataset]
   num_classes: int | None  # None: the user's data; K comes from the config
+
+  @property
+  def tfds_batches(self) -> TfdsBatches | None:
+    """A TFDS source's images as a stream of batches, which ``python -m
+    jcc.convert --input=tfds:NAME`` writes to disk; None for the others."""
+    return getattr(self.load, 'batches', None)
 
 
 DATASETS: dict[str, Source] = {

@@ -105,4 +105,5 @@ def _mnist_like_source(tfds_name: str):
                   "Debian's dataset-{tfds_name.replace('_', '-')} in "
                   f"/usr/share/datasets/{tfds_name.replace('_', '-')}/), else "
                   'TFDS train+test.')
+  load.batches = from_tfds.batches
   return load

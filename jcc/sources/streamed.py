@@ -94,8 +94,9 @@ def refuse_streaming(dataset_config) -> None:
   if dataset_config.get('stream', False):
     raise DataError(
         f"config.dataset.stream=True: dataset {dataset_config.name!r} is read "
-        'into memory; stream a folder of image files, or convert a folder or '
-        'an .npz once (python -m jcc.convert) and train on it with '
+        'into memory; stream a folder of image files, or convert the set '
+        'once (python -m jcc.convert --input=PATH, or --input=tfds:NAME '
+        'for a TFDS dataset) and train on it with '
         '--config.dataset.name=converted.')
 
 
@@ -300,7 +301,11 @@ def load_converted(dataset_config) -> 'ImageDataset':
                           folder):
     images = images[:]
   names = info.get('image_names')
+  # Label −1: an image without a class (STL-10's unlabelled split), which
+  # trains the instance objective alone, as the TFDS source gives it.
+  unlabelled = None if labels is None else labels < 0
   return ImageDataset(
       'converted', images, labels,
+      unlabelled if unlabelled is not None and unlabelled.any() else None,
       class_names=tuple(info.get('class_names') or ()) or None,
       image_names=tuple(names) if names else None)
