@@ -132,3 +132,29 @@ def test_the_peer_benchmarks_jcc_sides_match_ccs_settings(tmp_path):
   args.jcc_crop_from, args.jcc_crop_from_given = 0, True
   assert peer_cc.jcc_config('jcc_config', str(npz), args,
                             seed=1).dataset.crop_from_size == 0
+
+
+def test_gpu_train_reads_a_converted_set_and_trains_either_recipe(tmp_path):
+  import argparse
+  from benchmarks import gpu_train
+  from jcc import convert
+  from jcc import validate
+  rng = np.random.default_rng(0)
+  np.savez(tmp_path / 'x.npz', images=rng.integers(
+      0, 256, (40, 32, 32, 3), dtype=np.uint8), labels=np.arange(40) % 10)
+  convert.convert(str(tmp_path / 'x.npz'), str(tmp_path / 'set'), 32,
+                  show_progress=False)
+  args = argparse.Namespace(backbone='resnet18_cifar', batch_size=256,
+                            compute_dtype='bfloat16', recipe='config')
+  for data, name in ((tmp_path / 'x.npz', 'npz'), (tmp_path / 'set',
+                                                    'converted')):
+    assert gpu_train.count_images(str(data)) == 40
+    config = gpu_train.run_config(str(data), args)
+    assert config.dataset.name == name
+    validate.check_fields(config)
+  assert config.train.optimizer == 'adam'  # the config's
+  args.recipe = 'simclr'
+  config = gpu_train.run_config(str(tmp_path / 'set'), args)
+  assert (config.train.optimizer, config.train.lr_schedule,
+          config.model.head_batchnorm) == ('sgd', 'cosine', True)
+  assert config.train.learning_rate == pytest.approx(0.2)  # batch 256

@@ -96,6 +96,17 @@ def test_cifar10_small_paper_is_the_papers_method_with_ccs_optimiser():
     cifar.get_config('adam')
 
 
+def test_simclrs_optimiser_scales_its_rate_with_the_batch():
+  config = default.get_config()
+  config.train.batch_size = 512
+  default.simclr_optimizer(config)
+  assert config.train.learning_rate == pytest.approx(0.4)  # SCAN's pretext
+  assert (config.train.optimizer, config.train.lr_schedule,
+          config.model.head_batchnorm) == ('sgd', 'cosine', True)
+  small = importlib.import_module('jcc.configs.cifar10_small').get_config()
+  assert small.train.learning_rate == pytest.approx(0.1)  # at batch 128
+
+
 def test_the_paper_switch_works_on_the_command_line():
   from absl import flags
   from ml_collections import config_flags
