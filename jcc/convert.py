@@ -40,6 +40,7 @@ import numpy as np
 
 from jcc import files
 from jcc import progress
+from jcc import sources
 from jcc.errors import UserError
 from jcc.sources import idx
 from jcc.sources import image_files
@@ -120,7 +121,6 @@ def _idx(folder: str):
 def _tfds(input_: str, size: int, data_dir: str):
   """(chunks of (images, labels), count or None, class names, None) of
   the TFDS dataset that jcc's dataset NAME reads, streamed by tf.data."""
-  from jcc import sources  # pylint: disable=g-import-not-at-top
   name = input_[len(TFDS_PREFIX):]
   entry = sources.DATASETS.get(name)
   if entry is None or entry.tfds_batches is None:
