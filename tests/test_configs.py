@@ -76,8 +76,9 @@ def test_a_config_beyond_the_paper_says_so_and_offers_the_paper(name):
   assert ':paper' in (module.get_config.__doc__ or ''), name
 
 
-def test_cifar10_small_paper_is_the_papers_method_with_ccs_optimiser():
-  cifar = importlib.import_module('jcc.configs.cifar10_small')
+@pytest.mark.parametrize('name', ['cifar10_small', 'fashion_mnist'])
+def test_paper_is_the_papers_method_with_adam(name):
+  cifar = importlib.import_module(f'jcc.configs.{name}')
   recipe, paper = cifar.get_config(), cifar.get_config('paper')
   assert (recipe.train.optimizer, recipe.model.head_batchnorm) == ('sgd',
                                                                   True)
