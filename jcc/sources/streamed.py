@@ -59,6 +59,15 @@ def decoded_size(count: int, size: int, channels: int) -> int:
   return count * size * size * channels
 
 
+def held_size(dataset_config, count: int, channels: int) -> int:
+  """Bytes of ``count`` images held in memory at image_size, and at
+  crop_from_size too where that is set (the views' source)."""
+  sizes = {dataset_config.image_size,
+           dataset_config.get('crop_from_size', 0) or
+           dataset_config.image_size}
+  return sum(decoded_size(count, size, channels) for size in sizes)
+
+
 def choose_streaming(dataset_config, count: int, channels: int,
                      where: str) -> bool:
   """Whether to stream ``count`` images that can be, by config.dataset.stream:
@@ -69,10 +78,7 @@ def choose_streaming(dataset_config, count: int, channels: int,
   stream = dataset_config.get('stream')
   if stream:
     return True
-  sizes = {dataset_config.image_size,
-           dataset_config.get('crop_from_size', 0) or
-           dataset_config.image_size}
-  needed = sum(decoded_size(count, size, channels) for size in sizes)
+  needed = held_size(dataset_config, count, channels)
   budget = memory_budget()
   if needed <= budget:
     return False

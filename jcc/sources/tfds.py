@@ -137,19 +137,18 @@ def _check_fits_in_memory(dataset_config, count: int, channels: int) -> None:
   """DataError naming ``python -m jcc.convert --input=tfds:NAME`` where
   ``count`` images, decoded at image_size (and crop_from_size where set),
   would pass the in-memory budget, before any is read."""
-  sizes = {dataset_config.image_size,
-           dataset_config.get('crop_from_size', 0) or
-           dataset_config.image_size}
-  needed = sum(streamed.decoded_size(count, size, channels)
-               for size in sizes)
+  needed = streamed.held_size(dataset_config, count, channels)
   budget = streamed.memory_budget()
   if needed > budget:
     name = dataset_config.name
+    # The larger size: the views' source, from which image_size is resized.
+    size = max(dataset_config.image_size,
+               dataset_config.get('crop_from_size', 0) or 0)
     raise DataError(
         f'Dataset {name!r}: its {count:,} images take {needed / 1e9:.1f} GB '
         f'decoded, over the in-memory budget of {budget / 1e9:.1f} GB (half '
         "this machine's memory). Convert them once (python -m jcc.convert "
-        f'--input=tfds:{name} --output=DIR --image_size={max(sizes)}) and '
+        f'--input=tfds:{name} --output=DIR --image_size={size}) and '
         'train on DIR with --config.dataset.name=converted '
         '--config.dataset.path=DIR --config.dataset.stream=True.')
 
