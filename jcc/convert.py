@@ -119,8 +119,9 @@ def _idx(folder: str):
 
 
 def _tfds(input_: str, size: int, data_dir: str):
-  """(chunks of (images, labels), count or None, class names, None) of
-  the TFDS dataset that jcc's dataset NAME reads, streamed by tf.data."""
+  """(chunks of (images, labels), count or None where TFDS does not say,
+  class names, None) of the TFDS dataset that jcc's dataset NAME reads,
+  streamed by tf.data."""
   name = input_[len(TFDS_PREFIX):]
   entry = sources.DATASETS.get(name)
   if entry is None or entry.tfds_batches is None:
@@ -131,8 +132,9 @@ def _tfds(input_: str, size: int, data_dir: str):
   dataset_config = ml_collections.ConfigDict({
       'name': name, 'image_size': size, 'tfds_data_dir': data_dir,
       'use_unlabelled': True})
-  classes, chunks = entry.tfds_batches(dataset_config, converting=True)
-  return chunks, None, classes, None
+  classes, count, chunks = entry.tfds_batches(dataset_config,
+                                              converting=True)
+  return chunks, count, classes, None
 
 
 def _with_labels(chunks, labels: np.ndarray | None):

@@ -154,9 +154,10 @@ def _check_fits_in_memory(dataset_config, count: int, channels: int) -> None:
 
 
 # A TFDS source's images as a stream: (dataset_config, converting) →
-# (class names, iterator of (uint8 images at image_size, int64 labels)),
-# labels −1 for images that train the instance objective alone.
-TfdsBatches = Callable[..., tuple[tuple[str, ...],
+# (class names, the number of images or None where TFDS does not say,
+# iterator of (uint8 images at image_size, int64 labels)), labels −1 for
+# images that train the instance objective alone.
+TfdsBatches = Callable[..., tuple[tuple[str, ...], int | None,
                                   Iterator[tuple[np.ndarray, np.ndarray]]]]
 
 
@@ -187,7 +188,7 @@ def _split_batches(tfds_name: str, splits: str, label_key: str = 'label',
           yield images, (labels if split == splits else
                          np.full(len(images), -1, np.int64))
 
-    return names, generate()
+    return names, count, generate()
 
   return batches
 
@@ -199,7 +200,7 @@ def _tfds_source(tfds_name: str, splits: str, label_key: str = 'label',
   batches = _split_batches(tfds_name, splits, label_key, unlabelled_split)
 
   def load(dataset_config) -> ImageDataset:
-    names, chunks = batches(dataset_config)
+    names, _, chunks = batches(dataset_config)
     images, labels = _materialize(chunks, f'TFDS {tfds_name} {splits}')
     unlabelled = labels < 0
     return ImageDataset(dataset_config.name, images, labels,
@@ -242,8 +243,9 @@ def _subset_source(subset: str):
     examples = examples.map(
         lambda ex: (ex['image'], tf.gather(table, ex['label']))).filter(
             lambda image, label: label >= 0)
-    return tuple(wnids), _resized_batches(examples,
-                                          dataset_config.image_size)
+    # The subset's count is known only once ILSVRC's labels are read.
+    return tuple(wnids), None, _resized_batches(examples,
+                                                dataset_config.image_size)
 
   def load(dataset_config) -> ImageDataset:
     wnids = _wnids(subset)
@@ -265,7 +267,7 @@ def _subset_source(subset: str):
       return ImageDataset(subset, images, np.asarray(labels, np.int64)[kept],
                           class_names=tuple(wnids))
 
-    names, chunks = from_tfds(dataset_config)
+    names, _, chunks = from_tfds(dataset_config)
     images, labels = _materialize(chunks, f'{subset} (TFDS imagenet2012)')
     return ImageDataset(subset, images, labels, class_names=names)
 
