@@ -60,7 +60,6 @@ from jcc import evaluate
 from jcc import parallel
 from jcc import sources
 from jcc import workflows
-from jcc.configs import default
 
 SHARED = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data')
 SIDES = ('cc', 'jcc_cc', 'jcc_paper', 'jcc_config')
@@ -136,7 +135,10 @@ def train_cc(checkout: str, images: np.ndarray, labels: np.ndarray,
 
 def jcc_config(side: str, npz: str, args, seed: int):
   """The jcc config of ``side`` on the same images and settings."""
-  config = importlib.import_module('jcc.configs.cifar10_small').get_config()
+  # The paper's sides start from its method (every term), the config's
+  # side from the config as it is.
+  config = importlib.import_module('jcc.configs.cifar10_small').get_config(
+      '' if side == 'jcc_config' else 'paper')
   config.seed = seed
   config.dataset.name, config.dataset.path = 'npz', npz
   config.dataset.image_size = args.image_size
@@ -150,7 +152,6 @@ def jcc_config(side: str, npz: str, args, seed: int):
     if args.jcc_crop_from_given:
       config.dataset.crop_from_size = args.jcc_crop_from
     return config
-  default.paper_method(config)
   config.model.convnet_widths = tuple(args.widths)
   config.model.head_hidden = args.widths[-1]
   config.model.projection_dim = args.projection_dim

@@ -164,10 +164,12 @@ METRICS = ('acc', 'nmi', 'ari')
 
 def dataset_config(name: str, overrides: list[str]):
   module, dataset_overrides = DATASETS[name]
-  # The variants start from the paper's method, whatever the dataset
-  # config adds to it by default.
+  # The variants start from the paper's method (its four terms, no stage
+  # beyond it), whatever the dataset config adds to it or leaves out by
+  # default (configs/cifar10_small.py trains without reconstruction).
   config = default.paper_method(
       importlib.import_module(f'jcc.configs.{module}').get_config())
+  config.loss.reconstruction = default.get_config().loss.reconstruction
   if callable(dataset_overrides):
     dataset_overrides = dataset_overrides()
   config.dataset.update(dataset_overrides)

@@ -37,6 +37,12 @@ def test_variants_change_only_their_terms():
   assert quality.VARIANTS['full+selflabel_fixed'] == {
       'train.selflabel_epochs': 10, 'train.selflabel_fixed': True}
   assert quality.VARIANTS['full+momentum'] == {'train.momentum_encoder': 0.99}
+  # Each variant starts from the paper's four terms, also where the
+  # dataset's config trains without one of them (the sets whose config
+  # is built without reading their images).
+  for name in ('digits', 'mnist_test', 'cifar10_test'):
+    terms = quality.dataset_config(name, []).loss
+    assert terms.reconstruction > 0 and terms.kl > 0, name
   # Every field exists in the config.
   config = quality.dataset_config('digits', [])
   for changes in quality.VARIANTS.values():

@@ -174,8 +174,8 @@ def _split_batches(tfds_name: str, splits: str, label_key: str = 'label',
     # Every split is opened first: a missing one fails before any decoding.
     opened = [_tfds_split(dataset_config, tfds_name, split,
                           converting=converting) for split in parts]
-    names = tuple(opened[0][1].info.features[label_key].names)
     info = opened[0][1].info
+    names = tuple(info.features[label_key].names)
     count = _split_count(info, '+'.join(parts))
     if not converting and count is not None:
       _check_fits_in_memory(dataset_config, count,
