@@ -42,6 +42,16 @@ ImagesLike = np.ndarray | str | os.PathLike
 _OWN_PARAMS = ('n_clusters', 'config', 'workdir')
 
 
+def _check_param_names(names) -> None:
+  """Raises on a name that is neither the constructor's nor a config
+  field's (``group__field``): a misspelt parameter must not be ignored."""
+  for name in names:
+    if '__' not in name:
+      raise ConfigError(
+          f'Unknown parameter {name}: Clusterer takes n_clusters, config, '
+          'workdir and config fields as group__field (train__num_epochs).')
+
+
 class Clusterer(base.ClusterMixin, base.TransformerMixin, base.BaseEstimator):
   """Deep embedding clustering of images, a scikit-learn estimator.
 
@@ -74,6 +84,7 @@ class Clusterer(base.ClusterMixin, base.TransformerMixin, base.BaseEstimator):
     self.n_clusters = n_clusters
     self.config = config
     self.workdir = workdir
+    _check_param_names(params)
     for name, value in params.items():
       setattr(self, name, value)
 
@@ -95,11 +106,7 @@ class Clusterer(base.ClusterMixin, base.TransformerMixin, base.BaseEstimator):
     the config (``group__field``) raises at once; values are checked by
     ``fit``."""
     fields = {k: v for k, v in params.items() if k not in _OWN_PARAMS}
-    for name in fields:
-      if '__' not in name:
-        raise ConfigError(
-            f'Unknown parameter {name}: Clusterer takes n_clusters, config, '
-            'workdir and config fields as group__field (train__num_epochs).')
+    _check_param_names(fields)
     try:
       config = configs.load(params.get('config', self.config))
     except (ConfigError, TypeError):

@@ -106,6 +106,12 @@ def test_clone_round_trips_the_parameters():
     copy.predict(IMAGES)
 
 
+def test_the_constructor_refuses_a_name_that_is_no_parameter():
+  # Clusterer(num_clusters=3) trained K=10 without a word.
+  with pytest.raises(errors.ConfigError, match='num_clusters: .*n_clusters'):
+    Clusterer(num_clusters=3)
+
+
 def test_set_params_refuses_an_unknown_name_at_once():
   model = _clusterer()
   with pytest.raises(errors.ConfigError, match='train__num_epoch'):
